@@ -1,0 +1,20 @@
+//! Kernel side of tcpretrans: one program per tracepoint, one file per hook.
+//!
+//! Programs read their tracepoint record once, filter before reserving ring
+//! space, and submit without waking the consumer unless it is falling behind.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod owner;
+mod record;
+mod retransmit;
+mod sock;
+mod state;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: the verifier rejects programs that could panic.
+    loop {}
+}

@@ -1,0 +1,112 @@
+//! Tracepoint records, read once and decoded with the field offsets that
+//! userspace found in the running kernel's tracefs `format` files.
+use core::mem::{MaybeUninit, size_of};
+
+use aya_ebpf::{EbpfContext as _, helpers::generated, programs::TracePointContext};
+use tcpretrans_common::{ABSENT, AF_INET, AF_INET6, EventHeader, Flow, FlowFields, RECORD_LEN};
+
+/// Room for a 16-byte address at any offset below `RECORD_LEN`, 8-aligned so
+/// that naturally aligned fields load in one instruction.
+#[repr(C, align(8))]
+pub struct Record([u8; RECORD_LEN + 16]);
+
+impl Record {
+    /// Copies the record into `slot` with a single kernel read (in place: the
+    /// record is a quarter of the BPF stack).
+    #[inline(always)]
+    pub fn read<'a>(
+        ctx: &TracePointContext,
+        slot: &'a mut MaybeUninit<Self>,
+    ) -> Result<&'a Self, i64> {
+        // SAFETY: tracepoint records sit in a per-CPU buffer of several pages
+        // and the helper fails safely anyway; on success it filled `slot`.
+        unsafe {
+            let ret = generated::bpf_probe_read_kernel(
+                slot.as_mut_ptr().cast(),
+                size_of::<Self>() as u32,
+                ctx.as_ptr(),
+            );
+            if ret != 0 {
+                return Err(ret);
+            }
+            Ok(slot.assume_init_ref())
+        }
+    }
+
+    /// The `T` at `offset`. Trace event records are C structs, so fields are
+    /// naturally aligned (userspace checked); masking keeps the access
+    /// aligned and inside the buffer for the verifier.
+    #[inline(always)]
+    pub fn load<T: Copy>(&self, offset: u16) -> T {
+        let at = usize::from(offset) & (RECORD_LEN - 1) & !(size_of::<T>() - 1);
+        // SAFETY: `at + size_of::<T>() <= RECORD_LEN + 8` and `at` is a
+        // multiple of `T`'s size (≤ 8) in an 8-aligned buffer.
+        unsafe { self.0.as_ptr().add(at).cast::<T>().read() }
+    }
+
+    /// A field that older kernels' layouts lack.
+    #[inline(always)]
+    pub fn optional<T: Copy>(&self, offset: u16) -> Option<T> {
+        (offset != ABSENT).then(|| self.load(offset))
+    }
+
+    /// `AF_INET` or `AF_INET6`. Records without a `family` field (before
+    /// 5.12) hold IPv4 flows as IPv4-mapped IPv6 addresses.
+    #[inline(always)]
+    pub fn family(&self, fields: &FlowFields) -> u16 {
+        match self.optional(fields.family) {
+            Some(family) => family,
+            None => {
+                let at = fields.saddr_v6 & !1;
+                let mapped_prefix = (0..5).all(|i| self.load::<u16>(at + 2 * i) == 0)
+                    && self.load::<u16>(at + 10) == 0xffff;
+                if mapped_prefix { AF_INET } else { AF_INET6 }
+            }
+        }
+    }
+
+    /// Copies a 16-byte address field (a `__u8[16]`, 2-aligned in every known
+    /// layout) straight into an event.
+    #[inline(always)]
+    fn copy_addr(&self, offset: u16, dst: &mut [u8; 16]) {
+        let at = offset & !1;
+        for i in 0..8 {
+            let word: u16 = self.load(at + 2 * i);
+            dst[usize::from(2 * i)..usize::from(2 * i + 2)].copy_from_slice(&word.to_ne_bytes());
+        }
+    }
+
+    /// Fills the head every event shares.
+    ///
+    /// # Safety
+    ///
+    /// `header` and `flow` point into a reserved ring-buffer slot.
+    #[inline(always)]
+    pub unsafe fn write_head(
+        &self,
+        fields: &FlowFields,
+        header: EventHeader,
+        head: *mut EventHeader,
+        flow: *mut Flow,
+    ) {
+        // SAFETY: per the contract.
+        unsafe {
+            head.write(header);
+            let flow = &mut *flow;
+            self.copy_addr(fields.saddr_v6, &mut flow.saddr);
+            self.copy_addr(fields.daddr_v6, &mut flow.daddr);
+            flow.sport = self.load(fields.sport);
+            flow.dport = self.load(fields.dport);
+        }
+    }
+}
+
+/// The event's family byte: 4 or 6, or `None` for other families.
+#[inline(always)]
+pub fn family_version(family: u16) -> Option<u8> {
+    match family {
+        AF_INET => Some(4),
+        AF_INET6 => Some(6),
+        _ => None,
+    }
+}

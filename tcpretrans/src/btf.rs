@@ -1,0 +1,523 @@
+//! Struct member offsets from the running kernel's BTF.
+//!
+//! The kernel programs read socket fields with `bpf_probe_read_kernel` at
+//! offsets resolved here: aya's Rust programs cannot carry CO-RE relocations,
+//! and offsets from generated bindings are wrong on other kernels. This reader
+//! does only what that needs — one pass to index the types, then lookups of
+//! member paths — so it adds little to start-up on a 5.5 MB vmlinux BTF.
+use std::{fs, io, path::Path};
+
+use tcpretrans_common::{ABSENT, SockOffsets};
+use thiserror::Error;
+
+/// The running kernel's BTF.
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+const HEADER_LEN: usize = 24;
+
+// BTF kinds (include/uapi/linux/btf.h).
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error("cannot read BTF from {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path} is not BTF data ({reason})")]
+    Malformed { path: String, reason: &'static str },
+}
+
+/// A member's position inside its outermost struct.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberOffset {
+    pub bits: u32,
+    /// Width of a bitfield member; 0 for ordinary members.
+    pub bitfield_bits: u32,
+}
+
+impl MemberOffset {
+    /// The byte offset, for members that start on a byte boundary.
+    pub fn bytes(&self) -> Option<u32> {
+        (self.bits % 8 == 0).then_some(self.bits / 8)
+    }
+}
+
+/// Parsed BTF: the raw data plus the position of every type record.
+pub struct Btf {
+    data: Vec<u8>,
+    types: std::ops::Range<usize>,
+    strings: std::ops::Range<usize>,
+    /// `type_at[id - 1]` is the byte position of type `id` in `data`.
+    type_at: Vec<u32>,
+}
+
+/// One type record's fixed part.
+#[derive(Clone, Copy)]
+struct TypeHeader {
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// `size` for structs, unions, ints; `type` for modifiers and typedefs.
+    size_or_type: u32,
+    /// Position of the kind-specific data that follows the header.
+    body: usize,
+}
+
+impl Btf {
+    /// Reads and indexes the BTF file at `path`.
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(data).map_err(|reason| BtfError::Malformed {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Indexes raw BTF (native endian, as the kernel exports it).
+    pub fn parse(data: Vec<u8>) -> Result<Self, &'static str> {
+        let u32_at = |pos: usize| -> Result<u32, &'static str> {
+            data.get(pos..pos + 4)
+                .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                .ok_or("truncated header")
+        };
+        if data.len() < HEADER_LEN || u16::from_ne_bytes([data[0], data[1]]) != MAGIC {
+            return Err("bad magic");
+        }
+        let header_len = u32_at(4)? as usize;
+        let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+        let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
+        let types = header_len + type_off..header_len + type_off + type_len;
+        let strings = header_len + str_off..header_len + str_off + str_len;
+        if types.end > data.len() || strings.end > data.len() {
+            return Err("sections extend past the end of the file");
+        }
+        let mut btf = Self {
+            data,
+            types,
+            strings,
+            type_at: Vec::new(),
+        };
+        btf.index()?;
+        Ok(btf)
+    }
+
+    fn index(&mut self) -> Result<(), &'static str> {
+        let mut pos = self.types.start;
+        let mut type_at = Vec::with_capacity(self.types.len() / 24);
+        while pos < self.types.end {
+            let header = self.header_at(pos).ok_or("truncated type")?;
+            type_at.push(pos as u32);
+            pos = header.body + body_len(&header).ok_or("unknown type kind")?;
+        }
+        if pos != self.types.end {
+            return Err("type section overruns");
+        }
+        self.type_at = type_at;
+        Ok(())
+    }
+
+    fn u32_at(&self, pos: usize) -> Option<u32> {
+        self.data
+            .get(pos..pos + 4)
+            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    fn header_at(&self, pos: usize) -> Option<TypeHeader> {
+        if pos + 12 > self.types.end {
+            return None;
+        }
+        let info = self.u32_at(pos + 4)?;
+        Some(TypeHeader {
+            name_off: self.u32_at(pos)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: self.u32_at(pos + 8)?,
+            body: pos + 12,
+        })
+    }
+
+    fn header(&self, id: u32) -> Option<TypeHeader> {
+        let pos = *self.type_at.get((id as usize).checked_sub(1)?)?;
+        self.header_at(pos as usize)
+    }
+
+    fn name(&self, name_off: u32) -> &[u8] {
+        let start = self.strings.start + name_off as usize;
+        let bytes = self.data.get(start..self.strings.end).unwrap_or_default();
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        &bytes[..len]
+    }
+
+    /// The id of the struct named `name`. Forward declarations are skipped;
+    /// the first full definition wins.
+    fn struct_id(&self, name: &str) -> Option<u32> {
+        (1..=self.type_at.len() as u32).find(|&id| {
+            self.header(id)
+                .is_some_and(|h| h.kind == KIND_STRUCT && self.name(h.name_off) == name.as_bytes())
+        })
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: u32) -> Option<TypeHeader> {
+        for _ in 0..32 {
+            let h = self.header(id)?;
+            match h.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = h.size_or_type
+                }
+                _ => return Some(h),
+            }
+        }
+        None
+    }
+
+    /// Finds `name` among the members of the struct/union `outer`, looking
+    /// inside anonymous struct/union members. Returns the member's type id
+    /// and offset relative to `outer`.
+    fn find_member(
+        &self,
+        outer: &TypeHeader,
+        name: &str,
+        depth: u32,
+    ) -> Option<(u32, MemberOffset)> {
+        if depth > 8 || !matches!(outer.kind, KIND_STRUCT | KIND_UNION) {
+            return None;
+        }
+        for i in 0..outer.vlen {
+            let pos = outer.body + i * 12;
+            let (name_off, type_id, raw) = (
+                self.u32_at(pos)?,
+                self.u32_at(pos + 4)?,
+                self.u32_at(pos + 8)?,
+            );
+            let offset = if outer.kind_flag {
+                MemberOffset {
+                    bits: raw & 0xff_ffff,
+                    bitfield_bits: raw >> 24,
+                }
+            } else {
+                MemberOffset {
+                    bits: raw,
+                    bitfield_bits: 0,
+                }
+            };
+            let member_name = self.name(name_off);
+            if member_name == name.as_bytes() {
+                return Some((type_id, offset));
+            }
+            if member_name.is_empty()
+                && let Some(inner) = self.resolve(type_id)
+                && let Some((id, inner_offset)) = self.find_member(&inner, name, depth + 1)
+            {
+                let bits = offset.bits + inner_offset.bits;
+                return Some((
+                    id,
+                    MemberOffset {
+                        bits,
+                        ..inner_offset
+                    },
+                ));
+            }
+        }
+        None
+    }
+
+    /// Offset of `path` (member names, each inside the previous one's type)
+    /// from the start of `struct outer`.
+    pub fn member_offset(&self, outer: &str, path: &[&str]) -> Option<MemberOffset> {
+        let mut current = self.header(self.struct_id(outer)?)?;
+        let mut total = MemberOffset {
+            bits: 0,
+            bitfield_bits: 0,
+        };
+        for (i, name) in path.iter().enumerate() {
+            let (type_id, offset) = self.find_member(&current, name, 0)?;
+            total = MemberOffset {
+                bits: total.bits + offset.bits,
+                bitfield_bits: offset.bitfield_bits,
+            };
+            if i + 1 < path.len() {
+                current = self.resolve(type_id)?;
+            }
+        }
+        Some(total)
+    }
+}
+
+/// Size of the kind-specific data after a type record's header.
+fn body_len(h: &TypeHeader) -> Option<usize> {
+    Some(match h.kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * h.vlen,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * h.vlen,
+        KIND_PTR | 7 /* FWD */ | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12 /* FUNC */
+        | 16 /* FLOAT */ | KIND_TYPE_TAG => 0,
+        _ => return None,
+    })
+}
+
+/// A kernel struct member the kernel programs read.
+#[derive(Debug, Clone, Copy)]
+pub struct Member {
+    pub outer: &'static str,
+    pub path: &'static [&'static str],
+}
+
+impl Member {
+    pub fn describe(&self) -> String {
+        format!("{}.{}", self.outer, self.path.join("."))
+    }
+}
+
+pub const SK_NET: Member = Member {
+    outer: "sock",
+    path: &["__sk_common", "skc_net", "net"],
+};
+pub const NET_INUM: Member = Member {
+    outer: "net",
+    path: &["ns", "inum"],
+};
+
+/// Every member the kernel programs use, for `--check` style reporting.
+pub const MEMBERS: [Member; 2] = [SK_NET, NET_INUM];
+
+/// Socket member offsets for the kernel programs, and the members that could
+/// not be resolved (those fields are reported as unknown).
+pub fn sock_offsets(btf: &Btf) -> (SockOffsets, Vec<Member>) {
+    let mut missing = Vec::new();
+    let mut byte_offset = |member: Member| {
+        let offset = btf
+            .member_offset(member.outer, member.path)
+            .and_then(|o| o.bytes())
+            .and_then(|b| u16::try_from(b).ok())
+            .filter(|&b| b != ABSENT);
+        offset.unwrap_or_else(|| {
+            missing.push(member);
+            ABSENT
+        })
+    };
+    let offsets = SockOffsets {
+        sk_net: byte_offset(SK_NET),
+        net_inum: byte_offset(NET_INUM),
+    };
+    (offsets, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob from type records and a string table.
+    struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+            }
+        }
+
+        fn string(&mut self, s: &str) -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        fn push(&mut self, words: &[u32]) {
+            for w in words {
+                self.types.extend_from_slice(&w.to_ne_bytes());
+            }
+        }
+
+        fn int(&mut self, name: &str, size: u32) {
+            let n = self.string(name);
+            self.push(&[n, KIND_INT << 24, size, size * 8]);
+        }
+
+        /// `members`: (name, type id, bit offset, bitfield bits).
+        fn composite(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32, u32)],
+        ) {
+            let n = self.string(name);
+            let bitfields = members.iter().any(|m| m.3 != 0);
+            let info = kind << 24 | members.len() as u32 | u32::from(bitfields) << 31;
+            self.push(&[n, info, size]);
+            for &(name, ty, bits, width) in members {
+                let n = self.string(name);
+                let offset = if bitfields { width << 24 | bits } else { bits };
+                self.push(&[n, ty, offset]);
+            }
+        }
+
+        fn typedef(&mut self, name: &str, ty: u32) {
+            let n = self.string(name);
+            self.push(&[n, KIND_TYPEDEF << 24, ty]);
+        }
+
+        fn ptr(&mut self, ty: u32) {
+            self.push(&[0, KIND_PTR << 24, ty]);
+        }
+
+        fn build(self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&MAGIC.to_ne_bytes());
+            out.extend_from_slice(&[1, 0]);
+            for w in [
+                HEADER_LEN as u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
+                out.extend_from_slice(&w.to_ne_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// A miniature of the kernel's layout: anonymous unions, a typedef'd
+    /// struct, a pointer to another struct and a bitfield.
+    fn sample() -> Btf {
+        let mut b = Builder::new();
+        b.int("unsigned int", 4); // 1
+        b.composite(
+            KIND_STRUCT,
+            "ns_common",
+            16,
+            &[("stashed", 1, 0, 0), ("inum", 1, 64, 0)],
+        ); // 2
+        b.composite(
+            KIND_STRUCT,
+            "net",
+            64,
+            &[("passive", 1, 0, 0), ("ns", 2, 128, 0)],
+        ); // 3
+        b.ptr(3); // 4
+        b.composite(KIND_STRUCT, "", 8, &[("net", 4, 0, 0)]); // 5
+        b.typedef("possible_net_t", 5); // 6
+        b.composite(
+            KIND_UNION,
+            "",
+            8,
+            &[("skc_addrpair", 1, 0, 0), ("skc_daddr", 1, 0, 0)],
+        ); // 7
+        b.composite(
+            KIND_STRUCT,
+            "sock_common",
+            64,
+            &[("", 7, 0, 0), ("skc_net", 6, 384, 0)],
+        ); // 8
+        b.composite(KIND_STRUCT, "sock", 256, &[("__sk_common", 8, 0, 0)]); // 9
+        b.composite(
+            KIND_STRUCT,
+            "inet_connection_sock",
+            512,
+            &[("icsk_inet", 9, 0, 0), ("icsk_ca_state", 1, 1029, 5)],
+        ); // 10
+        Btf::parse(b.build()).unwrap()
+    }
+
+    #[test]
+    fn resolves_paths_through_typedefs_and_anonymous_members() {
+        let btf = sample();
+        assert_eq!(
+            btf.member_offset("sock", SK_NET.path).unwrap().bytes(),
+            Some(48)
+        );
+        assert_eq!(
+            btf.member_offset("net", NET_INUM.path).unwrap().bytes(),
+            Some(24)
+        );
+        assert_eq!(
+            btf.member_offset("sock_common", &["skc_daddr"])
+                .unwrap()
+                .bytes(),
+            Some(0)
+        );
+        let (offsets, missing) = sock_offsets(&btf);
+        assert_eq!(
+            offsets,
+            SockOffsets {
+                sk_net: 48,
+                net_inum: 24
+            }
+        );
+        assert!(missing.is_empty());
+    }
+
+    #[test]
+    fn reports_bitfields() {
+        let offset = sample()
+            .member_offset("inet_connection_sock", &["icsk_ca_state"])
+            .unwrap();
+        assert_eq!(
+            offset,
+            MemberOffset {
+                bits: 1029,
+                bitfield_bits: 5
+            }
+        );
+        assert_eq!(offset.bytes(), None);
+    }
+
+    #[test]
+    fn missing_members_are_reported_not_guessed() {
+        let btf = sample();
+        assert!(btf.member_offset("sock", &["no_such_member"]).is_none());
+        assert!(btf.member_offset("no_such_struct", &["x"]).is_none());
+    }
+
+    #[test]
+    fn rejects_garbage_and_truncation() {
+        assert!(Btf::parse(vec![0; 64]).is_err());
+        let mut blob = Builder::new();
+        blob.int("int", 4);
+        let mut data = blob.build();
+        data.truncate(HEADER_LEN + 6);
+        assert!(Btf::parse(data).is_err());
+    }
+
+    #[test]
+    fn running_kernel_btf_resolves_every_member() {
+        let btf =
+            Btf::from_file(Path::new(VMLINUX)).expect("this test needs the running kernel's BTF");
+        let (offsets, missing) = sock_offsets(&btf);
+        assert!(missing.is_empty(), "unresolved: {missing:?}");
+        assert!(offsets.has_netns());
+    }
+}

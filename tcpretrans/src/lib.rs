@@ -1,0 +1,10 @@
+//! tcpretrans: live TCP retransmissions and state changes from eBPF tracepoints.
+//!
+//! The binary is a thin shell over this library; tests use it directly.
+pub mod btf;
+pub mod cli;
+pub mod decode;
+pub mod loader;
+pub mod output;
+pub mod trace;
+pub mod tracefs;

@@ -1,0 +1,179 @@
+//! Loads the kernel programs with this kernel's layouts and the user's
+//! filters, and attaches them.
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+};
+use tcpretrans_common::{Filter, RetransmitFields, SockOffsets, StateFields, globals};
+use thiserror::Error;
+
+/// The kernel object built from tcpretrans-ebpf (empty when built with `AYA_BUILD_SKIP=1`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpretrans"));
+
+/// Programs, and the tracepoints they attach to.
+const PROGRAMS: [(&str, &str, &str); 2] = [
+    ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+];
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(
+        "this tcpretrans binary was built without its eBPF programs (AYA_BUILD_SKIP); \
+         rebuild it after `cargo xtask setup` has installed bpf-linker"
+    )]
+    NoObject,
+    #[error(
+        "permission denied loading eBPF programs: run as root, or with CAP_BPF and CAP_PERFMON"
+    )]
+    Permission,
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[source] EbpfError),
+    #[error("program {program} is missing from the eBPF object")]
+    MissingProgram { program: &'static str },
+    #[error("loading program {program} into the kernel failed: {source}")]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("attaching to tracepoint {category}:{name} failed: {source}")]
+    Attach {
+        category: &'static str,
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("map {map} is missing from the eBPF object")]
+    MissingMap { map: &'static str },
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+}
+
+/// Everything the kernel programs are configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub retransmit: RetransmitFields,
+    pub state: StateFields,
+    pub sock: SockOffsets,
+    pub filter: Filter,
+    /// Ring buffer size: a power of two, a multiple of the page size.
+    pub ring_bytes: u32,
+}
+
+/// Loaded and attached programs with the maps userspace reads.
+pub struct Tracer {
+    /// Owns the programs and their links: dropping it detaches them.
+    pub programs: Ebpf,
+    pub ring: RingBuf<MapData>,
+    pub lost: LostCounter,
+}
+
+/// The kernel side's per-CPU count of events it could not queue.
+pub struct LostCounter(PerCpuArray<MapData, u64>);
+
+impl LostCounter {
+    /// Events dropped since load, summed over CPUs.
+    pub fn total(&self) -> Result<u64, LoadError> {
+        let per_cpu = self.0.get(&0, 0).map_err(|source| LoadError::Map {
+            map: "LOST",
+            source,
+        })?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+impl Tracer {
+    pub fn load(plan: &Plan) -> Result<Self, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        raise_memlock_limit();
+        let wakeup_bytes = plan.ring_bytes / 4;
+        let mut ebpf = EbpfLoader::new()
+            // No CO-RE relocations in the object: skip aya's own parse of the
+            // kernel BTF (we resolve the offsets we need ourselves).
+            .btf(None)
+            .map_max_entries("EVENTS", plan.ring_bytes)
+            .override_global(globals::RETRANSMIT_FIELDS, &plan.retransmit, true)
+            .override_global(globals::STATE_FIELDS, &plan.state, true)
+            .override_global(globals::SOCK_OFFSETS, &plan.sock, true)
+            .override_global(globals::FILTER, &plan.filter, true)
+            .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
+            .load(OBJECT)
+            .map_err(|e| {
+                if is_permission_error(&e) {
+                    LoadError::Permission
+                } else {
+                    LoadError::Object(e)
+                }
+            })?;
+
+        for (program, category, name) in PROGRAMS {
+            let tracepoint: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(LoadError::MissingProgram { program })?
+                .try_into()
+                .map_err(|source| LoadError::Program { program, source })?;
+            tracepoint.load().map_err(|source| match source {
+                ProgramError::SyscallError(ref e)
+                    if e.io_error.raw_os_error() == Some(libc_eperm()) =>
+                {
+                    LoadError::Permission
+                }
+                source => LoadError::Program { program, source },
+            })?;
+            tracepoint
+                .attach(category, name)
+                .map_err(|source| LoadError::Attach {
+                    category,
+                    name,
+                    source,
+                })?;
+        }
+
+        let ring = take_map(&mut ebpf, "EVENTS", |m| RingBuf::try_from(m))?;
+        let lost = take_map(&mut ebpf, "LOST", |m| PerCpuArray::try_from(m))?;
+        Ok(Self {
+            programs: ebpf,
+            ring,
+            lost: LostCounter(lost),
+        })
+    }
+}
+
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, LoadError> {
+    let raw = ebpf.take_map(map).ok_or(LoadError::MissingMap { map })?;
+    convert(raw).map_err(|source| LoadError::Map { map, source })
+}
+
+const fn libc_eperm() -> i32 {
+    nix::errno::Errno::EPERM as i32
+}
+
+fn is_permission_error(e: &EbpfError) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc_eperm())
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use
+/// memory cgroups and may refuse the change, which is then harmless.
+fn raise_memlock_limit() {
+    use nix::sys::resource::{Resource, setrlimit};
+    let _ = setrlimit(
+        Resource::RLIMIT_MEMLOCK,
+        nix::libc::RLIM_INFINITY,
+        nix::libc::RLIM_INFINITY,
+    );
+}

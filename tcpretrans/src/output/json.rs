@@ -1,0 +1,240 @@
+//! JSON Lines: one object per event, one schema for all kinds. Field names
+//! are documented in the README and stable.
+use std::io::{self, BufWriter, Write};
+
+use serde::Serialize;
+
+use super::Output;
+use crate::decode::{Event, Socket, TcpState};
+
+pub struct Json<W: Write> {
+    out: BufWriter<W>,
+}
+
+impl<W: Write> Json<W> {
+    pub fn new(writer: W) -> Self {
+        Self {
+            out: BufWriter::with_capacity(64 * 1024, writer),
+        }
+    }
+}
+
+/// Fields every socket event has; unknown values are `null`, never guessed.
+#[derive(Serialize)]
+struct SocketFields<'a> {
+    family: u8,
+    laddr: String,
+    lport: u16,
+    raddr: String,
+    rport: u16,
+    netns: Option<u32>,
+    skaddr: String,
+    pid: Option<u32>,
+    uid: Option<u32>,
+    comm: Option<&'a str>,
+}
+
+impl<'a> SocketFields<'a> {
+    fn new(s: &'a Socket) -> Self {
+        Self {
+            family: s.family,
+            laddr: s.laddr.to_string(),
+            lport: s.lport,
+            raddr: s.raddr.to_string(),
+            rport: s.rport,
+            netns: s.netns,
+            skaddr: format!("{:#x}", s.skaddr),
+            pid: s.owner.as_ref().map(|p| p.pid),
+            uid: s.owner.as_ref().map(|p| p.uid),
+            comm: s.owner.as_ref().map(|p| p.comm.as_str()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Details {
+    Retransmit {
+        state: Option<&'static str>,
+        err: i32,
+    },
+    State {
+        old_state: Option<&'static str>,
+        new_state: Option<&'static str>,
+        prev_state_ms: Option<f64>,
+    },
+    Lost {
+        count: u64,
+    },
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    event: &'static str,
+    time: String,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    socket: Option<SocketFields<'a>>,
+    #[serde(flatten)]
+    details: Details,
+}
+
+fn name(state: Option<TcpState>) -> Option<&'static str> {
+    state.map(TcpState::name)
+}
+
+impl<'a> Line<'a> {
+    fn new(event: &'a Event) -> Self {
+        let (time, socket, details) = match event {
+            Event::Retransmit { socket, state, err } => (
+                socket.time,
+                Some(socket),
+                Details::Retransmit {
+                    state: name(*state),
+                    err: *err,
+                },
+            ),
+            Event::State {
+                socket,
+                old_state,
+                new_state,
+                prev_state,
+            } => (
+                socket.time,
+                Some(socket),
+                Details::State {
+                    old_state: name(*old_state),
+                    new_state: name(*new_state),
+                    prev_state_ms: prev_state.map(|d| (d.as_micros() as f64) / 1e3),
+                },
+            ),
+            Event::Lost { time, count } => (*time, None, Details::Lost { count: *count }),
+        };
+        Self {
+            event: event.name(),
+            time: format!("{time:.6}"),
+            socket: socket.map(SocketFields::new),
+            details,
+        }
+    }
+}
+
+impl<W: Write> Output for Json<W> {
+    fn header(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn event(&mut self, event: &Event) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &Line::new(event))?;
+        self.out.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
+        time::Duration,
+    };
+
+    use jiff::Timestamp;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::decode::Process;
+
+    fn render(event: &Event) -> Value {
+        let mut buf = Vec::new();
+        {
+            let mut out = Json::new(&mut buf);
+            out.event(event).unwrap();
+            out.flush().unwrap();
+        }
+        assert_eq!(
+            buf.iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "one line per event"
+        );
+        serde_json::from_slice(&buf).unwrap()
+    }
+
+    fn socket(owner: Option<Process>) -> Socket {
+        Socket {
+            time: "2026-11-22T10:11:12.345678901Z"
+                .parse::<Timestamp>()
+                .unwrap(),
+            family: 6,
+            laddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            lport: 40000,
+            raddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            rport: 80,
+            netns: Some(4026532289),
+            skaddr: 0xffff_8880_0abc_d000,
+            owner,
+        }
+    }
+
+    #[test]
+    fn retransmit_schema() {
+        let owner = Process {
+            pid: 7,
+            uid: 0,
+            comm: "nginx".into(),
+        };
+        let v = render(&Event::Retransmit {
+            socket: socket(Some(owner)),
+            state: Some(TcpState::Established),
+            err: 0,
+        });
+        assert_eq!(
+            v,
+            json!({
+                "event": "retransmit", "time": "2026-11-22T10:11:12.345678Z", "family": 6,
+                "laddr": "::1", "lport": 40000, "raddr": "10.0.0.2", "rport": 80,
+                "netns": 4026532289u32, "skaddr": "0xffff88800abcd000",
+                "pid": 7, "uid": 0, "comm": "nginx", "state": "ESTABLISHED", "err": 0
+            })
+        );
+    }
+
+    #[test]
+    fn state_schema_with_unknowns_as_null() {
+        let v = render(&Event::State {
+            socket: socket(None),
+            old_state: Some(TcpState::SynSent),
+            new_state: Some(TcpState::Established),
+            prev_state: Some(Duration::from_micros(1500)),
+        });
+        assert_eq!(v["event"], "state");
+        assert_eq!(
+            (v["old_state"].as_str(), v["new_state"].as_str()),
+            (Some("SYN_SENT"), Some("ESTABLISHED"))
+        );
+        assert_eq!(v["prev_state_ms"], 1.5);
+        assert_eq!(
+            (v["pid"].clone(), v["comm"].clone()),
+            (Value::Null, Value::Null)
+        );
+
+        let v = render(&Event::State {
+            socket: socket(None),
+            old_state: None,
+            new_state: None,
+            prev_state: None,
+        });
+        assert_eq!(v["prev_state_ms"], Value::Null);
+    }
+
+    #[test]
+    fn lost_schema() {
+        let time = "2026-11-22T10:11:12Z".parse().unwrap();
+        let v = render(&Event::Lost { time, count: 12 });
+        assert_eq!(
+            v,
+            json!({"event": "lost", "time": "2026-11-22T10:11:12.000000Z", "count": 12})
+        );
+    }
+}

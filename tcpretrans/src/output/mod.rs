@@ -1,0 +1,27 @@
+//! Event output: aligned text for people, JSON Lines for pipelines.
+//!
+//! Both write into a buffer that the consumer flushes once per ring-buffer
+//! drain: a person sees lines at once, a burst costs one `write`.
+use std::io::{self, Write};
+
+use crate::decode::Event;
+
+pub mod json;
+pub mod text;
+
+/// Formats events onto a writer.
+pub trait Output {
+    /// Once, before the first event.
+    fn header(&mut self) -> io::Result<()>;
+    fn event(&mut self, event: &Event) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// The output the arguments ask for, over `writer`.
+pub fn new<W: Write + 'static>(json: bool, writer: W) -> Box<dyn Output> {
+    if json {
+        Box::new(json::Json::new(writer))
+    } else {
+        Box::new(text::Text::new(writer))
+    }
+}
