@@ -135,6 +135,13 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     let tracefs = Tracefs::find_or_mount()?;
     let plan = plan(args, &tracefs)?;
     let tracer = Tracer::load(&plan)?;
+    // Tells people (and scripts waiting on it) that events are now captured.
+    let what = if args.state.is_some() {
+        "retransmits and state changes"
+    } else {
+        "retransmits"
+    };
+    eprintln!("tcpretrans: tracing TCP {what}; Ctrl-C to end");
     let mut out = output::new(args.json, io::stdout());
     consume(tracer, out.as_mut(), args.duration).await
 }

@@ -1,1 +1,107 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | run | test`.
+mod setup;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "tcpretrans project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (apt packages, bpf-linker,
+    /// nightly rust-src); a fast no-op when everything is present.
+    Setup,
+    /// Build and run the tracer live (as root): `cargo xtask run -- --state`.
+    Run {
+        /// Arguments for tcpretrans.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Every test: unit tests and the kernel lab (root, real kernel).
+    Test {
+        /// Extra arguments for the test harness, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => {
+            setup::run()?;
+            cargo(&root, &["build", "--release", "--package", "tcpretrans"])?;
+            let binary = root.join("target/release/tcpretrans");
+            let mut command = if setup::is_root() {
+                Command::new(&binary)
+            } else {
+                let mut sudo = Command::new("sudo");
+                sudo.arg(&binary);
+                sudo
+            };
+            let status = command.args(args).status().context("starting tcpretrans")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            if !setup::is_root() {
+                bail!(
+                    "the kernel lab loads eBPF programs and creates network namespaces: run `cargo xtask test` as root"
+                );
+            }
+            // Unit tests, then every ignored-by-default kernel lab test.
+            cargo(&root, &["test", "--workspace"])?;
+            let mut lab: Vec<OsString> = [
+                "test",
+                "--package",
+                "tcpretrans",
+                "--test",
+                "lab",
+                "--",
+                "--include-ignored",
+            ]
+            .map(OsString::from)
+            .to_vec();
+            lab.extend(args);
+            cargo(&root, &lab)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn cargo<S: AsRef<std::ffi::OsStr>>(root: &Path, args: &[S]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!(
+            "cargo {} failed ({status})",
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Installs the build chain and lab tools on a fresh Debian machine,
+//! idempotently: each step first checks whether its result is present.
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Debian packages: LLVM 22 for bpf-linker, nftables and iproute2 for the lab.
+const APT_PACKAGES: [&str; 6] = [
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "nftables",
+    "iproute2",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const NIGHTLY: &str = "nightly";
+
+pub fn run() -> Result<()> {
+    apt_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .into_iter()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}: run `cargo xtask setup` as root",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    // The package lists of a fresh machine may predate LLVM 22 (bookworm-security).
+    run_checked(Command::new("apt-get").arg("update").arg("-q"))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .stderr(Stdio::null())
+        .output()
+        .context("running rustup")?;
+    if installed.status.success()
+        && String::from_utf8_lossy(&installed.stdout)
+            .lines()
+            .any(|l| l.starts_with("rust-src"))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {NIGHTLY} toolchain's rust-src");
+    if !installed.status.success() {
+        return run_checked(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]));
+    }
+    run_checked(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker")
+        .arg("--version")
+        .stderr(Stdio::null())
+        .output();
+    if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run_checked(
+        Command::new(cargo)
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
+}
+
+fn run_checked(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
