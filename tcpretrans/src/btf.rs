@@ -53,7 +53,7 @@ pub struct MemberOffset {
 impl MemberOffset {
     /// The byte offset, for members that start on a byte boundary.
     pub fn bytes(&self) -> Option<u32> {
-        (self.bits % 8 == 0).then_some(self.bits / 8)
+        self.bits.is_multiple_of(8).then_some(self.bits / 8)
     }
 }
 

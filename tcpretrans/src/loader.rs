@@ -131,8 +131,8 @@ impl Tracer {
                 })?;
         }
 
-        let ring = take_map(&mut ebpf, "EVENTS", |m| RingBuf::try_from(m))?;
-        let lost = take_map(&mut ebpf, "LOST", |m| PerCpuArray::try_from(m))?;
+        let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
+        let lost = take_map(&mut ebpf, "LOST", PerCpuArray::try_from)?;
         Ok(Self {
             programs: ebpf,
             ring,

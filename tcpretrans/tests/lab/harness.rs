@@ -68,17 +68,6 @@ impl Netns {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
-    /// Runs a command inside the namespace.
-    pub fn exec(&self, args: &[&str]) -> String {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args))
-    }
-
-    pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
-    }
-
     /// Loads an nftables ruleset into the namespace.
     pub fn nft(&self, ruleset: &str) {
         let mut child = Command::new("ip")
@@ -239,12 +228,21 @@ pub struct Output {
 }
 
 impl Output {
-    /// Every stdout line as JSON (fails on a line that is not).
+    /// Every stdout line as JSON (fails on a line that is not). Also checks
+    /// the exit summary: as many events as lines, none lost.
     pub fn events(&self) -> Vec<Value> {
-        self.stdout
+        let events: Vec<Value> = self
+            .stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
+            .collect();
+        let summary = format!("tcpretrans: {} events, 0 lost", events.len());
+        assert!(
+            self.stderr.lines().any(|l| l == summary),
+            "expected `{summary}` in:\n{}",
+            self.stderr
+        );
+        events
     }
 }
 
