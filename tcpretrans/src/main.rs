@@ -18,7 +18,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(trace::run(&args)) {
         Ok(summary) => {
-            eprintln!("tcpretrans: {summary}");
+            if !summary.output_closed {
+                eprintln!("tcpretrans: {summary}");
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -51,6 +51,8 @@ pub struct Summary {
     pub lost: u64,
     /// Records that did not decode (a kernel/userspace mismatch; never expected).
     pub malformed: u64,
+    /// The reader of our output went away (`| head`): end quietly.
+    pub output_closed: bool,
 }
 
 impl std::fmt::Display for Summary {
@@ -135,13 +137,6 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     let tracefs = Tracefs::find_or_mount()?;
     let plan = plan(args, &tracefs)?;
     let tracer = Tracer::load(&plan)?;
-    // Tells people (and scripts waiting on it) that events are now captured.
-    let what = if args.state.is_some() {
-        "retransmits and state changes"
-    } else {
-        "retransmits"
-    };
-    eprintln!("tcpretrans: tracing TCP {what}; Ctrl-C to end");
     let mut out = output::new(args.json, io::stdout());
     consume(tracer, out.as_mut(), args.duration).await
 }
@@ -185,15 +180,18 @@ impl Consumer<'_> {
         }
         Ok(())
     }
-}
 
-/// `Ok(true)` to go on, `Ok(false)` when the reader closed the pipe: the
-/// session then ends quietly, as `head` expects.
-fn keep_going(result: io::Result<()>) -> Result<bool, TraceError> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(false),
-        Err(e) => Err(TraceError::Output(e)),
+    /// `Ok(true)` to go on, `Ok(false)` when the reader closed the pipe: the
+    /// session then ends quietly, as `head` expects.
+    fn keep_going(&mut self, result: io::Result<()>) -> Result<bool, TraceError> {
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => {
+                self.summary.output_closed = true;
+                Ok(false)
+            }
+            Err(e) => Err(TraceError::Output(e)),
+        }
     }
 }
 
@@ -228,7 +226,13 @@ async fn consume(
     };
     tokio::pin!(deadline);
 
-    if !keep_going(consumer.out.header().and_then(|()| consumer.out.flush()))? {
+    // The header (text) or `start` event (JSON) tells people and scripts
+    // that events are being captured from now on.
+    let started = consumer
+        .out
+        .header(consumer.clock.now())
+        .and_then(|()| consumer.out.flush());
+    if !consumer.keep_going(started)? {
         return Ok(consumer.summary);
     }
     loop {
@@ -247,13 +251,15 @@ async fn consume(
                 consumer.drain(ring.get_mut())
             }
         };
-        if !keep_going(drained.and_then(|()| consumer.out.flush()))? {
+        let flushed = drained.and_then(|()| consumer.out.flush());
+        if !consumer.keep_going(flushed)? {
             return Ok(consumer.summary);
         }
     }
     // What the kernel queued before we stopped still belongs to the session.
     let drained = consumer.drain(ring.get_mut());
     consumer.report_lost(&lost)?;
-    keep_going(drained.and_then(|()| consumer.out.flush()))?;
+    let flushed = drained.and_then(|()| consumer.out.flush());
+    consumer.keep_going(flushed)?;
     Ok(consumer.summary)
 }

@@ -2,6 +2,7 @@
 //! are documented in the README and stable.
 use std::io::{self, BufWriter, Write};
 
+use jiff::Timestamp;
 use serde::Serialize;
 
 use super::Output;
@@ -68,6 +69,14 @@ enum Details {
     },
 }
 
+/// First line of a session: capture starts now.
+#[derive(Serialize)]
+struct Start {
+    event: &'static str,
+    time: String,
+    version: &'static str,
+}
+
 #[derive(Serialize)]
 struct Line<'a> {
     event: &'static str,
@@ -119,8 +128,14 @@ impl<'a> Line<'a> {
 }
 
 impl<W: Write> Output for Json<W> {
-    fn header(&mut self) -> io::Result<()> {
-        Ok(())
+    fn header(&mut self, time: Timestamp) -> io::Result<()> {
+        let start = Start {
+            event: "start",
+            time: format!("{time:.6}"),
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        serde_json::to_writer(&mut self.out, &start)?;
+        self.out.write_all(b"\n")
     }
 
     fn event(&mut self, event: &Event) -> io::Result<()> {
@@ -140,7 +155,6 @@ mod tests {
         time::Duration,
     };
 
-    use jiff::Timestamp;
     use serde_json::{Value, json};
 
     use super::*;
@@ -226,6 +240,21 @@ mod tests {
             prev_state: None,
         });
         assert_eq!(v["prev_state_ms"], Value::Null);
+    }
+
+    #[test]
+    fn start_event_opens_the_stream() {
+        let mut buf = Vec::new();
+        {
+            let mut out = Json::new(&mut buf);
+            out.header("2026-11-22T10:11:12Z".parse().unwrap()).unwrap();
+            out.flush().unwrap();
+        }
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(
+            v,
+            json!({"event": "start", "time": "2026-11-22T10:11:12.000000Z", "version": env!("CARGO_PKG_VERSION")})
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! drain: a person sees lines at once, a burst costs one `write`.
 use std::io::{self, Write};
 
+use jiff::Timestamp;
+
 use crate::decode::Event;
 
 pub mod json;
@@ -11,8 +13,8 @@ pub mod text;
 
 /// Formats events onto a writer.
 pub trait Output {
-    /// Once, before the first event.
-    fn header(&mut self) -> io::Result<()>;
+    /// Once, when tracing has started: column headings, or a `start` event.
+    fn header(&mut self, time: Timestamp) -> io::Result<()>;
     fn event(&mut self, event: &Event) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }

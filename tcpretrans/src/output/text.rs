@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use jiff::tz::TimeZone;
+use jiff::{Timestamp, tz::TimeZone};
 
 use super::Output;
 use crate::decode::{Event, Socket, TcpState};
@@ -54,7 +54,7 @@ impl<W: Write> Text<W> {
 }
 
 impl<W: Write> Output for Text<W> {
-    fn header(&mut self) -> io::Result<()> {
+    fn header(&mut self, _time: Timestamp) -> io::Result<()> {
         writeln!(
             self.out,
             "{:<12} {:<7} {:<COMM_WIDTH$} {:<2} {:<ENDPOINT_WIDTH$} T> {:<ENDPOINT_WIDTH$} STATE",
@@ -166,8 +166,6 @@ pub fn human_duration(d: Duration) -> String {
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    use jiff::Timestamp;
-
     use super::*;
     use crate::decode::Process;
 
@@ -189,7 +187,7 @@ mod tests {
         let mut buf = Vec::new();
         {
             let mut text = Text::with_time_zone(&mut buf, TimeZone::UTC);
-            text.header().unwrap();
+            text.header(Timestamp::UNIX_EPOCH).unwrap();
             for e in events {
                 text.event(e).unwrap();
             }

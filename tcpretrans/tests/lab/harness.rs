@@ -154,7 +154,8 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Starts the tracer and waits until its programs are attached.
+    /// Starts the tracer and waits until its programs are attached: its
+    /// first line (the JSON `start` event or the text header) says so.
     pub fn start(args: &[&str]) -> Self {
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
@@ -163,23 +164,23 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting tcpretrans");
-        let mut stdout = child.stdout.take().expect("stdout");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let stdout = thread::spawn(move || {
             let mut text = String::new();
-            let _ = stdout.read_to_string(&mut text);
-            text
-        });
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let stderr = thread::spawn(move || {
-            let mut text = String::new();
-            for line in stderr.lines().map_while(Result::ok) {
-                if line.starts_with("tcpretrans: tracing") {
+            for line in stdout.lines().map_while(Result::ok) {
+                if text.is_empty() {
                     let _ = ready_tx.send(());
                 }
                 text.push_str(&line);
                 text.push('\n');
             }
+            text
+        });
+        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
             text
         });
         let mut tracer = Self {
@@ -228,14 +229,16 @@ pub struct Output {
 }
 
 impl Output {
-    /// Every stdout line as JSON (fails on a line that is not). Also checks
-    /// the exit summary: as many events as lines, none lost.
+    /// Every stdout line after the `start` event as JSON (fails on a line
+    /// that is not). Also checks the exit summary: as many events as lines,
+    /// none lost.
     pub fn events(&self) -> Vec<Value> {
-        let events: Vec<Value> = self
-            .stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
+        let mut lines = self.stdout.lines().map(|l| {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+        });
+        let start = lines.next().expect("no output");
+        assert_eq!(start["event"], "start", "{start}");
+        let events: Vec<Value> = lines.collect();
         let summary = format!("tcpretrans: {} events, 0 lost", events.len());
         assert!(
             self.stderr.lines().any(|l| l == summary),

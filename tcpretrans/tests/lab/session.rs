@@ -1,0 +1,112 @@
+//! How a session ends: closed pipe, SIGTERM, `--duration`.
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::harness::{Netns, short_connection};
+
+fn wait_with_deadline(child: &mut std::process::Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tcpretrans still running after {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `tcpretrans --json --state | head -1`: ends at its next write, quietly.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn closed_pipe_ends_the_session_quietly() {
+    let ns = Netns::new("pipe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+        .args(["--json", "--state", "--netns", &ns.inode.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tcpretrans");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("first line");
+    assert!(first.contains(r#""event":"start""#), "{first}");
+    // The reader is gone (dropped above); the next events hit a closed pipe.
+    short_connection(&ns, "127.0.0.1:8090".parse().expect("address"));
+    let status = wait_with_deadline(&mut child, Duration::from_secs(5));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stderr, "", "nothing on stderr");
+}
+
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn sigterm_ends_cleanly_with_a_summary() {
+    let ns = Netns::new("term");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+        .args(["--state", "--netns", &ns.inode.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tcpretrans");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut header = String::new();
+    stdout.read_line(&mut header).expect("header");
+    assert!(header.starts_with("TIME"), "{header}");
+    short_connection(&ns, "127.0.0.1:8091".parse().expect("address"));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let status = wait_with_deadline(&mut child, Duration::from_secs(5));
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("stdout");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    assert!(status.success(), "{status}: {stderr}");
+    // Events queued before the signal are still printed: 12 transitions of
+    // listener, client and accepted socket.
+    assert_eq!(rest.lines().count(), 12, "{rest}");
+    assert_eq!(stderr, "tcpretrans: 12 events, 0 lost\n");
+}
+
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn duration_ends_the_session_on_time() {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+        .args(["--json", "--duration", "0.5"])
+        .output()
+        .expect("running tcpretrans");
+    let took = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Start-up and detaching from the tracepoints take a few hundred ms.
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
