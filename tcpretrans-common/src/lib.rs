@@ -53,10 +53,21 @@ pub struct FlowFields {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetransmitFields {
     pub flow: FlowFields,
+    pub skbaddr: u16,
     /// `int state`: since 4.20.
     pub state: u16,
     /// `int err`: since 6.17, when the tracepoint also fires for failed attempts.
     pub err: u16,
+    pub _pad: u16,
+}
+
+/// Layout of `tcp:tcp_retransmit_synack`. Its `skaddr` is the listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynackFields {
+    pub flow: FlowFields,
+    /// The request socket: the connection being set up.
+    pub req: u16,
 }
 
 /// Layout of `sock:inet_sock_set_state`.
@@ -79,6 +90,100 @@ pub struct SockOffsets {
     pub sk_net: u16,
     /// `struct net` → `ns.inum`.
     pub net_inum: u16,
+}
+
+/// A bitfield member: the byte holding it and its place in that byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bitfield {
+    /// `ABSENT` when unknown.
+    pub byte: u16,
+    pub shift: u8,
+    pub width: u8,
+}
+
+impl Bitfield {
+    pub const ABSENT: Self = Self {
+        byte: ABSENT,
+        shift: 0,
+        width: 0,
+    };
+}
+
+/// Byte offsets, from BTF, of what a retransmission event reads beyond the
+/// tracepoint record. `ABSENT` when BTF or the member is missing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpOffsets {
+    // struct sock / inet_connection_sock / tcp_sock: one object.
+    /// `__sk_common.skc_flags` (`sk_flags`), for `SOCK_DEAD`.
+    pub sk_flags: u16,
+    pub icsk_rto: u16,
+    pub icsk_ca_state: Bitfield,
+    pub icsk_retransmits: u16,
+    pub icsk_pending: u16,
+    /// Expiry (jiffies) of the retransmit/probe timer: `icsk_timeout`, or
+    /// `icsk_retransmit_timer.expires` since 6.14.
+    pub icsk_timer_expires: u16,
+    pub icsk_backoff: u16,
+    pub icsk_syn_retries: u16,
+    pub srtt_us: u16,
+    pub mdev_us: u16,
+    pub snd_cwnd: u16,
+    pub snd_ssthresh: u16,
+    pub total_retrans: u16,
+    // struct sk_buff: members of `cb` (a `struct tcp_skb_cb`), from the skb start.
+    pub skb_seq: u16,
+    pub skb_end_seq: u16,
+    pub skb_gso_segs: u16,
+    pub skb_tcp_flags: u16,
+    // struct net: `ipv4.sysctl_tcp_*`.
+    pub net_syn_retries: u16,
+    pub net_synack_retries: u16,
+    pub net_retries2: u16,
+    pub net_orphan_retries: u16,
+    pub net_syn_linear_timeouts: u16,
+    // struct request_sock.
+    pub req_num_retrans: u16,
+    pub req_num_timeout: Bitfield,
+    pub req_timeout: u16,
+    /// Bit number of `SOCK_DEAD` in `sk_flags`.
+    pub sock_dead_bit: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+impl TcpOffsets {
+    pub const UNKNOWN: Self = Self {
+        sk_flags: ABSENT,
+        icsk_rto: ABSENT,
+        icsk_ca_state: Bitfield::ABSENT,
+        icsk_retransmits: ABSENT,
+        icsk_pending: ABSENT,
+        icsk_timer_expires: ABSENT,
+        icsk_backoff: ABSENT,
+        icsk_syn_retries: ABSENT,
+        srtt_us: ABSENT,
+        mdev_us: ABSENT,
+        snd_cwnd: ABSENT,
+        snd_ssthresh: ABSENT,
+        total_retrans: ABSENT,
+        skb_seq: ABSENT,
+        skb_end_seq: ABSENT,
+        skb_gso_segs: ABSENT,
+        skb_tcp_flags: ABSENT,
+        net_syn_retries: ABSENT,
+        net_synack_retries: ABSENT,
+        net_retries2: ABSENT,
+        net_orphan_retries: ABSENT,
+        net_syn_linear_timeouts: ABSENT,
+        req_num_retrans: ABSENT,
+        req_num_timeout: Bitfield::ABSENT,
+        req_timeout: ABSENT,
+        sock_dead_bit: 0,
+        _pad0: 0,
+        _pad1: 0,
+    };
 }
 
 impl SockOffsets {
@@ -119,8 +224,12 @@ pub mod globals {
     pub const RETRANSMIT_FIELDS: &str = "RETRANSMIT_FIELDS";
     /// `StateFields`.
     pub const STATE_FIELDS: &str = "STATE_FIELDS";
+    /// `SynackFields`.
+    pub const SYNACK_FIELDS: &str = "SYNACK_FIELDS";
     /// `SockOffsets`.
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
+    /// `TcpOffsets`.
+    pub const TCP_OFFSETS: &str = "TCP_OFFSETS";
     /// `Filter`.
     pub const FILTER: &str = "FILTER";
     /// `u32`: force a consumer wakeup once this many bytes wait in the ring
@@ -145,8 +254,17 @@ impl RetransmitFields {
     /// first field read.
     pub const ABSENT: Self = Self {
         flow: FlowFields::ABSENT,
+        skbaddr: ABSENT,
         state: ABSENT,
         err: ABSENT,
+        _pad: 0,
+    };
+}
+
+impl SynackFields {
+    pub const ABSENT: Self = Self {
+        flow: FlowFields::ABSENT,
+        req: ABSENT,
     };
 }
 
@@ -186,8 +304,24 @@ impl Filter {
 
 /// Event kinds, the first byte of every ring-buffer record.
 pub mod event_kind {
+    /// `RetransmitEvent` from `tcp:tcp_retransmit_skb`.
     pub const RETRANSMIT: u8 = 1;
     pub const STATE: u8 = 2;
+    /// `RetransmitEvent` from `tcp:tcp_retransmit_synack`.
+    pub const SYNACK: u8 = 3;
+}
+
+/// Which retry limit the kernel applies to a retransmitting socket.
+pub mod retry_budget {
+    pub const UNKNOWN: u8 = 0;
+    /// `icsk_syn_retries` or `tcp_syn_retries`, plus `tcp_syn_linear_timeouts`.
+    pub const SYN: u8 = 1;
+    /// `icsk_syn_retries` of the listener or `tcp_synack_retries`.
+    pub const SYNACK: u8 = 2;
+    /// `tcp_orphan_retries` (0 means 8) for sockets their owner closed.
+    pub const ORPHAN: u8 = 3;
+    /// `tcp_retries2`.
+    pub const RETRIES2: u8 = 4;
 }
 
 /// Common head of every ring-buffer record.
@@ -236,7 +370,10 @@ impl Owner {
     };
 }
 
-/// One `tcp:tcp_retransmit_skb` hit.
+/// One retransmission: `tcp:tcp_retransmit_skb` (kind `RETRANSMIT`) or
+/// `tcp:tcp_retransmit_synack` (kind `SYNACK`, where the socket fields come
+/// from the request socket and the congestion fields are 0). Fields whose
+/// offsets are `ABSENT` are 0; userspace knows which and shows them unknown.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetransmitEvent {
@@ -245,11 +382,41 @@ pub struct RetransmitEvent {
     pub flow: Flow,
     /// TCP state; 0 when the kernel's record has no state.
     pub state: u8,
-    pub _pad0: u8,
-    pub _pad1: u16,
+    /// `icsk_ca_state`: congestion-avoidance state (`TCP_CA_*`).
+    pub ca_state: u8,
+    /// `icsk_pending`: the timer being handled (`ICSK_TIME_*`).
+    pub pending: u8,
+    /// `icsk_backoff` (SYN-ACK: the request's `num_timeout`).
+    pub backoff: u8,
     /// 0, or the negative errno of a failed attempt (6.17+).
     pub err: i32,
-    pub _pad2: u32,
+    /// `icsk_retransmits` (SYN-ACK: the request's `num_retrans`).
+    pub retransmits: u8,
+    /// `tcp_skb_cb.tcp_flags` of the skb.
+    pub tcp_flags: u8,
+    /// `tcp_skb_pcount(skb)`: segments in this skb.
+    pub segs: u16,
+    /// `icsk_rto` in jiffies (SYN-ACK: the request's current timeout).
+    pub rto_jiffies: u32,
+    /// `srtt_us`: smoothed RTT in µs, shifted left by 3.
+    pub srtt_us8: u32,
+    /// `mdev_us`: RTT deviation in µs, shifted left by 2.
+    pub mdev_us4: u32,
+    pub cwnd: u32,
+    pub ssthresh: u32,
+    pub total_retrans: u32,
+    pub seq: u32,
+    pub end_seq: u32,
+    /// A `retry_budget` kind.
+    pub budget: u8,
+    /// The limit's sysctl (or socket option) value, before kind-specific rules.
+    pub budget_limit: u8,
+    /// `tcp_syn_linear_timeouts` of the socket's namespace (SYN budget only).
+    pub syn_linear_timeouts: u8,
+    /// 1 when the timer `pending` names has expired: its handler is what is
+    /// retransmitting (the timer stays "pending" while it runs).
+    pub timer_due: u8,
+    pub _pad1: u32,
 }
 
 /// `prev_state_ns` when the socket was first seen in this state.
@@ -281,14 +448,17 @@ pub struct SockInfo {
 const _: () = {
     use core::mem::{align_of, size_of};
     assert!(size_of::<FlowFields>() == 12);
-    assert!(size_of::<RetransmitFields>() == 16);
+    assert!(size_of::<RetransmitFields>() == 20);
+    assert!(size_of::<SynackFields>() == 14);
+    assert!(size_of::<Bitfield>() == 4);
+    assert!(size_of::<TcpOffsets>() == 58);
     assert!(size_of::<StateFields>() == 20);
     assert!(size_of::<SockOffsets>() == 4);
     assert!(size_of::<Filter>() == 12);
     assert!(size_of::<EventHeader>() == 24);
     assert!(size_of::<Flow>() == 36);
     assert!(size_of::<Owner>() == 24);
-    assert!(size_of::<RetransmitEvent>() == 96);
+    assert!(size_of::<RetransmitEvent>() == 136);
     assert!(size_of::<StateEvent>() == 96);
     assert!(align_of::<StateEvent>() == 8);
     assert!(size_of::<SockInfo>() == 32);
@@ -302,7 +472,9 @@ mod pod {
     // every padding byte spelled out as a field.
     unsafe impl aya::Pod for RetransmitFields {}
     unsafe impl aya::Pod for StateFields {}
+    unsafe impl aya::Pod for SynackFields {}
     unsafe impl aya::Pod for SockOffsets {}
+    unsafe impl aya::Pod for TcpOffsets {}
     unsafe impl aya::Pod for Filter {}
     unsafe impl aya::Pod for RetransmitEvent {}
     unsafe impl aya::Pod for StateEvent {}

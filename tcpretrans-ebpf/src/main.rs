@@ -11,6 +11,7 @@ mod record;
 mod retransmit;
 mod sock;
 mod state;
+mod synack;
 
 #[cfg(not(test))]
 #[panic_handler]

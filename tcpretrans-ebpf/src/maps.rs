@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use tcpretrans_common::{Filter, RetransmitFields, SockInfo, SockOffsets, StateFields};
+use tcpretrans_common::{
+    Filter, RetransmitFields, SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets,
+};
 
 // Globals overridden by userspace at load time (names in `tcpretrans_common::globals`).
 // The defaults keep nothing.
@@ -14,7 +16,11 @@ pub static RETRANSMIT_FIELDS: Global<RetransmitFields> = Global::new(RetransmitF
 #[unsafe(no_mangle)]
 pub static STATE_FIELDS: Global<StateFields> = Global::new(StateFields::ABSENT);
 #[unsafe(no_mangle)]
+pub static SYNACK_FIELDS: Global<SynackFields> = Global::new(SynackFields::ABSENT);
+#[unsafe(no_mangle)]
 pub static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNKNOWN);
+#[unsafe(no_mangle)]
+pub static TCP_OFFSETS: Global<TcpOffsets> = Global::new(TcpOffsets::UNKNOWN);
 #[unsafe(no_mangle)]
 pub static FILTER: Global<Filter> = Global::new(Filter::KEEP_ALL);
 #[unsafe(no_mangle)]

@@ -1,14 +1,21 @@
-//! `tcp:tcp_retransmit_skb`: one event per retransmitted skb.
+//! `tcp:tcp_retransmit_skb`: one event per retransmitted skb, with the
+//! socket's timers, RTT, congestion state and retry budget at that moment.
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tcpretrans_common::{ABSENT, EventHeader, RetransmitEvent, event_kind};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, generated},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tcpretrans_common::{
+    ABSENT, EventHeader, RetransmitEvent, TcpOffsets, event_kind, retry_budget, tcp_state::SYN_SENT,
+};
 
 use crate::{
-    maps::{FILTER, RETRANSMIT_FIELDS, SOCK_OFFSETS, SOCKETS, reserve, submit},
+    maps::{FILTER, RETRANSMIT_FIELDS, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
     record::{Record, family_version},
-    sock,
+    sock::{self, read, read_bitfield},
 };
 
 #[tracepoint]
@@ -33,10 +40,15 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(version) = family_version(family) else {
         return Ok(());
     };
-    let skaddr: u64 = record.load(fields.flow.skaddr);
-    let Some(netns) = sock::netns_passing(skaddr, &SOCK_OFFSETS.load(), &filter) else {
+    let sk: u64 = record.load(fields.flow.skaddr);
+    let Some(netns) = sock::netns_passing(sk, &SOCK_OFFSETS.load(), &filter) else {
         return Ok(());
     };
+    let skb: u64 = record.load(fields.skbaddr);
+    let state = record.optional::<i32>(fields.state).unwrap_or(0) as u8;
+    let tcp = TCP_OFFSETS.load();
+    let (budget, budget_limit, syn_linear_timeouts) = retry_budget(sk, netns.net, state, &tcp);
+
     let Some(mut entry) = reserve::<RetransmitEvent>() else {
         return Ok(());
     };
@@ -48,9 +60,9 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
             kind: event_kind::RETRANSMIT,
             family: version,
             _pad: 0,
-            netns,
+            netns: netns.inum,
             timestamp_ns: bpf_ktime_get_ns(),
-            skaddr,
+            skaddr: sk,
         };
         record.write_head(
             &fields.flow,
@@ -60,14 +72,68 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
         );
         write_owner(
             &raw mut (*event).owner,
-            SOCKETS.get(skaddr).map(|info| &info.owner),
+            SOCKETS.get(sk).map(|info| &info.owner),
         );
-        (&raw mut (*event).state).write(record.optional::<i32>(fields.state).unwrap_or(0) as u8);
-        (&raw mut (*event)._pad0).write(0);
-        (&raw mut (*event)._pad1).write(0);
+        (&raw mut (*event).state).write(state);
+        (&raw mut (*event).ca_state).write(read_bitfield(sk, tcp.icsk_ca_state));
+        (&raw mut (*event).pending).write(read(sk, tcp.icsk_pending));
+        (&raw mut (*event).timer_due).write(timer_due(sk, &tcp));
+        (&raw mut (*event).backoff).write(read(sk, tcp.icsk_backoff));
         (&raw mut (*event).err).write(record.optional(fields.err).unwrap_or(0));
-        (&raw mut (*event)._pad2).write(0);
+        (&raw mut (*event).retransmits).write(read(sk, tcp.icsk_retransmits));
+        (&raw mut (*event).tcp_flags).write(read(skb, tcp.skb_tcp_flags));
+        (&raw mut (*event).segs).write(read(skb, tcp.skb_gso_segs));
+        (&raw mut (*event).rto_jiffies).write(read(sk, tcp.icsk_rto));
+        (&raw mut (*event).srtt_us8).write(read(sk, tcp.srtt_us));
+        (&raw mut (*event).mdev_us4).write(read(sk, tcp.mdev_us));
+        (&raw mut (*event).cwnd).write(read(sk, tcp.snd_cwnd));
+        (&raw mut (*event).ssthresh).write(read(sk, tcp.snd_ssthresh));
+        (&raw mut (*event).total_retrans).write(read(sk, tcp.total_retrans));
+        (&raw mut (*event).seq).write(read(skb, tcp.skb_seq));
+        (&raw mut (*event).end_seq).write(read(skb, tcp.skb_end_seq));
+        (&raw mut (*event).budget).write(budget);
+        (&raw mut (*event).budget_limit).write(budget_limit);
+        (&raw mut (*event).syn_linear_timeouts).write(syn_linear_timeouts);
+        (&raw mut (*event)._pad1).write(0);
     }
     submit(entry);
     Ok(())
+}
+
+/// Whether the socket's retransmit/probe timer has expired, i.e. its handler
+/// is running (`tcp_write_timer_handler` leaves `icsk_pending` set for the
+/// loss probe while it sends it).
+#[inline(always)]
+fn timer_due(sk: u64, tcp: &TcpOffsets) -> u8 {
+    if tcp.icsk_timer_expires == ABSENT {
+        return 0;
+    }
+    let expires: u64 = read(sk, tcp.icsk_timer_expires);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { generated::bpf_jiffies64() };
+    u8::from(now.wrapping_sub(expires) as i64 >= 0)
+}
+
+/// The limit `tcp_write_timeout()` applies to this socket: its kind, the
+/// sysctl (or socket option) value, and `tcp_syn_linear_timeouts` for SYNs.
+#[inline(always)]
+fn retry_budget(sk: u64, net: u64, state: u8, tcp: &TcpOffsets) -> (u8, u8, u8) {
+    if state == SYN_SENT {
+        let own: u8 = read(sk, tcp.icsk_syn_retries);
+        let limit = if own != 0 {
+            own
+        } else {
+            read(net, tcp.net_syn_retries)
+        };
+        return (
+            retry_budget::SYN,
+            limit,
+            read(net, tcp.net_syn_linear_timeouts),
+        );
+    }
+    let flags: u64 = read(sk, tcp.sk_flags);
+    if tcp.sk_flags != ABSENT && flags >> (tcp.sock_dead_bit & 63) & 1 == 1 {
+        return (retry_budget::ORPHAN, read(net, tcp.net_orphan_retries), 0);
+    }
+    (retry_budget::RETRIES2, read(net, tcp.net_retries2), 0)
 }

@@ -1,29 +1,37 @@
-//! Reads from `struct sock` at member offsets userspace resolved from BTF.
+//! Reads from kernel objects (`struct sock`, `sk_buff`, `net`, ...) at member
+//! offsets userspace resolved from BTF. Unknown offsets read as 0.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use tcpretrans_common::{Filter, SockOffsets};
+use tcpretrans_common::{ABSENT, Bitfield, Filter, SockOffsets};
 
-/// The socket's network namespace inode, or 0 when BTF did not give the offsets.
+/// `base + offset` as a `T`; 0 when the offset is unknown or the read fails.
 #[inline(always)]
-pub fn netns(skaddr: u64, offsets: &SockOffsets) -> u32 {
-    if !offsets.has_netns() {
-        return 0;
+pub fn read<T: Copy + Default>(base: u64, offset: u16) -> T {
+    if base == 0 || offset == ABSENT {
+        return T::default();
     }
-    let read = || -> Result<u32, i64> {
-        // SAFETY: probe reads of kernel memory fail safely on a bad address.
-        unsafe {
-            let net: u64 =
-                bpf_probe_read_kernel((skaddr + u64::from(offsets.sk_net)) as *const u64)
-                    .map_err(i64::from)?;
-            bpf_probe_read_kernel((net + u64::from(offsets.net_inum)) as *const u32)
-                .map_err(i64::from)
-        }
-    };
-    read().unwrap_or(0)
+    // SAFETY: probe reads of kernel memory fail safely on a bad address.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.unwrap_or_default()
+}
+
+#[inline(always)]
+pub fn read_bitfield(base: u64, field: Bitfield) -> u8 {
+    let byte: u8 = read(base, field.byte);
+    let mask = ((1u16 << (field.width & 7)) - 1) as u8 | if field.width >= 8 { 0xff } else { 0 };
+    (byte >> (field.shift & 7)) & mask
+}
+
+/// A socket's network namespace.
+pub struct Netns {
+    /// `struct net *`; 0 when unknown.
+    pub net: u64,
+    /// Its inode number; 0 when unknown.
+    pub inum: u32,
 }
 
 /// The socket's namespace, if it passes the namespace filter.
 #[inline(always)]
-pub fn netns_passing(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> Option<u32> {
-    let netns = netns(skaddr, offsets);
-    (filter.netns == 0 || filter.netns == netns).then_some(netns)
+pub fn netns_passing(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> Option<Netns> {
+    let net: u64 = read(skaddr, offsets.sk_net);
+    let inum: u32 = read(net, offsets.net_inum);
+    (filter.netns == 0 || filter.netns == inum).then_some(Netns { net, inum })
 }

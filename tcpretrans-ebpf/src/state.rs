@@ -67,7 +67,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             kind: event_kind::STATE,
             family: version,
             _pad: 0,
-            netns,
+            netns: netns.inum,
             timestamp_ns: now,
             skaddr,
         };

@@ -7,7 +7,7 @@
 //! member paths — so it adds little to start-up on a 5.5 MB vmlinux BTF.
 use std::{fs, io, path::Path};
 
-use tcpretrans_common::{ABSENT, SockOffsets};
+use tcpretrans_common::{ABSENT, Bitfield, SockOffsets, TcpOffsets};
 use thiserror::Error;
 
 /// The running kernel's BTF.
@@ -168,12 +168,39 @@ impl Btf {
         &bytes[..len]
     }
 
-    /// The id of the struct named `name`. Forward declarations are skipped;
-    /// the first full definition wins.
-    fn struct_id(&self, name: &str) -> Option<u32> {
-        (1..=self.type_at.len() as u32).find(|&id| {
-            self.header(id)
-                .is_some_and(|h| h.kind == KIND_STRUCT && self.name(h.name_off) == name.as_bytes())
+    /// Ids of the named types of `kind`, found in one pass over all types
+    /// (a scan per name would cost tens of milliseconds on vmlinux). Forward
+    /// declarations have their own kind; the first full definition wins.
+    fn find_types(&self, kind: u32, names: &[&str]) -> Vec<Option<u32>> {
+        let mut ids = vec![None; names.len()];
+        let mut left = names.len();
+        for id in 1..=self.type_at.len() as u32 {
+            let Some(h) = self.header(id) else { break };
+            if h.kind != kind || h.name_off == 0 {
+                continue;
+            }
+            let name = self.name(h.name_off);
+            for (slot, wanted) in ids.iter_mut().zip(names) {
+                if slot.is_none() && name == wanted.as_bytes() {
+                    *slot = Some(id);
+                    left -= 1;
+                }
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        ids
+    }
+
+    /// The value of enumerator `name` of `enum enum_name`.
+    pub fn enum_value(&self, enum_name: &str, name: &str) -> Option<i64> {
+        let id = self.find_types(KIND_ENUM, &[enum_name])[0]?;
+        let h = self.header(id)?;
+        (0..h.vlen).find_map(|i| {
+            let pos = h.body + i * 8;
+            let value = self.u32_at(pos + 4)? as i32;
+            (self.name(self.u32_at(pos)?) == name.as_bytes()).then_some(i64::from(value))
         })
     }
 
@@ -245,7 +272,11 @@ impl Btf {
     /// Offset of `path` (member names, each inside the previous one's type)
     /// from the start of `struct outer`.
     pub fn member_offset(&self, outer: &str, path: &[&str]) -> Option<MemberOffset> {
-        let mut current = self.header(self.struct_id(outer)?)?;
+        self.member_offset_in(self.find_types(KIND_STRUCT, &[outer])[0]?, path)
+    }
+
+    fn member_offset_in(&self, outer_id: u32, path: &[&str]) -> Option<MemberOffset> {
+        let mut current = self.header(outer_id)?;
         let mut total = MemberOffset {
             bits: 0,
             bitfield_bits: 0,
@@ -261,6 +292,21 @@ impl Btf {
             }
         }
         Some(total)
+    }
+
+    /// Offsets of many members, finding their outer structs in one pass.
+    pub fn member_offsets(&self, members: &[Member]) -> Vec<Option<MemberOffset>> {
+        let mut outers: Vec<&str> = members.iter().map(|m| m.outer).collect();
+        outers.sort_unstable();
+        outers.dedup();
+        let ids = self.find_types(KIND_STRUCT, &outers);
+        members
+            .iter()
+            .map(|m| {
+                let id = ids[outers.binary_search(&m.outer).ok()?]?;
+                self.member_offset_in(id, m.path)
+            })
+            .collect()
     }
 }
 
@@ -278,7 +324,7 @@ fn body_len(h: &TypeHeader) -> Option<usize> {
 }
 
 /// A kernel struct member the kernel programs read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
     pub outer: &'static str,
     pub path: &'static [&'static str],
@@ -290,38 +336,198 @@ impl Member {
     }
 }
 
-pub const SK_NET: Member = Member {
-    outer: "sock",
-    path: &["__sk_common", "skc_net", "net"],
-};
-pub const NET_INUM: Member = Member {
-    outer: "net",
-    path: &["ns", "inum"],
-};
+const fn member(outer: &'static str, path: &'static [&'static str]) -> Member {
+    Member { outer, path }
+}
 
-/// Every member the kernel programs use, for `--check` style reporting.
-pub const MEMBERS: [Member; 2] = [SK_NET, NET_INUM];
+pub const SK_NET: Member = member("sock", &["__sk_common", "skc_net", "net"]);
+pub const NET_INUM: Member = member("net", &["ns", "inum"]);
+/// `sk_flags` is a macro for this.
+pub const SK_FLAGS: Member = member("sock", &["__sk_common", "skc_flags"]);
+pub const ICSK_RTO: Member = member("inet_connection_sock", &["icsk_rto"]);
+pub const ICSK_CA_STATE: Member = member("inet_connection_sock", &["icsk_ca_state"]);
+pub const ICSK_RETRANSMITS: Member = member("inet_connection_sock", &["icsk_retransmits"]);
+pub const ICSK_PENDING: Member = member("inet_connection_sock", &["icsk_pending"]);
+pub const ICSK_BACKOFF: Member = member("inet_connection_sock", &["icsk_backoff"]);
+pub const ICSK_TIMER_EXPIRES: Member = member(
+    "inet_connection_sock",
+    &["icsk_retransmit_timer", "expires"],
+);
+/// Before 6.14 the timer's expiry had its own member.
+pub const ICSK_TIMEOUT: Member = member("inet_connection_sock", &["icsk_timeout"]);
+pub const ICSK_SYN_RETRIES: Member = member("inet_connection_sock", &["icsk_syn_retries"]);
+pub const SRTT_US: Member = member("tcp_sock", &["srtt_us"]);
+pub const MDEV_US: Member = member("tcp_sock", &["mdev_us"]);
+pub const SND_CWND: Member = member("tcp_sock", &["snd_cwnd"]);
+pub const SND_SSTHRESH: Member = member("tcp_sock", &["snd_ssthresh"]);
+pub const TOTAL_RETRANS: Member = member("tcp_sock", &["total_retrans"]);
+pub const SKB_CB: Member = member("sk_buff", &["cb"]);
+pub const CB_SEQ: Member = member("tcp_skb_cb", &["seq"]);
+pub const CB_END_SEQ: Member = member("tcp_skb_cb", &["end_seq"]);
+pub const CB_GSO_SEGS: Member = member("tcp_skb_cb", &["tcp_gso_segs"]);
+pub const CB_TCP_FLAGS: Member = member("tcp_skb_cb", &["tcp_flags"]);
+pub const NET_SYN_RETRIES: Member = member("net", &["ipv4", "sysctl_tcp_syn_retries"]);
+pub const NET_SYNACK_RETRIES: Member = member("net", &["ipv4", "sysctl_tcp_synack_retries"]);
+pub const NET_RETRIES2: Member = member("net", &["ipv4", "sysctl_tcp_retries2"]);
+pub const NET_ORPHAN_RETRIES: Member = member("net", &["ipv4", "sysctl_tcp_orphan_retries"]);
+/// Since 6.5; older kernels simply lack it.
+pub const NET_SYN_LINEAR_TIMEOUTS: Member =
+    member("net", &["ipv4", "sysctl_tcp_syn_linear_timeouts"]);
+pub const REQ_NUM_RETRANS: Member = member("request_sock", &["num_retrans"]);
+pub const REQ_NUM_TIMEOUT: Member = member("request_sock", &["num_timeout"]);
+pub const REQ_TIMEOUT: Member = member("request_sock", &["timeout"]);
 
-/// Socket member offsets for the kernel programs, and the members that could
-/// not be resolved (those fields are reported as unknown).
-pub fn sock_offsets(btf: &Btf) -> (SockOffsets, Vec<Member>) {
-    let mut missing = Vec::new();
-    let mut byte_offset = |member: Member| {
-        let offset = btf
-            .member_offset(member.outer, member.path)
+/// Every member the kernel programs use.
+pub const MEMBERS: [Member; 28] = [
+    SK_NET,
+    NET_INUM,
+    SK_FLAGS,
+    ICSK_RTO,
+    ICSK_CA_STATE,
+    ICSK_RETRANSMITS,
+    ICSK_PENDING,
+    ICSK_TIMER_EXPIRES,
+    ICSK_BACKOFF,
+    ICSK_SYN_RETRIES,
+    SRTT_US,
+    MDEV_US,
+    SND_CWND,
+    SND_SSTHRESH,
+    TOTAL_RETRANS,
+    SKB_CB,
+    CB_SEQ,
+    CB_END_SEQ,
+    CB_GSO_SEGS,
+    CB_TCP_FLAGS,
+    NET_SYN_RETRIES,
+    NET_SYNACK_RETRIES,
+    NET_RETRIES2,
+    NET_ORPHAN_RETRIES,
+    NET_SYN_LINEAR_TIMEOUTS,
+    REQ_NUM_RETRANS,
+    REQ_NUM_TIMEOUT,
+    REQ_TIMEOUT,
+];
+
+/// `SOCK_DEAD` has been the first `enum sock_flags` value forever; BTF says
+/// for sure.
+const SOCK_DEAD_DEFAULT: u8 = 0;
+
+/// What the kernel programs need from BTF, and what this kernel's BTF lacks.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub sock: SockOffsets,
+    pub tcp: TcpOffsets,
+    /// Each member with its offset, `None` when missing.
+    pub members: Vec<(Member, Option<MemberOffset>)>,
+}
+
+impl Resolved {
+    /// Nothing known: no BTF.
+    pub fn unknown() -> Self {
+        Self {
+            sock: SockOffsets::UNKNOWN,
+            tcp: TcpOffsets::UNKNOWN,
+            members: MEMBERS.iter().map(|&m| (m, None)).collect(),
+        }
+    }
+
+    pub fn missing(&self) -> impl Iterator<Item = &Member> {
+        self.members
+            .iter()
+            .filter(|(_, o)| o.is_none())
+            .map(|(m, _)| m)
+    }
+}
+
+/// Where the kernel side finds a member it reads as a bitfield: a bitfield
+/// within one byte, or a whole byte.
+fn bitfield(offset: Option<MemberOffset>) -> Bitfield {
+    match offset {
+        Some(o) if o.bitfield_bits > 0 && o.bits % 8 + o.bitfield_bits <= 8 => Bitfield {
+            byte: u16::try_from(o.bits / 8).unwrap_or(ABSENT),
+            shift: (o.bits % 8) as u8,
+            width: o.bitfield_bits as u8,
+        },
+        Some(o) if o.bitfield_bits == 0 => Bitfield {
+            byte: o
+                .bytes()
+                .and_then(|b| u16::try_from(b).ok())
+                .unwrap_or(ABSENT),
+            shift: 0,
+            width: 8,
+        },
+        _ => Bitfield::ABSENT,
+    }
+}
+
+/// Resolves every member the kernel programs read.
+pub fn resolve(btf: &Btf) -> Resolved {
+    let offsets = btf.member_offsets(&MEMBERS);
+    let mut members: Vec<(Member, Option<MemberOffset>)> =
+        MEMBERS.iter().copied().zip(offsets).collect();
+    for (member, offset) in &mut members {
+        if *member == ICSK_TIMER_EXPIRES && offset.is_none() {
+            *member = ICSK_TIMEOUT;
+            *offset = btf.member_offset(ICSK_TIMEOUT.outer, ICSK_TIMEOUT.path);
+        }
+    }
+    let members = members;
+    let get = |m: Member| members.iter().find(|(x, _)| *x == m).and_then(|(_, o)| *o);
+    let byte = |m: Member| {
+        get(m)
             .and_then(|o| o.bytes())
             .and_then(|b| u16::try_from(b).ok())
-            .filter(|&b| b != ABSENT);
-        offset.unwrap_or_else(|| {
-            missing.push(member);
-            ABSENT
-        })
+            .unwrap_or(ABSENT)
     };
-    let offsets = SockOffsets {
-        sk_net: byte_offset(SK_NET),
-        net_inum: byte_offset(NET_INUM),
+    let bitfield = |m: Member| bitfield(get(m));
+    // Members of the skb's control block, from the start of the skb.
+    let in_cb = |m: Member| match (byte(SKB_CB), byte(m)) {
+        (ABSENT, _) | (_, ABSENT) => ABSENT,
+        (cb, off) => cb + off,
     };
-    (offsets, missing)
+    let sock_dead_bit = btf
+        .enum_value("sock_flags", "SOCK_DEAD")
+        .and_then(|v| u8::try_from(v).ok())
+        .unwrap_or(SOCK_DEAD_DEFAULT);
+    let tcp = TcpOffsets {
+        sk_flags: byte(SK_FLAGS),
+        icsk_rto: byte(ICSK_RTO),
+        icsk_ca_state: bitfield(ICSK_CA_STATE),
+        icsk_retransmits: byte(ICSK_RETRANSMITS),
+        icsk_pending: byte(ICSK_PENDING),
+        icsk_timer_expires: match byte(ICSK_TIMER_EXPIRES) {
+            ABSENT => byte(ICSK_TIMEOUT),
+            found => found,
+        },
+        icsk_backoff: byte(ICSK_BACKOFF),
+        icsk_syn_retries: byte(ICSK_SYN_RETRIES),
+        srtt_us: byte(SRTT_US),
+        mdev_us: byte(MDEV_US),
+        snd_cwnd: byte(SND_CWND),
+        snd_ssthresh: byte(SND_SSTHRESH),
+        total_retrans: byte(TOTAL_RETRANS),
+        skb_seq: in_cb(CB_SEQ),
+        skb_end_seq: in_cb(CB_END_SEQ),
+        skb_gso_segs: in_cb(CB_GSO_SEGS),
+        skb_tcp_flags: in_cb(CB_TCP_FLAGS),
+        net_syn_retries: byte(NET_SYN_RETRIES),
+        net_synack_retries: byte(NET_SYNACK_RETRIES),
+        net_retries2: byte(NET_RETRIES2),
+        net_orphan_retries: byte(NET_ORPHAN_RETRIES),
+        net_syn_linear_timeouts: byte(NET_SYN_LINEAR_TIMEOUTS),
+        req_num_retrans: byte(REQ_NUM_RETRANS),
+        req_num_timeout: bitfield(REQ_NUM_TIMEOUT),
+        req_timeout: byte(REQ_TIMEOUT),
+        sock_dead_bit,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let sock = SockOffsets {
+        sk_net: byte(SK_NET),
+        net_inum: byte(NET_INUM),
+    };
+    Resolved { sock, tcp, members }
 }
 
 #[cfg(test)]
@@ -447,7 +653,11 @@ mod tests {
             KIND_STRUCT,
             "inet_connection_sock",
             512,
-            &[("icsk_inet", 9, 0, 0), ("icsk_ca_state", 1, 1029, 5)],
+            &[
+                ("icsk_inet", 9, 0, 0),
+                ("icsk_ca_state", 1, 1026, 5),
+                ("icsk_straddle", 1, 1037, 5),
+            ],
         ); // 10
         Btf::parse(b.build()).unwrap()
     }
@@ -469,15 +679,21 @@ mod tests {
                 .bytes(),
             Some(0)
         );
-        let (offsets, missing) = sock_offsets(&btf);
+        let resolved = resolve(&btf);
         assert_eq!(
-            offsets,
+            resolved.sock,
             SockOffsets {
                 sk_net: 48,
                 net_inum: 24
             }
         );
-        assert!(missing.is_empty());
+        let ca_state = resolved.tcp.icsk_ca_state;
+        assert_eq!((ca_state.byte, ca_state.shift, ca_state.width), (128, 2, 5));
+        assert!(
+            resolved.missing().any(|m| *m == ICSK_RTO),
+            "the sample has no icsk_rto"
+        );
+        assert_eq!(resolved.tcp.icsk_rto, ABSENT);
     }
 
     #[test]
@@ -488,11 +704,41 @@ mod tests {
         assert_eq!(
             offset,
             MemberOffset {
-                bits: 1029,
+                bits: 1026,
                 bitfield_bits: 5
             }
         );
         assert_eq!(offset.bytes(), None);
+    }
+
+    #[test]
+    fn bitfields_spanning_two_bytes_are_not_read() {
+        let straddle = sample().member_offset("inet_connection_sock", &["icsk_straddle"]);
+        assert_eq!(
+            straddle,
+            Some(MemberOffset {
+                bits: 1037,
+                bitfield_bits: 5
+            })
+        );
+        assert_eq!(bitfield(straddle), Bitfield::ABSENT);
+        let byte = bitfield(Some(MemberOffset {
+            bits: 16,
+            bitfield_bits: 0,
+        }));
+        assert_eq!((byte.byte, byte.shift, byte.width), (2, 0, 8));
+    }
+
+    #[test]
+    fn reads_enum_values() {
+        let mut b = Builder::new();
+        let name = b.string("sock_flags");
+        let dead = b.string("SOCK_DEAD");
+        let done = b.string("SOCK_DONE");
+        b.push(&[name, KIND_ENUM << 24 | 2, 4, dead, 0, done, 1]);
+        let btf = Btf::parse(b.build()).unwrap();
+        assert_eq!(btf.enum_value("sock_flags", "SOCK_DONE"), Some(1));
+        assert_eq!(btf.enum_value("sock_flags", "SOCK_NOPE"), None);
     }
 
     #[test]
@@ -514,10 +760,16 @@ mod tests {
 
     #[test]
     fn running_kernel_btf_resolves_every_member() {
+        let started = std::time::Instant::now();
         let btf =
             Btf::from_file(Path::new(VMLINUX)).expect("this test needs the running kernel's BTF");
-        let (offsets, missing) = sock_offsets(&btf);
+        let resolved = resolve(&btf);
+        let took = started.elapsed();
+        let missing: Vec<_> = resolved.missing().collect();
         assert!(missing.is_empty(), "unresolved: {missing:?}");
-        assert!(offsets.has_netns());
+        assert!(resolved.sock.has_netns());
+        assert_eq!(resolved.tcp.sock_dead_bit, 0);
+        assert!(resolved.tcp.icsk_ca_state.width >= 5);
+        eprintln!("read + resolve vmlinux BTF: {took:?}");
     }
 }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{ArgAction, Parser};
 use tcpretrans_common::{AF_INET, AF_INET6, tcp_state};
 
-use crate::decode::TcpState;
+use crate::{decode::TcpState, output::Style};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -12,7 +12,9 @@ Examples:
   tcpretrans --state                 # ... and every TCP state transition
   tcpretrans --state=fin_wait,time_wait   # only transitions into/out of these
   tcpretrans --json --netns 4026532289    # JSON Lines for one network namespace
-  tcpretrans -4 --duration 60        # IPv4 only, stop after a minute";
+  tcpretrans -4 --duration 60        # IPv4 only, stop after a minute
+  tcpretrans -s                      # with sequence numbers and segment counts
+  tcpretrans --check                 # what this kernel offers; exit 0 if it can trace";
 
 /// Trace TCP retransmissions and state changes, live, with eBPF.
 #[derive(Debug, Parser)]
@@ -52,9 +54,19 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// Add the SEQ and SEGS columns (sequence number and segment count of
+    /// each retransmitted skb).
+    #[arg(short = 's', long)]
+    pub sequence: bool,
+
     /// Read kernel type information from FILE instead of /sys/kernel/btf/vmlinux.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
+
+    /// Print what this kernel offers the tool (tracepoints, BTF members, HZ,
+    /// privileges, TCP sysctls) and exit: 0 when it can trace here.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// What the kernel side is asked to keep, derived from the arguments.
@@ -74,6 +86,14 @@ pub struct Selection {
 pub struct StateMask(pub u16);
 
 impl Args {
+    pub fn style(&self) -> Style {
+        Style {
+            json: self.json,
+            sequence: self.sequence,
+            wide_endpoints: self.ipv6,
+        }
+    }
+
     pub fn selection(&self) -> Selection {
         let family = match (self.ipv4, self.ipv6) {
             (true, _) => AF_INET,

@@ -8,8 +8,18 @@ use std::{
 use jiff::Timestamp;
 use nix::time::{ClockId, clock_gettime};
 use tcpretrans_common::{
-    DURATION_UNKNOWN, EventHeader, Flow, Owner, RetransmitEvent, StateEvent, event_kind,
+    ABSENT, DURATION_UNKNOWN, EventHeader, Flow, Owner, RetransmitEvent, StateEvent, TcpOffsets,
+    event_kind, retry_budget,
 };
+
+/// `icsk_pending` while the tail-loss-probe timer runs (`ICSK_TIME_LOSS_PROBE`).
+const ICSK_TIME_LOSS_PROBE: u8 = 5;
+/// `icsk_ca_state` after an RTO (`TCP_CA_Loss`).
+const TCP_CA_LOSS: u8 = 4;
+const TCPHDR_FIN: u8 = 0x01;
+const TCPHDR_SYN: u8 = 0x02;
+/// `TCP_RTO_MAX`: no timer is armed for longer.
+const TCP_RTO_MAX: Duration = Duration::from_secs(120);
 use thiserror::Error;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -137,14 +147,75 @@ pub struct Socket {
     pub owner: Option<Process>,
 }
 
+/// What triggered a retransmission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The connecting side's SYN, after its timer expired.
+    Syn,
+    /// The listening side's SYN-ACK.
+    SynAck,
+    /// The retransmission timer expired (and the socket is in loss recovery).
+    Rto,
+    /// Fast retransmit / recovery: ACK feedback (duplicate ACKs, SACK, RACK).
+    Fast,
+    /// Tail loss probe: the probe timer resent the last segment.
+    Tlp,
+}
+
+impl Cause {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Syn => "SYN",
+            Self::SynAck => "SYNACK",
+            Self::Rto => "RTO",
+            Self::Fast => "FAST",
+            Self::Tlp => "TLP",
+        }
+    }
+}
+
+/// One retransmission with the socket's state at that moment. `None`
+/// where this kernel (or BTF) could not tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retransmit {
+    pub socket: Socket,
+    pub cause: Option<Cause>,
+    pub state: Option<TcpState>,
+    /// 0, or the negative errno of an attempt the kernel could not send.
+    pub err: i32,
+    /// The retransmission timeout: for RTO, SYN and SYN-ACK events the one
+    /// that just expired.
+    pub rto: Option<Duration>,
+    pub backoff: Option<u8>,
+    /// Timeout-driven retransmissions of this episode before this one.
+    pub retries: Option<u32>,
+    /// Where the kernel gives up (`tcp_retries2` is applied as a time
+    /// budget modelled on this count).
+    pub retry_limit: Option<u32>,
+    pub total_retrans: Option<u32>,
+    pub srtt: Option<Duration>,
+    pub rttvar: Option<Duration>,
+    pub cwnd: Option<u32>,
+    pub ssthresh: Option<u32>,
+    /// Segments in this skb (`tcp_skb_pcount`): what `TcpRetransSegs` adds.
+    pub segs: Option<u16>,
+    /// Payload bytes.
+    pub bytes: Option<u32>,
+    pub seq: Option<u32>,
+    /// The owner closed the socket; the kernel finishes it alone.
+    pub orphan: Option<bool>,
+}
+
+impl Retransmit {
+    /// Whether the kernel actually sent it.
+    pub fn sent(&self) -> bool {
+        self.err == 0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Retransmit {
-        socket: Socket,
-        state: Option<TcpState>,
-        /// 0, or the negative errno of a failed retransmit attempt.
-        err: i32,
-    },
+    Retransmit(Box<Retransmit>),
     State {
         socket: Socket,
         old_state: Option<TcpState>,
@@ -153,14 +224,17 @@ pub enum Event {
         prev_state: Option<Duration>,
     },
     /// Events the kernel side could not queue because the ring buffer was full.
-    Lost { time: Timestamp, count: u64 },
+    Lost {
+        time: Timestamp,
+        count: u64,
+    },
 }
 
 impl Event {
     /// The `event` name in JSON.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Retransmit { .. } => "retransmit",
+            Self::Retransmit(_) => "retransmit",
             Self::State { .. } => "state",
             Self::Lost { .. } => "lost",
         }
@@ -181,29 +255,151 @@ pub enum DecodeError {
     },
 }
 
-/// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
-    let kind = *bytes.first().ok_or(DecodeError::Empty)?;
-    match kind {
-        event_kind::RETRANSMIT => {
-            let raw: RetransmitEvent = read_record(kind, bytes)?;
-            Ok(Event::Retransmit {
-                socket: socket(&raw.header, &raw.flow, &raw.owner, clock),
-                state: TcpState::from_u8(raw.state),
-                err: raw.err,
-            })
+/// Turns ring-buffer records into events, knowing what this kernel offers.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub clock: Clock,
+    /// The kernel's HZ, for `icsk_rto` (in jiffies).
+    pub hz: Option<u32>,
+    /// Where the kernel programs read socket fields (`ABSENT`: unknown).
+    pub tcp: TcpOffsets,
+    /// Whether the socket's namespace (and so its sysctls) can be read.
+    pub netns_known: bool,
+}
+
+impl Decoder {
+    /// Decodes one ring-buffer record.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        let kind = *bytes.first().ok_or(DecodeError::Empty)?;
+        match kind {
+            event_kind::RETRANSMIT | event_kind::SYNACK => {
+                let raw: RetransmitEvent = read_record(kind, bytes)?;
+                Ok(Event::Retransmit(Box::new(self.retransmit(&raw))))
+            }
+            event_kind::STATE => {
+                let raw: StateEvent = read_record(kind, bytes)?;
+                Ok(Event::State {
+                    socket: socket(&raw.header, &raw.flow, &raw.owner, &self.clock),
+                    old_state: TcpState::from_u8(raw.old_state),
+                    new_state: TcpState::from_u8(raw.new_state),
+                    prev_state: (raw.prev_state_ns != DURATION_UNKNOWN)
+                        .then(|| Duration::from_nanos(raw.prev_state_ns)),
+                })
+            }
+            other => Err(DecodeError::UnknownKind(other)),
         }
-        event_kind::STATE => {
-            let raw: StateEvent = read_record(kind, bytes)?;
-            Ok(Event::State {
-                socket: socket(&raw.header, &raw.flow, &raw.owner, clock),
-                old_state: TcpState::from_u8(raw.old_state),
-                new_state: TcpState::from_u8(raw.new_state),
-                prev_state: (raw.prev_state_ns != DURATION_UNKNOWN)
-                    .then(|| Duration::from_nanos(raw.prev_state_ns)),
+    }
+
+    fn retransmit(&self, raw: &RetransmitEvent) -> Retransmit {
+        let t = &self.tcp;
+        let synack = raw.header.kind == event_kind::SYNACK;
+        let known = |offset: u16| offset != ABSENT;
+        let state = TcpState::from_u8(raw.state);
+        let cause = if synack {
+            Some(Cause::SynAck)
+        } else if state == Some(TcpState::SynSent) {
+            Some(Cause::Syn)
+        } else if !known(t.icsk_ca_state.byte)
+            || !known(t.icsk_pending)
+            || !known(t.icsk_timer_expires)
+        {
+            None
+        } else if raw.ca_state == TCP_CA_LOSS {
+            Some(Cause::Rto)
+        } else if raw.pending == ICSK_TIME_LOSS_PROBE && raw.timer_due == 1 {
+            // The probe timer fired and its handler is sending: a TLP. With
+            // the timer merely armed, an ACK triggered the retransmission.
+            Some(Cause::Tlp)
+        } else {
+            Some(Cause::Fast)
+        };
+        // Timer-driven retransmissions count themselves before the tracepoint
+        // fires; a SYN-ACK's counter moves after it.
+        let timer_driven = matches!(cause, Some(Cause::Rto | Cause::Syn));
+        let retransmits_known = if synack {
+            known(t.req_num_retrans)
+        } else {
+            known(t.icsk_retransmits)
+        };
+        let retries = retransmits_known.then(|| {
+            let count = u32::from(raw.retransmits);
+            if timer_driven {
+                count.saturating_sub(1)
+            } else {
+                count
+            }
+        });
+        let rto_known = if synack {
+            known(t.req_timeout)
+        } else {
+            known(t.icsk_rto)
+        };
+        let rto = self.hz.filter(|_| rto_known).map(|hz| {
+            let rto = Duration::from_micros(u64::from(raw.rto_jiffies) * 1_000_000 / u64::from(hz));
+            if synack { rto.min(TCP_RTO_MAX) } else { rto }
+        });
+        let tcp_field = |offset: u16, value: u32| (!synack && known(offset)).then_some(value);
+        let seq_known =
+            !synack && known(t.skb_seq) && known(t.skb_end_seq) && known(t.skb_tcp_flags);
+        let syn_fin =
+            u32::from(raw.tcp_flags & TCPHDR_SYN != 0) + u32::from(raw.tcp_flags & TCPHDR_FIN != 0);
+        Retransmit {
+            socket: socket(&raw.header, &raw.flow, &raw.owner, &self.clock),
+            cause,
+            state,
+            err: raw.err,
+            rto,
+            backoff: (if synack {
+                known(t.req_num_timeout.byte)
+            } else {
+                known(t.icsk_backoff)
             })
+            .then_some(raw.backoff),
+            retries,
+            retry_limit: self.retry_limit(raw),
+            total_retrans: tcp_field(t.total_retrans, raw.total_retrans),
+            srtt: tcp_field(t.srtt_us, raw.srtt_us8 >> 3)
+                .filter(|&us| us > 0)
+                .map(|us| Duration::from_micros(us.into())),
+            rttvar: tcp_field(t.mdev_us, raw.mdev_us4 >> 2)
+                .filter(|_| raw.srtt_us8 > 0)
+                .map(|us| Duration::from_micros(us.into())),
+            cwnd: tcp_field(t.snd_cwnd, raw.cwnd),
+            ssthresh: tcp_field(t.snd_ssthresh, raw.ssthresh),
+            segs: if synack {
+                Some(1)
+            } else {
+                known(t.skb_gso_segs).then_some(raw.segs)
+            },
+            bytes: seq_known.then(|| raw.end_seq.wrapping_sub(raw.seq).wrapping_sub(syn_fin)),
+            seq: seq_known.then_some(raw.seq),
+            orphan: match raw.budget {
+                retry_budget::ORPHAN => Some(true),
+                retry_budget::RETRIES2 => known(t.sk_flags).then_some(false),
+                _ => None,
+            },
         }
-        other => Err(DecodeError::UnknownKind(other)),
+    }
+
+    /// The number of retransmissions after which the kernel gives up, as
+    /// `tcp_write_timeout()` computes it.
+    fn retry_limit(&self, raw: &RetransmitEvent) -> Option<u32> {
+        let t = &self.tcp;
+        let net = |offset: u16| self.netns_known && offset != ABSENT;
+        let limit = u32::from(raw.budget_limit);
+        match raw.budget {
+            // SYN_SENT gets the linear-timeout retries on top (6.5+).
+            retry_budget::SYN if net(t.net_syn_retries) => {
+                Some(limit + u32::from(raw.syn_linear_timeouts))
+            }
+            retry_budget::SYNACK if net(t.net_synack_retries) => Some(limit),
+            // tcp_orphan_retries(): 0 means 8 while the peer may still answer.
+            retry_budget::ORPHAN if net(t.net_orphan_retries) => {
+                Some(if limit == 0 { 8 } else { limit })
+            }
+            retry_budget::RETRIES2 if net(t.net_retries2) => Some(limit),
+            _ => None,
+        }
     }
 }
 
@@ -265,6 +461,8 @@ fn process(owner: &Owner) -> Option<Process> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use tcpretrans_common::{Bitfield, tcp_state};
+
     use super::*;
 
     pub fn bytes_of<T: aya::Pod>(value: &T) -> Vec<u8> {
@@ -313,38 +511,259 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn decodes_a_retransmit() {
-        let raw = RetransmitEvent {
+    /// Offsets as on a kernel where every member resolved (values are
+    /// irrelevant to decoding: only known/unknown matters).
+    fn all_known() -> TcpOffsets {
+        let b = Bitfield {
+            byte: 1,
+            shift: 0,
+            width: 5,
+        };
+        TcpOffsets {
+            sk_flags: 1,
+            icsk_rto: 1,
+            icsk_ca_state: b,
+            icsk_retransmits: 1,
+            icsk_pending: 1,
+            icsk_timer_expires: 1,
+            icsk_backoff: 1,
+            icsk_syn_retries: 1,
+            srtt_us: 1,
+            mdev_us: 1,
+            snd_cwnd: 1,
+            snd_ssthresh: 1,
+            total_retrans: 1,
+            skb_seq: 1,
+            skb_end_seq: 1,
+            skb_gso_segs: 1,
+            skb_tcp_flags: 1,
+            net_syn_retries: 1,
+            net_synack_retries: 1,
+            net_retries2: 1,
+            net_orphan_retries: 1,
+            net_syn_linear_timeouts: 1,
+            req_num_retrans: 1,
+            req_num_timeout: b,
+            req_timeout: 1,
+            sock_dead_bit: 0,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+
+    pub fn decoder() -> Decoder {
+        Decoder {
+            clock: Clock::with_offset(1_700_000_000_000_000_000),
+            hz: Some(250),
+            tcp: all_known(),
+            netns_known: true,
+        }
+    }
+
+    /// An RTO retransmission of an established socket, 3rd of its episode.
+    pub fn raw_retransmit() -> RetransmitEvent {
+        RetransmitEvent {
             header: header(event_kind::RETRANSMIT, 4),
             owner: owner(42, "curl"),
             flow: v4_flow(),
-            state: 1,
-            _pad0: 0,
+            state: tcp_state::ESTABLISHED,
+            ca_state: TCP_CA_LOSS,
+            pending: 0,
+            backoff: 2,
+            err: 0,
+            retransmits: 3,
+            tcp_flags: 0x18,
+            segs: 2,
+            rto_jiffies: 200,
+            srtt_us8: 12_000 << 3,
+            mdev_us4: 3_000 << 2,
+            cwnd: 1,
+            ssthresh: 7,
+            total_retrans: 9,
+            seq: 1000,
+            end_seq: 3896,
+            budget: retry_budget::RETRIES2,
+            budget_limit: 15,
+            syn_linear_timeouts: 0,
+            timer_due: 0,
             _pad1: 0,
-            err: -16,
-            _pad2: 0,
-        };
-        let clock = Clock::with_offset(1_700_000_000_000_000_000);
-        let event = decode(&bytes_of(&raw), &clock).unwrap();
-        let Event::Retransmit { socket, state, err } = event else {
-            panic!("{event:?}")
-        };
-        assert_eq!(state, Some(TcpState::Established));
-        assert_eq!(err, -16);
-        assert_eq!(socket.laddr.to_string(), "10.0.0.1");
-        assert_eq!((socket.lport, socket.rport), (40000, 80));
-        assert_eq!(socket.raddr.to_string(), "10.0.0.2");
-        assert_eq!(socket.netns, Some(4026532289));
+        }
+    }
+
+    fn retransmit(raw: &RetransmitEvent, decoder: &Decoder) -> Retransmit {
+        match decoder.decode(&bytes_of(raw)).unwrap() {
+            Event::Retransmit(r) => *r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_an_rto_retransmit() {
+        let r = retransmit(&raw_retransmit(), &decoder());
+        assert_eq!(r.cause, Some(Cause::Rto));
+        assert_eq!(r.state, Some(TcpState::Established));
         assert_eq!(
-            socket.owner,
+            r.rto,
+            Some(Duration::from_millis(800)),
+            "200 jiffies at HZ=250"
+        );
+        assert_eq!(
+            (r.retries, r.retry_limit, r.backoff),
+            (Some(2), Some(15), Some(2))
+        );
+        assert_eq!(
+            (r.srtt, r.rttvar),
+            (
+                Some(Duration::from_millis(12)),
+                Some(Duration::from_millis(3))
+            )
+        );
+        assert_eq!(
+            (r.cwnd, r.ssthresh, r.total_retrans),
+            (Some(1), Some(7), Some(9))
+        );
+        assert_eq!((r.segs, r.bytes, r.seq), (Some(2), Some(2896), Some(1000)));
+        assert_eq!(r.orphan, Some(false));
+        assert!(r.sent());
+        let s = &r.socket;
+        assert_eq!(
+            (s.laddr.to_string(), s.lport, s.raddr.to_string(), s.rport),
+            ("10.0.0.1".into(), 40000, "10.0.0.2".into(), 80)
+        );
+        assert_eq!(s.netns, Some(4026532289));
+        assert_eq!(
+            s.owner,
             Some(Process {
                 pid: 42,
                 uid: 1000,
                 comm: "curl".into()
             })
         );
-        assert_eq!(socket.time.as_nanosecond(), 1_700_000_002_000_000_123);
+        assert_eq!(s.time.as_nanosecond(), 1_700_000_002_000_000_123);
+    }
+
+    #[test]
+    fn classifies_causes() {
+        let d = decoder();
+        let cause = |f: &dyn Fn(&mut RetransmitEvent)| {
+            let mut raw = raw_retransmit();
+            f(&mut raw);
+            retransmit(&raw, &d).cause
+        };
+        assert_eq!(
+            cause(&|r| r.ca_state = 3),
+            Some(Cause::Fast),
+            "TCP_CA_Recovery"
+        );
+        assert_eq!(
+            cause(&|r| r.ca_state = 0),
+            Some(Cause::Fast),
+            "ACK-driven in Open"
+        );
+        assert_eq!(
+            cause(&|r| (r.ca_state, r.pending, r.timer_due) = (0, ICSK_TIME_LOSS_PROBE, 1)),
+            Some(Cause::Tlp)
+        );
+        assert_eq!(
+            cause(&|r| (r.ca_state, r.pending, r.timer_due) = (3, ICSK_TIME_LOSS_PROBE, 0)),
+            Some(Cause::Fast),
+            "ACK-driven while the probe timer is armed"
+        );
+        assert_eq!(cause(&|r| r.state = tcp_state::SYN_SENT), Some(Cause::Syn));
+        assert_eq!(
+            cause(&|r| r.header.kind = event_kind::SYNACK),
+            Some(Cause::SynAck)
+        );
+    }
+
+    #[test]
+    fn fast_retransmits_do_not_consume_timeout_retries() {
+        let mut raw = raw_retransmit();
+        (raw.ca_state, raw.retransmits) = (3, 0);
+        assert_eq!(retransmit(&raw, &decoder()).retries, Some(0));
+    }
+
+    #[test]
+    fn syn_limits_include_linear_timeouts() {
+        let mut raw = raw_retransmit();
+        (
+            raw.state,
+            raw.retransmits,
+            raw.budget,
+            raw.budget_limit,
+            raw.syn_linear_timeouts,
+        ) = (tcp_state::SYN_SENT, 1, retry_budget::SYN, 6, 4);
+        (raw.srtt_us8, raw.rto_jiffies) = (0, 250);
+        let r = retransmit(&raw, &decoder());
+        assert_eq!(
+            (r.cause, r.retries, r.retry_limit),
+            (Some(Cause::Syn), Some(0), Some(10))
+        );
+        assert_eq!(r.rto, Some(Duration::from_secs(1)));
+        assert_eq!(
+            (r.srtt, r.rttvar),
+            (None, None),
+            "no RTT sample before the handshake"
+        );
+    }
+
+    #[test]
+    fn orphan_retries_zero_means_eight() {
+        let mut raw = raw_retransmit();
+        (raw.state, raw.budget, raw.budget_limit) = (tcp_state::FIN_WAIT1, retry_budget::ORPHAN, 0);
+        let r = retransmit(&raw, &decoder());
+        assert_eq!((r.orphan, r.retry_limit), (Some(true), Some(8)));
+        raw.budget_limit = 3;
+        assert_eq!(retransmit(&raw, &decoder()).retry_limit, Some(3));
+    }
+
+    #[test]
+    fn synack_events_come_from_the_request_socket() {
+        let mut raw = raw_retransmit();
+        raw.header.kind = event_kind::SYNACK;
+        (raw.state, raw.retransmits, raw.budget, raw.budget_limit) =
+            (tcp_state::SYN_RECV, 1, retry_budget::SYNACK, 5);
+        raw.rto_jiffies = 500;
+        let r = retransmit(&raw, &decoder());
+        assert_eq!(
+            (r.cause, r.retries, r.retry_limit),
+            (Some(Cause::SynAck), Some(1), Some(5))
+        );
+        assert_eq!(r.rto, Some(Duration::from_secs(2)));
+        assert_eq!((r.cwnd, r.srtt, r.seq, r.segs), (None, None, None, Some(1)));
+    }
+
+    #[test]
+    fn without_btf_or_hz_fields_are_unknown_not_zero() {
+        let d = Decoder {
+            hz: None,
+            tcp: TcpOffsets::UNKNOWN,
+            netns_known: false,
+            ..decoder()
+        };
+        let r = retransmit(&raw_retransmit(), &d);
+        assert_eq!(
+            (r.cause, r.rto, r.retries, r.retry_limit),
+            (None, None, None, None)
+        );
+        assert_eq!(
+            (r.srtt, r.cwnd, r.segs, r.bytes, r.orphan),
+            (None, None, None, None, None)
+        );
+        assert_eq!(
+            r.state,
+            Some(TcpState::Established),
+            "from the tracepoint record"
+        );
+        let syn = RetransmitEvent {
+            state: tcp_state::SYN_SENT,
+            ..raw_retransmit()
+        };
+        assert_eq!(
+            retransmit(&syn, &d).cause,
+            Some(Cause::Syn),
+            "from the record alone"
+        );
     }
 
     #[test]
@@ -363,7 +782,7 @@ pub(crate) mod tests {
             _pad: 0,
             prev_state_ns: DURATION_UNKNOWN,
         };
-        let event = decode(&bytes_of(&raw), &Clock::with_offset(0)).unwrap();
+        let event = decoder().decode(&bytes_of(&raw)).unwrap();
         let Event::State {
             socket,
             old_state,
@@ -388,9 +807,7 @@ pub(crate) mod tests {
         );
 
         raw.prev_state_ns = 1_500_000;
-        let Event::State { prev_state, .. } =
-            decode(&bytes_of(&raw), &Clock::with_offset(0)).unwrap()
-        else {
+        let Event::State { prev_state, .. } = decoder().decode(&bytes_of(&raw)).unwrap() else {
             panic!()
         };
         assert_eq!(prev_state, Some(Duration::from_micros(1500)));
@@ -398,13 +815,15 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_short_and_unknown_records() {
-        assert_eq!(decode(&[], &Clock::with_offset(0)), Err(DecodeError::Empty));
-        assert_eq!(
-            decode(&[99, 0, 0], &Clock::with_offset(0)),
-            Err(DecodeError::UnknownKind(99))
-        );
+        let d = decoder();
+        assert_eq!(d.decode(&[]), Err(DecodeError::Empty));
+        assert_eq!(d.decode(&[99, 0, 0]), Err(DecodeError::UnknownKind(99)));
         assert!(matches!(
-            decode(&[event_kind::STATE; 10], &Clock::with_offset(0)),
+            d.decode(&[event_kind::STATE; 10]),
+            Err(DecodeError::Length { .. })
+        ));
+        assert!(matches!(
+            d.decode(&[event_kind::RETRANSMIT; 96]),
             Err(DecodeError::Length { .. })
         ));
     }

@@ -2,8 +2,10 @@
 //!
 //! The binary is a thin shell over this library; tests use it directly.
 pub mod btf;
+pub mod check;
 pub mod cli;
 pub mod decode;
+pub mod kernel;
 pub mod loader;
 pub mod output;
 pub mod trace;

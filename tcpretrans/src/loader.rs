@@ -5,15 +5,18 @@ use aya::{
     maps::{MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint},
 };
-use tcpretrans_common::{Filter, RetransmitFields, SockOffsets, StateFields, globals};
+use tcpretrans_common::{
+    Filter, RetransmitFields, SockOffsets, StateFields, SynackFields, TcpOffsets, globals,
+};
 use thiserror::Error;
 
 /// The kernel object built from tcpretrans-ebpf (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpretrans"));
 
 /// Programs, and the tracepoints they attach to.
-const PROGRAMS: [(&str, &str, &str); 2] = [
+pub const PROGRAMS: [(&str, &str, &str); 3] = [
     ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+    ("tcp_retransmit_synack", "tcp", "tcp_retransmit_synack"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
 ];
 
@@ -53,8 +56,10 @@ pub enum LoadError {
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
     pub retransmit: RetransmitFields,
+    pub synack: SynackFields,
     pub state: StateFields,
     pub sock: SockOffsets,
+    pub tcp: TcpOffsets,
     pub filter: Filter,
     /// Ring buffer size: a power of two, a multiple of the page size.
     pub ring_bytes: u32,
@@ -95,8 +100,10 @@ impl Tracer {
             .btf(None)
             .map_max_entries("EVENTS", plan.ring_bytes)
             .override_global(globals::RETRANSMIT_FIELDS, &plan.retransmit, true)
+            .override_global(globals::SYNACK_FIELDS, &plan.synack, true)
             .override_global(globals::STATE_FIELDS, &plan.state, true)
             .override_global(globals::SOCK_OFFSETS, &plan.sock, true)
+            .override_global(globals::TCP_OFFSETS, &plan.tcp, true)
             .override_global(globals::FILTER, &plan.filter, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
             .load(OBJECT)

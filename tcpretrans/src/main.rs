@@ -1,11 +1,21 @@
-use std::process::ExitCode;
+use std::{io, process::ExitCode};
 
 use clap::Parser as _;
-use tcpretrans::{cli::Args, trace};
+use tcpretrans::{check, cli::Args, trace};
 
 fn main() -> ExitCode {
     // Usage errors exit with status 2 inside `parse`.
     let args = Args::parse();
+    if args.check {
+        return match check::run(&args, &mut io::stdout().lock()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("tcpretrans: writing the report failed: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tcpretrans_common::{Filter, SockOffsets, filter_flags};
+use tcpretrans_common::{Filter, filter_flags};
 use thiserror::Error;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -18,7 +18,8 @@ use tokio::{
 use crate::{
     btf::{self, Btf, BtfError},
     cli::Args,
-    decode::{self, Clock, Event},
+    decode::{Clock, Decoder, Event},
+    kernel,
     loader::{LoadError, LostCounter, Plan, Tracer},
     output::{self, Output},
     tracefs::{FormatError, Tracefs},
@@ -65,43 +66,56 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Resolves this kernel's layouts and the user's selection into a load plan.
-pub fn plan(args: &Args, tracefs: &Tracefs) -> Result<Plan, TraceError> {
+/// A session's kernel-side plan and the matching decoder.
+pub struct Setup {
+    pub plan: Plan,
+    pub decoder: Decoder,
+}
+
+/// Resolves this kernel's layouts and the user's selection. What this
+/// kernel cannot offer is said once on stderr and shown as unknown.
+pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
     let retransmit = tracefs
         .format("tcp", "tcp_retransmit_skb")?
         .retransmit_fields()?;
+    let synack = tracefs
+        .format("tcp", "tcp_retransmit_synack")?
+        .synack_fields()?;
     let state = tracefs
         .format("sock", "inet_sock_set_state")?
         .state_fields()?;
     let btf_path = args.btf.as_deref().unwrap_or(Path::new(btf::VMLINUX));
-    let sock = match Btf::from_file(btf_path) {
+    let resolved = match Btf::from_file(btf_path) {
         Ok(btf) => {
-            let (offsets, missing) = btf::sock_offsets(&btf);
+            let resolved = btf::resolve(&btf);
+            let missing: Vec<String> = resolved.missing().map(btf::Member::describe).collect();
             if !missing.is_empty() {
-                let names: Vec<String> = missing.iter().map(btf::Member::describe).collect();
                 eprintln!(
-                    "tcpretrans: kernel BTF lacks {}: the network namespace is shown as unknown",
-                    names.join(", ")
+                    "tcpretrans: kernel BTF lacks {}: what they give is shown as unknown",
+                    missing.join(", ")
                 );
             }
-            offsets
+            resolved
         }
         Err(err) => {
             if args.netns.is_some() {
                 return Err(TraceError::NetnsWithoutBtf(describe_btf_error(&err)));
             }
             eprintln!(
-                "tcpretrans: {}; the network namespace is shown as unknown",
+                "tcpretrans: {}; namespaces, timers, RTT, congestion and retry budgets are shown as unknown",
                 describe_btf_error(&err)
             );
-            SockOffsets::UNKNOWN
+            btf::Resolved::unknown()
         }
     };
-    if args.netns.is_some() && !sock.has_netns() {
+    if args.netns.is_some() && !resolved.sock.has_netns() {
         return Err(TraceError::NetnsWithoutBtf(
             "this kernel's BTF lacks the members it needs".into(),
         ));
     }
+    let hz = kernel::hz()
+        .inspect_err(|e| eprintln!("tcpretrans: {e}"))
+        .ok();
     let selection = args.selection();
     let filter = Filter {
         netns: selection.netns,
@@ -113,13 +127,22 @@ pub fn plan(args: &Args, tracefs: &Tracefs) -> Result<Plan, TraceError> {
             0
         },
     };
-    Ok(Plan {
+    let plan = Plan {
         retransmit,
+        synack,
         state,
-        sock,
+        sock: resolved.sock,
+        tcp: resolved.tcp,
         filter,
         ring_bytes: RING_BYTES,
-    })
+    };
+    let decoder = Decoder {
+        clock: Clock::new(),
+        hz,
+        tcp: resolved.tcp,
+        netns_known: resolved.sock.has_netns(),
+    };
+    Ok(Setup { plan, decoder })
 }
 
 fn describe_btf_error(err: &BtfError) -> String {
@@ -135,15 +158,15 @@ fn describe_btf_error(err: &BtfError) -> String {
 /// output pipe. Events go to stdout; the summary is the caller's to print.
 pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     let tracefs = Tracefs::find_or_mount()?;
-    let plan = plan(args, &tracefs)?;
+    let Setup { plan, decoder } = prepare(args, &tracefs)?;
     let tracer = Tracer::load(&plan)?;
-    let mut out = output::new(args.json, io::stdout());
-    consume(tracer, out.as_mut(), args.duration).await
+    let mut out = output::new(args.style(), io::stdout());
+    consume(tracer, decoder, out.as_mut(), args.duration).await
 }
 
 /// Drains the ring buffer into the output and keeps the session's counts.
 struct Consumer<'a> {
-    clock: Clock,
+    decoder: Decoder,
     out: &'a mut dyn Output,
     summary: Summary,
 }
@@ -151,7 +174,7 @@ struct Consumer<'a> {
 impl Consumer<'_> {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         while let Some(record) = ring.next() {
-            match decode::decode(&record, &self.clock) {
+            match self.decoder.decode(&record) {
                 Ok(event) => {
                     self.summary.events += 1;
                     self.out.event(&event)?;
@@ -172,7 +195,7 @@ impl Consumer<'_> {
         let total = lost.total()?;
         if total > self.summary.lost {
             let event = Event::Lost {
-                time: self.clock.now(),
+                time: self.decoder.clock.now(),
                 count: total - self.summary.lost,
             };
             self.summary.lost = total;
@@ -197,6 +220,7 @@ impl Consumer<'_> {
 
 async fn consume(
     tracer: Tracer,
+    decoder: Decoder,
     out: &mut dyn Output,
     duration: Option<Duration>,
 ) -> Result<Summary, TraceError> {
@@ -210,7 +234,7 @@ async fn consume(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| TraceError::Poll(e.into()))?;
     let mut consumer = Consumer {
-        clock: Clock::new(),
+        decoder,
         out,
         summary: Summary::default(),
     };
@@ -230,7 +254,7 @@ async fn consume(
     // that events are being captured from now on.
     let started = consumer
         .out
-        .header(consumer.clock.now())
+        .header(consumer.decoder.clock.now())
         .and_then(|()| consumer.out.flush());
     if !consumer.keep_going(started)? {
         return Ok(consumer.summary);

@@ -8,7 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tcpretrans_common::{ABSENT, FlowFields, RECORD_LEN, RetransmitFields, StateFields};
+use tcpretrans_common::{
+    ABSENT, FlowFields, RECORD_LEN, RetransmitFields, StateFields, SynackFields,
+};
 use thiserror::Error;
 
 /// Where tracefs is usually mounted, newest convention first.
@@ -182,8 +184,18 @@ impl Format {
     pub fn retransmit_fields(&self) -> Result<RetransmitFields, FormatError> {
         Ok(RetransmitFields {
             flow: self.flow_fields()?,
+            skbaddr: self.required("skbaddr", 8)?,
             state: self.optional("state", 4)?,
             err: self.optional("err", 4)?,
+            _pad: 0,
+        })
+    }
+
+    /// Layout of `tcp:tcp_retransmit_synack`.
+    pub fn synack_fields(&self) -> Result<SynackFields, FormatError> {
+        Ok(SynackFields {
+            flow: self.flow_fields()?,
+            req: self.required("req", 8)?,
         })
     }
 
@@ -278,6 +290,7 @@ mod tests {
             (16, 24, 28, 30, 32)
         );
         assert_eq!((f.flow.saddr_v6, f.flow.daddr_v6, f.err), (42, 58, 76));
+        assert_eq!(f.skbaddr, 8);
     }
 
     #[test]
@@ -311,6 +324,18 @@ mod tests {
             (f.flow.sport, f.flow.dport, f.flow.saddr_v6, f.flow.daddr_v6),
             (24, 26, 36, 52)
         );
+    }
+
+    #[test]
+    fn synack_layout_6_18() {
+        let f = fixture("6.18", "tcp/tcp_retransmit_synack")
+            .synack_fields()
+            .unwrap();
+        assert_eq!(
+            (f.flow.skaddr, f.req, f.flow.sport, f.flow.family),
+            (8, 16, 24, 28)
+        );
+        assert_eq!((f.flow.saddr_v6, f.flow.daddr_v6), (38, 54));
     }
 
     #[test]

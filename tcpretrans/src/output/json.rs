@@ -1,12 +1,15 @@
 //! JSON Lines: one object per event, one schema for all kinds. Field names
 //! are documented in the README and stable.
-use std::io::{self, BufWriter, Write};
+use std::{
+    io::{self, BufWriter, Write},
+    time::Duration,
+};
 
 use jiff::Timestamp;
 use serde::Serialize;
 
 use super::Output;
-use crate::decode::{Event, Socket, TcpState};
+use crate::decode::{Cause, Event, Retransmit, Socket, TcpState};
 
 pub struct Json<W: Write> {
     out: BufWriter<W>,
@@ -52,13 +55,56 @@ impl<'a> SocketFields<'a> {
     }
 }
 
+/// Retransmission fields; `null` where this kernel could not tell.
+#[derive(Serialize)]
+struct RetransmitFields {
+    state: Option<&'static str>,
+    err: i32,
+    #[serde(rename = "type")]
+    cause: Option<&'static str>,
+    rto_ms: Option<f64>,
+    backoff: Option<u8>,
+    retries: Option<u32>,
+    retry_limit: Option<u32>,
+    total_retrans: Option<u32>,
+    srtt_us: Option<u64>,
+    rttvar_us: Option<u64>,
+    cwnd: Option<u32>,
+    ssthresh: Option<u32>,
+    segs: Option<u16>,
+    bytes: Option<u32>,
+    seq: Option<u32>,
+    orphan: Option<bool>,
+}
+
+impl RetransmitFields {
+    fn new(r: &Retransmit) -> Self {
+        let us = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
+        Self {
+            state: name(r.state),
+            err: r.err,
+            cause: r.cause.map(Cause::name),
+            rto_ms: r.rto.map(|d| d.as_micros() as f64 / 1e3),
+            backoff: r.backoff,
+            retries: r.retries,
+            retry_limit: r.retry_limit,
+            total_retrans: r.total_retrans,
+            srtt_us: us(r.srtt),
+            rttvar_us: us(r.rttvar),
+            cwnd: r.cwnd,
+            ssthresh: r.ssthresh,
+            segs: r.segs,
+            bytes: r.bytes,
+            seq: r.seq,
+            orphan: r.orphan,
+        }
+    }
+}
+
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Details {
-    Retransmit {
-        state: Option<&'static str>,
-        err: i32,
-    },
+    Retransmit(RetransmitFields),
     State {
         old_state: Option<&'static str>,
         new_state: Option<&'static str>,
@@ -94,13 +140,10 @@ fn name(state: Option<TcpState>) -> Option<&'static str> {
 impl<'a> Line<'a> {
     fn new(event: &'a Event) -> Self {
         let (time, socket, details) = match event {
-            Event::Retransmit { socket, state, err } => (
-                socket.time,
-                Some(socket),
-                Details::Retransmit {
-                    state: name(*state),
-                    err: *err,
-                },
+            Event::Retransmit(r) => (
+                r.socket.time,
+                Some(&r.socket),
+                Details::Retransmit(RetransmitFields::new(r)),
             ),
             Event::State {
                 socket,
@@ -150,10 +193,7 @@ impl<W: Write> Output for Json<W> {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::{IpAddr, Ipv4Addr, Ipv6Addr},
-        time::Duration,
-    };
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use serde_json::{Value, json};
 
@@ -198,18 +238,36 @@ mod tests {
             uid: 0,
             comm: "nginx".into(),
         };
-        let v = render(&Event::Retransmit {
+        let r = Retransmit {
             socket: socket(Some(owner)),
+            cause: Some(Cause::Rto),
             state: Some(TcpState::Established),
             err: 0,
-        });
+            rto: Some(Duration::from_millis(800)),
+            backoff: Some(2),
+            retries: Some(2),
+            retry_limit: Some(15),
+            total_retrans: Some(9),
+            srtt: Some(Duration::from_micros(12_345)),
+            rttvar: Some(Duration::from_micros(3_000)),
+            cwnd: Some(1),
+            ssthresh: Some(7),
+            segs: Some(2),
+            bytes: Some(2896),
+            seq: Some(1000),
+            orphan: Some(false),
+        };
+        let v = render(&Event::Retransmit(Box::new(r)));
         assert_eq!(
             v,
             json!({
                 "event": "retransmit", "time": "2026-11-22T10:11:12.345678Z", "family": 6,
                 "laddr": "::1", "lport": 40000, "raddr": "10.0.0.2", "rport": 80,
                 "netns": 4026532289u32, "skaddr": "0xffff88800abcd000",
-                "pid": 7, "uid": 0, "comm": "nginx", "state": "ESTABLISHED", "err": 0
+                "pid": 7, "uid": 0, "comm": "nginx", "state": "ESTABLISHED", "err": 0,
+                "type": "RTO", "rto_ms": 800.0, "backoff": 2, "retries": 2, "retry_limit": 15,
+                "total_retrans": 9, "srtt_us": 12345, "rttvar_us": 3000, "cwnd": 1, "ssthresh": 7,
+                "segs": 2, "bytes": 2896, "seq": 1000, "orphan": false
             })
         );
     }

@@ -19,11 +19,21 @@ pub trait Output {
     fn flush(&mut self) -> io::Result<()>;
 }
 
+/// How events are printed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Style {
+    pub json: bool,
+    /// Text: add SEQ and SEGS columns.
+    pub sequence: bool,
+    /// Text: endpoint columns wide enough for IPv6.
+    pub wide_endpoints: bool,
+}
+
 /// The output the arguments ask for, over `writer`.
-pub fn new<W: Write + 'static>(json: bool, writer: W) -> Box<dyn Output> {
-    if json {
+pub fn new<W: Write + 'static>(style: Style, writer: W) -> Box<dyn Output> {
+    if style.json {
         Box::new(json::Json::new(writer))
     } else {
-        Box::new(text::Text::new(writer))
+        Box::new(text::Text::new(writer, style))
     }
 }

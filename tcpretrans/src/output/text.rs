@@ -8,29 +8,40 @@ use std::{
 
 use jiff::{Timestamp, tz::TimeZone};
 
-use super::Output;
-use crate::decode::{Event, Socket, TcpState};
+use super::{Output, Style};
+use crate::decode::{Cause, Event, Retransmit, Socket, TcpState};
 
-/// Wide enough for `255.255.255.255:65535`; IPv6 endpoints widen their line.
+/// `255.255.255.255:65535`; an IPv6 endpoint widens its line unless `-6`
+/// asked for IPv6-wide columns.
 const ENDPOINT_WIDTH: usize = 21;
+/// `[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535`.
+const ENDPOINT_WIDTH_V6: usize = 47;
 const COMM_WIDTH: usize = 15;
 
 pub struct Text<W: Write> {
     out: BufWriter<W>,
     tz: TimeZone,
     line: String,
+    sequence: bool,
+    endpoint_width: usize,
 }
 
 impl<W: Write> Text<W> {
-    pub fn new(writer: W) -> Self {
-        Self::with_time_zone(writer, TimeZone::system())
+    pub fn new(writer: W, style: Style) -> Self {
+        Self::with_time_zone(writer, style, TimeZone::system())
     }
 
-    pub fn with_time_zone(writer: W, tz: TimeZone) -> Self {
+    pub fn with_time_zone(writer: W, style: Style, tz: TimeZone) -> Self {
         Self {
             out: BufWriter::with_capacity(64 * 1024, writer),
             tz,
             line: String::with_capacity(256),
+            sequence: style.sequence,
+            endpoint_width: if style.wide_endpoints {
+                ENDPOINT_WIDTH_V6
+            } else {
+                ENDPOINT_WIDTH
+            },
         }
     }
 
@@ -45,32 +56,85 @@ impl<W: Write> Text<W> {
         };
         let _ = write!(
             self.line,
-            "{time:<12} {pid:<7} {comm:<COMM_WIDTH$} {family:<2} {local:<ENDPOINT_WIDTH$} {kind}> {remote:<ENDPOINT_WIDTH$} ",
+            "{time:<12} {pid:<7} {comm:<COMM_WIDTH$} {family:<2} {local:<width$} {kind}> {remote:<width$} ",
             family = socket.family,
             local = endpoint(socket.laddr, socket.lport),
             remote = endpoint(socket.raddr, socket.rport),
+            width = self.endpoint_width,
         );
+    }
+
+    fn retransmit_columns(&mut self, r: &Retransmit) {
+        let dash = || "-".to_owned();
+        let retry = match (r.retries, r.retry_limit) {
+            (Some(n), Some(limit)) => format!("{n}/{limit}"),
+            (Some(n), None) => format!("{n}/-"),
+            _ => dash(),
+        };
+        let _ = write!(
+            self.line,
+            "{state:<11} {cause:<6} {rto:<7} {srtt:<8} {cwnd:<5} {retry:<7}",
+            state = state_name(r.state),
+            cause = r.cause.map_or("-", Cause::name),
+            rto = r.rto.map_or_else(dash, human_duration),
+            srtt = r.srtt.map_or_else(dash, human_duration),
+            cwnd = r.cwnd.map_or_else(dash, |c| c.to_string()),
+        );
+        if self.sequence {
+            let _ = write!(
+                self.line,
+                " {seq:<10} {segs:<4}",
+                seq = r.seq.map_or_else(dash, |s| s.to_string()),
+                segs = r.segs.map_or_else(dash, |s| s.to_string()),
+            );
+        }
+        if !r.sent() {
+            let _ = write!(self.line, " ERR={}", errno_name(r.err));
+        }
+        if r.orphan == Some(true) {
+            self.line.push_str(" orphan");
+        }
+        let trimmed = self.line.trim_end().len();
+        self.line.truncate(trimmed);
     }
 }
 
 impl<W: Write> Output for Text<W> {
     fn header(&mut self, _time: Timestamp) -> io::Result<()> {
-        writeln!(
-            self.out,
-            "{:<12} {:<7} {:<COMM_WIDTH$} {:<2} {:<ENDPOINT_WIDTH$} T> {:<ENDPOINT_WIDTH$} STATE",
-            "TIME", "PID", "COMM", "IP", "LADDR:LPORT", "RADDR:RPORT"
-        )
+        let mut header = format!(
+            "{:<12} {:<7} {:<COMM_WIDTH$} {:<2} {:<width$} T> {:<width$} {:<11} {:<6} {:<7} {:<8} {:<5} {:<7}",
+            "TIME",
+            "PID",
+            "COMM",
+            "IP",
+            "LADDR:LPORT",
+            "RADDR:RPORT",
+            "STATE",
+            "TYPE",
+            "RTO",
+            "SRTT",
+            "CWND",
+            "RETRY",
+            width = self.endpoint_width,
+        );
+        if self.sequence {
+            header.push_str(" SEQ        SEGS");
+        }
+        writeln!(self.out, "{}", header.trim_end())
     }
 
     fn event(&mut self, event: &Event) -> io::Result<()> {
         self.line.clear();
         match event {
-            Event::Retransmit { socket, state, err } => {
-                self.socket_columns(socket, 'R');
-                self.line.push_str(state_name(*state));
-                if *err != 0 {
-                    let _ = write!(self.line, " ERR={}", errno_name(*err));
-                }
+            Event::Retransmit(r) => {
+                // bcc's letters: R retransmit, L tail loss probe.
+                let kind = if r.cause == Some(Cause::Tlp) {
+                    'L'
+                } else {
+                    'R'
+                };
+                self.socket_columns(&r.socket, kind);
+                self.retransmit_columns(r);
             }
             Event::State {
                 socket,
@@ -143,13 +207,14 @@ mod libc_errno {
     pub const ENOBUFS: i32 = nix::errno::Errno::ENOBUFS as i32;
 }
 
-/// `850us`, `12.3ms`, `4.07s`, `2m05s`, `3h12m`.
+/// `850us`, `1.23ms`, `12.3ms`, `200ms`, `4.07s`, `2m05s`, `3h12m`.
 pub fn human_duration(d: Duration) -> String {
     let us = d.as_micros();
     match us {
         0..1_000 => format!("{us}us"),
         1_000..10_000 => format!("{:.2}ms", us as f64 / 1e3),
-        10_000..1_000_000 => format!("{:.1}ms", us as f64 / 1e3),
+        10_000..100_000 => format!("{:.1}ms", us as f64 / 1e3),
+        100_000..1_000_000 => format!("{:.0}ms", us as f64 / 1e3),
         1_000_000..60_000_000 => format!("{:.2}s", us as f64 / 1e6),
         _ => {
             let s = d.as_secs();
@@ -183,10 +248,36 @@ mod tests {
         }
     }
 
-    fn render(events: &[Event]) -> String {
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn retransmit(owner: Option<Process>) -> Retransmit {
+        Retransmit {
+            socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), owner),
+            cause: Some(Cause::Rto),
+            state: Some(TcpState::Established),
+            err: 0,
+            rto: Some(Duration::from_millis(800)),
+            backoff: Some(2),
+            retries: Some(2),
+            retry_limit: Some(15),
+            total_retrans: Some(9),
+            srtt: Some(Duration::from_micros(12_345)),
+            rttvar: Some(Duration::from_millis(3)),
+            cwnd: Some(1),
+            ssthresh: Some(7),
+            segs: Some(2),
+            bytes: Some(2896),
+            seq: Some(1_000_000),
+            orphan: Some(false),
+        }
+    }
+
+    fn render(style: Style, events: &[Event]) -> String {
         let mut buf = Vec::new();
         {
-            let mut text = Text::with_time_zone(&mut buf, TimeZone::UTC);
+            let mut text = Text::with_time_zone(&mut buf, style, TimeZone::UTC);
             text.header(Timestamp::UNIX_EPOCH).unwrap();
             for e in events {
                 text.event(e).unwrap();
@@ -198,69 +289,124 @@ mod tests {
 
     #[test]
     fn retransmit_and_state_lines_align_under_the_header() {
-        let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
         let curl = Process {
             pid: 4242,
             uid: 0,
             comm: "curl".into(),
         };
-        let out = render(&[
-            Event::Retransmit {
-                socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), Some(curl)),
-                state: Some(TcpState::Established),
-                err: 0,
-            },
-            Event::State {
-                socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), None),
-                old_state: Some(TcpState::FinWait1),
-                new_state: Some(TcpState::FinWait2),
-                prev_state: Some(Duration::from_micros(1234)),
-            },
-            Event::Retransmit {
-                socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), None),
-                state: Some(TcpState::SynSent),
-                err: -16,
-            },
-        ]);
+        let tlp = Retransmit {
+            cause: Some(Cause::Tlp),
+            retries: Some(0),
+            ..retransmit(None)
+        };
+        let failed = Retransmit {
+            err: -16,
+            state: Some(TcpState::SynSent),
+            cause: Some(Cause::Syn),
+            ..retransmit(None)
+        };
+        let orphan = Retransmit {
+            orphan: Some(true),
+            state: Some(TcpState::FinWait1),
+            retry_limit: Some(8),
+            ..retransmit(None)
+        };
+        let out = render(
+            Style::default(),
+            &[
+                Event::Retransmit(Box::new(retransmit(Some(curl)))),
+                Event::State {
+                    socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), None),
+                    old_state: Some(TcpState::FinWait1),
+                    new_state: Some(TcpState::FinWait2),
+                    prev_state: Some(Duration::from_micros(1234)),
+                },
+                Event::Retransmit(Box::new(tlp)),
+                Event::Retransmit(Box::new(failed)),
+                Event::Retransmit(Box::new(orphan)),
+            ],
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
-            lines[0],
-            "TIME         PID     COMM            IP LADDR:LPORT           T> RADDR:RPORT           STATE"
-        );
-        assert_eq!(
-            lines[1],
-            "10:11:12.345 4242    curl            4  10.0.0.1:40000        R> 10.0.0.2:80           ESTABLISHED"
-        );
-        assert_eq!(
-            lines[2],
-            "10:11:12.345 -       -               4  10.0.0.1:40000        S> 10.0.0.2:80           FIN_WAIT1 -> FIN_WAIT2 (1.23ms in FIN_WAIT1)"
-        );
-        assert!(
-            lines[3].ends_with("R> 10.0.0.2:80           SYN_SENT ERR=-EBUSY"),
-            "{}",
-            lines[3]
-        );
-        let state_col = lines[0].find("STATE").unwrap();
-        assert!(
-            lines[1..]
-                .iter()
-                .all(|l| l.len() > state_col && &l[state_col - 1..state_col] == " ")
+            lines,
+            [
+                "TIME         PID     COMM            IP LADDR:LPORT           T> RADDR:RPORT           STATE       TYPE   RTO     SRTT     CWND  RETRY",
+                "10:11:12.345 4242    curl            4  10.0.0.1:40000        R> 10.0.0.2:80           ESTABLISHED RTO    800ms   12.3ms   1     2/15",
+                "10:11:12.345 -       -               4  10.0.0.1:40000        S> 10.0.0.2:80           FIN_WAIT1 -> FIN_WAIT2 (1.23ms in FIN_WAIT1)",
+                "10:11:12.345 -       -               4  10.0.0.1:40000        L> 10.0.0.2:80           ESTABLISHED TLP    800ms   12.3ms   1     0/15",
+                "10:11:12.345 -       -               4  10.0.0.1:40000        R> 10.0.0.2:80           SYN_SENT    SYN    800ms   12.3ms   1     2/15    ERR=-EBUSY",
+                "10:11:12.345 -       -               4  10.0.0.1:40000        R> 10.0.0.2:80           FIN_WAIT1   RTO    800ms   12.3ms   1     2/8     orphan",
+            ]
         );
     }
 
     #[test]
-    fn ipv6_endpoints_are_bracketed() {
+    fn sequence_columns_and_unknown_fields() {
+        let unknown = Retransmit {
+            cause: None,
+            rto: None,
+            srtt: None,
+            cwnd: None,
+            retries: None,
+            retry_limit: None,
+            seq: None,
+            segs: None,
+            ..retransmit(None)
+        };
+        let style = Style {
+            sequence: true,
+            ..Style::default()
+        };
+        let out = render(
+            style,
+            &[
+                Event::Retransmit(Box::new(retransmit(None))),
+                Event::Retransmit(Box::new(unknown)),
+            ],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].ends_with("RETRY   SEQ        SEGS"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].ends_with("2/15    1000000    2"), "{}", lines[1]);
+        assert!(
+            lines[2].ends_with("ESTABLISHED -      -       -        -     -       -          -"),
+            "{}",
+            lines[2]
+        );
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed_and_fit_wide_columns() {
         assert_eq!(endpoint(IpAddr::V6(Ipv6Addr::LOCALHOST), 443), "[::1]:443");
         assert_eq!(
             endpoint(IpAddr::V4(Ipv4Addr::LOCALHOST), 443),
             "127.0.0.1:443"
         );
+        let wide = IpAddr::V6("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap());
+        let r = Retransmit {
+            socket: socket(wide, wide, None),
+            ..retransmit(None)
+        };
+        let out = render(
+            Style {
+                wide_endpoints: true,
+                ..Style::default()
+            },
+            &[Event::Retransmit(Box::new(r))],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0].find("STATE"), lines[1].find("ESTABLISHED"));
     }
 
     #[test]
     fn durations_read_naturally() {
         assert_eq!(human_duration(Duration::from_micros(850)), "850us");
+        assert_eq!(human_duration(Duration::from_micros(1234)), "1.23ms");
         assert_eq!(human_duration(Duration::from_micros(12_345)), "12.3ms");
+        assert_eq!(human_duration(Duration::from_millis(200)), "200ms");
         assert_eq!(human_duration(Duration::from_millis(4070)), "4.07s");
         assert_eq!(human_duration(Duration::from_secs(125)), "2m05s");
         assert_eq!(

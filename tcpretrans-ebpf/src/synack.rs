@@ -1,0 +1,118 @@
+//! `tcp:tcp_retransmit_synack`: the passive side's SYN-ACK retransmissions,
+//! reported as retransmission events of the request socket.
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use tcpretrans_common::{
+    ABSENT, EventHeader, RetransmitEvent, event_kind, retry_budget, tcp_state::SYN_RECV,
+};
+
+use crate::{
+    maps::{FILTER, SOCK_OFFSETS, SOCKETS, SYNACK_FIELDS, TCP_OFFSETS, reserve, submit},
+    owner::write_owner,
+    record::{Record, family_version},
+    sock::{self, read, read_bitfield},
+};
+
+/// `TCPHDR_SYN | TCPHDR_ACK`.
+const SYN_ACK_FLAGS: u8 = 0x12;
+
+#[tracepoint]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    match try_tcp_retransmit_synack(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
+    let fields = SYNACK_FIELDS.load();
+    if fields.flow.skaddr == ABSENT {
+        return Ok(());
+    }
+    let filter = FILTER.load();
+    let mut slot = MaybeUninit::uninit();
+    let record = Record::read(ctx, &mut slot)?;
+    let family = record.family(&fields.flow);
+    if !filter.keeps_family(family) {
+        return Ok(());
+    }
+    let Some(version) = family_version(family) else {
+        return Ok(());
+    };
+    let listener: u64 = record.load(fields.flow.skaddr);
+    let Some(netns) = sock::netns_passing(listener, &SOCK_OFFSETS.load(), &filter) else {
+        return Ok(());
+    };
+    let req: u64 = record.load(fields.req);
+    let tcp = TCP_OFFSETS.load();
+    // The timer that fired was armed for `timeout << num_timeout`.
+    let num_timeout = read_bitfield(req, tcp.req_num_timeout);
+    let timeout: u32 = read(req, tcp.req_timeout);
+    let own: u8 = read(listener, tcp.icsk_syn_retries);
+    let limit = if own != 0 {
+        own
+    } else {
+        read(netns.net, tcp.net_synack_retries)
+    };
+
+    let Some(mut entry) = reserve::<RetransmitEvent>() else {
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved slot of the event's size; every
+    // field is written before submit.
+    unsafe {
+        let header = EventHeader {
+            kind: event_kind::SYNACK,
+            family: version,
+            _pad: 0,
+            netns: netns.inum,
+            timestamp_ns: bpf_ktime_get_ns(),
+            skaddr: req,
+        };
+        record.write_head(
+            &fields.flow,
+            header,
+            &raw mut (*event).header,
+            &raw mut (*event).flow,
+        );
+        // Accepted connections belong to whoever listens.
+        write_owner(
+            &raw mut (*event).owner,
+            SOCKETS.get(listener).map(|info| &info.owner),
+        );
+        (&raw mut (*event).state).write(SYN_RECV);
+        (&raw mut (*event).ca_state).write(0);
+        (&raw mut (*event).pending).write(0);
+        (&raw mut (*event).timer_due).write(0);
+        (&raw mut (*event).backoff).write(num_timeout);
+        (&raw mut (*event).err).write(0);
+        (&raw mut (*event).retransmits).write(read(req, tcp.req_num_retrans));
+        (&raw mut (*event).tcp_flags).write(SYN_ACK_FLAGS);
+        (&raw mut (*event).segs).write(1);
+        (&raw mut (*event).rto_jiffies).write(
+            timeout
+                .checked_shl(u32::from(num_timeout))
+                .unwrap_or(u32::MAX),
+        );
+        // A request socket has no RTT or congestion state yet. Volatile:
+        // merged plain stores become an out-of-line byte-wise memset.
+        for field in [
+            &raw mut (*event).srtt_us8,
+            &raw mut (*event).mdev_us4,
+            &raw mut (*event).cwnd,
+            &raw mut (*event).ssthresh,
+            &raw mut (*event).total_retrans,
+            &raw mut (*event).seq,
+            &raw mut (*event).end_seq,
+        ] {
+            field.write_volatile(0);
+        }
+        (&raw mut (*event).budget).write(retry_budget::SYNACK);
+        (&raw mut (*event).budget_limit).write(limit);
+        (&raw mut (*event).syn_linear_timeouts).write(0);
+        (&raw mut (*event)._pad1).write(0);
+    }
+    submit(entry);
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! `--check`: what this kernel offers the tool, and whether it can trace here.
+use std::{
+    fs,
+    io::{self, Write},
+    path::Path,
+    time::Instant,
+};
+
+use crate::{
+    btf::{self, Btf},
+    cli::Args,
+    kernel,
+    loader::{PROGRAMS, Tracer},
+    trace::{self, Setup},
+    tracefs::Tracefs,
+};
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Prints the report; `Ok(false)` when the tool cannot trace here (the
+/// reasons are in the report).
+pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
+    let mut problems: Vec<String> = Vec::new();
+
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned());
+    writeln!(
+        out,
+        "kernel      {}",
+        release.unwrap_or_else(|e| format!("unknown ({e})"))
+    )?;
+
+    let privileged = privileges(out)?;
+    if !privileged {
+        problems.push("not root and lacking CAP_BPF + CAP_PERFMON: run it with sudo".into());
+    }
+
+    let tracefs = match Tracefs::find_or_mount() {
+        Ok(t) => {
+            writeln!(out, "tracefs     {}", t.root().display())?;
+            Some(t)
+        }
+        Err(e) => {
+            writeln!(out, "tracefs     unavailable: {e}")?;
+            problems.push(e.to_string());
+            None
+        }
+    };
+    if let Some(tracefs) = &tracefs {
+        for (_, category, name) in PROGRAMS {
+            let layout = tracefs.format(category, name).and_then(|f| {
+                match name {
+                    "tcp_retransmit_skb" => f.retransmit_fields().map(drop),
+                    "tcp_retransmit_synack" => f.synack_fields().map(drop),
+                    _ => f.state_fields().map(drop),
+                }?;
+                Ok(f)
+            });
+            match layout {
+                Ok(format) => {
+                    let fields: Vec<String> = format
+                        .fields
+                        .iter()
+                        .filter(|f| !f.name.starts_with("common_"))
+                        .map(|f| format!("{}@{}", f.name, f.offset))
+                        .collect();
+                    writeln!(out, "tracepoint  {category}:{name}  {}", fields.join(" "))?;
+                }
+                Err(e) => {
+                    writeln!(out, "tracepoint  {category}:{name}  unusable: {e}")?;
+                    problems.push(e.to_string());
+                }
+            }
+        }
+    }
+
+    let btf_path = args.btf.as_deref().unwrap_or(Path::new(btf::VMLINUX));
+    let started = Instant::now();
+    match Btf::from_file(btf_path) {
+        Ok(parsed) => {
+            let resolved = btf::resolve(&parsed);
+            writeln!(
+                out,
+                "btf         {} (read and resolved in {:.1?})",
+                btf_path.display(),
+                started.elapsed()
+            )?;
+            for (member, offset) in &resolved.members {
+                let place = match offset {
+                    Some(o) if o.bitfield_bits > 0 => {
+                        format!(
+                            "byte {} bits {}..{}",
+                            o.bits / 8,
+                            o.bits % 8,
+                            o.bits % 8 + o.bitfield_bits
+                        )
+                    }
+                    Some(o) => format!("byte {}", o.bits / 8),
+                    None => "MISSING: shown as unknown".into(),
+                };
+                writeln!(out, "  {:<44} {place}", member.describe())?;
+            }
+        }
+        Err(e) => writeln!(
+            out,
+            "btf         unavailable ({e}): fields that need it are shown as unknown"
+        )?,
+    }
+
+    match kernel::hz() {
+        Ok(hz) => writeln!(out, "hz          {hz}")?,
+        Err(e) => writeln!(out, "hz          {e}")?,
+    }
+
+    writeln!(out, "sysctls     (this network namespace)")?;
+    for name in kernel::TCP_SYSCTLS {
+        let value = match kernel::sysctl(name) {
+            Ok(Some(v)) => v,
+            Ok(None) => "(not on this kernel)".into(),
+            Err(e) => format!("unreadable: {e}"),
+        };
+        writeln!(out, "  {name:<36} {value}")?;
+    }
+
+    if problems.is_empty()
+        && let Some(tracefs) = &tracefs
+    {
+        // The real proof: load, verify and attach every program, then detach.
+        let started = Instant::now();
+        let loaded = trace::prepare(args, tracefs)
+            .map_err(|e| e.to_string())
+            .and_then(|Setup { plan, .. }| Tracer::load(&plan).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(_) => writeln!(
+                out,
+                "programs    load, verify and attach: ok ({:.1?})",
+                started.elapsed()
+            )?,
+            Err(e) => {
+                writeln!(out, "programs    {e}")?;
+                problems.push(e);
+            }
+        }
+    }
+
+    match problems.first() {
+        None => writeln!(out, "result      tcpretrans can trace here")?,
+        Some(first) => writeln!(out, "result      cannot trace here: {first}")?,
+    }
+    Ok(problems.is_empty())
+}
+
+/// Prints the effective user and capabilities; whether they suffice.
+fn privileges(out: &mut dyn Write) -> io::Result<bool> {
+    let euid = nix::unistd::geteuid();
+    let caps = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        let hex = s
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))?
+            .trim()
+            .to_owned();
+        u64::from_str_radix(&hex, 16).ok()
+    });
+    let has = |cap: u32| caps.is_some_and(|c| c >> cap & 1 == 1);
+    let enough = euid.is_root() || has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    writeln!(
+        out,
+        "privileges  uid {euid}, CAP_BPF {}, CAP_PERFMON {}, CAP_SYS_ADMIN {}",
+        yes_no(has(CAP_BPF)),
+        yes_no(has(CAP_PERFMON)),
+        yes_no(has(CAP_SYS_ADMIN))
+    )?;
+    Ok(enough)
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}

@@ -1,0 +1,143 @@
+//! Facts about the running kernel that are not in BTF: its tick rate (HZ,
+//! to turn `icsk_rto` jiffies into time) and the TCP sysctls that govern
+//! retransmission and connection lifetime.
+use std::{
+    fs,
+    io::{self, Read},
+    path::Path,
+};
+
+use flate2::read::GzDecoder;
+use thiserror::Error;
+
+/// HZ values kernels are built with (x86 offers the first four).
+const KNOWN_HZ: [u32; 8] = [100, 250, 300, 1000, 24, 32, 128, 1024];
+
+#[derive(Debug, Error)]
+#[error(
+    "cannot tell this kernel's HZ (no CONFIG_HZ in /proc/config.gz or /boot/config-*, \
+     and /proc/timer_list is unreadable): RTOs are shown as unknown"
+)]
+pub struct UnknownHz;
+
+/// The kernel's HZ: from its build configuration, or else derived from the
+/// current jiffies and uptime.
+pub fn hz() -> Result<u32, UnknownHz> {
+    hz_from_config()
+        .or_else(|| {
+            let text = fs::read_to_string("/proc/timer_list").ok()?;
+            hz_from_timer_list(&text)
+        })
+        .ok_or(UnknownHz)
+}
+
+fn hz_from_config() -> Option<u32> {
+    let mut text = String::new();
+    if let Ok(file) = fs::File::open("/proc/config.gz") {
+        GzDecoder::new(file).read_to_string(&mut text).ok()?;
+    } else {
+        let release = nix::sys::utsname::uname()
+            .ok()?
+            .release()
+            .to_string_lossy()
+            .into_owned();
+        text = fs::read_to_string(Path::new("/boot").join(format!("config-{release}"))).ok()?;
+    }
+    config_hz(&text)
+}
+
+fn config_hz(config: &str) -> Option<u32> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Jiffies start at `2^32 - 300 * HZ` (to catch wrap bugs early), so one
+/// reading of jiffies and uptime gives HZ — rounded to a known value, and only
+/// once the uptime is far enough from the 300 s where the formula degenerates.
+fn hz_from_timer_list(text: &str) -> Option<u32> {
+    let now_ns: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("now at "))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let jiffies: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("jiffies: "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let uptime = now_ns / 1e9;
+    if (uptime - 300.0).abs() < 30.0 {
+        return None;
+    }
+    let estimate = (jiffies - 4_294_967_296.0) / (uptime - 300.0);
+    KNOWN_HZ
+        .into_iter()
+        .find(|&hz| (estimate - f64::from(hz)).abs() < f64::from(hz) * 0.02)
+}
+
+/// The TCP sysctls an on-call engineer needs next to retransmissions, in
+/// the order `--check` prints them.
+pub const TCP_SYSCTLS: [&str; 11] = [
+    "net.ipv4.tcp_retries1",
+    "net.ipv4.tcp_retries2",
+    "net.ipv4.tcp_syn_retries",
+    "net.ipv4.tcp_syn_linear_timeouts",
+    "net.ipv4.tcp_synack_retries",
+    "net.ipv4.tcp_orphan_retries",
+    "net.ipv4.tcp_rto_min_us",
+    "net.ipv4.tcp_tw_reuse",
+    "net.ipv4.tcp_max_tw_buckets",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_fin_timeout",
+];
+
+/// A sysctl of the caller's network namespace; `Ok(None)` when this kernel
+/// does not have it.
+pub fn sysctl(name: &str) -> io::Result<Option<String>> {
+    let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+    match fs::read_to_string(path) {
+        Ok(v) => Ok(Some(v.split_whitespace().collect::<Vec<_>>().join(" "))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_config_hz() {
+        assert_eq!(
+            config_hz("CONFIG_X=y\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
+            Some(250)
+        );
+        assert_eq!(config_hz("CONFIG_HZ_1000=y\n"), None);
+    }
+
+    #[test]
+    fn derives_hz_from_jiffies_and_uptime() {
+        // Read off this project's machine: HZ=250, 1580 s after boot.
+        let text = "Timer List Version: v0.10\nnow at 1580473159824 nsecs\n  .last_jiffies   : 4295286990\njiffies: 4295287389\n";
+        assert_eq!(hz_from_timer_list(text), Some(250));
+        // HZ=1000, one hour up: jiffies = 2^32 - 300_000 + 3_600_000.
+        let text = "now at 3600000000000 nsecs\njiffies: 4298267296\n";
+        assert_eq!(hz_from_timer_list(text), Some(1000));
+        // Too close to 300 s to tell.
+        assert_eq!(
+            hz_from_timer_list("now at 310000000000 nsecs\njiffies: 4294969796\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn running_kernel_hz_is_known() {
+        let hz = hz().expect("HZ of the running kernel");
+        assert!(KNOWN_HZ.contains(&hz), "{hz}");
+    }
+}
