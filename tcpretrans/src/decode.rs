@@ -20,6 +20,8 @@ const TCPHDR_FIN: u8 = 0x01;
 const TCPHDR_SYN: u8 = 0x02;
 /// `TCP_RTO_MAX`: no timer is armed for longer.
 const TCP_RTO_MAX: Duration = Duration::from_secs(120);
+/// `TCP_TIMEOUT_INIT`: the first SYN's timer.
+const TCP_TIMEOUT_INIT: Duration = Duration::from_secs(1);
 use thiserror::Error;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -388,9 +390,8 @@ impl Decoder {
         let net = |offset: u16| self.netns_known && offset != ABSENT;
         let limit = u32::from(raw.budget_limit);
         match raw.budget {
-            // SYN_SENT gets the linear-timeout retries on top (6.5+).
             retry_budget::SYN if net(t.net_syn_retries) => {
-                Some(limit + u32::from(raw.syn_linear_timeouts))
+                Some(syn_retry_limit(limit, u32::from(raw.syn_linear_timeouts)))
             }
             retry_budget::SYNACK if net(t.net_synack_retries) => Some(limit),
             // tcp_orphan_retries(): 0 means 8 while the peer may still answer.
@@ -400,6 +401,36 @@ impl Decoder {
             retry_budget::RETRIES2 if net(t.net_retries2) => Some(limit),
             _ => None,
         }
+    }
+}
+
+/// How many SYN retransmissions `tcp_write_timeout()` allows. It stops at
+/// `syn_retries + linear_timeouts` retransmissions, or earlier once the time
+/// since the first SYN reaches its model of `syn_retries` doubling timeouts
+/// from the initial 1 s. The first `linear_timeouts` timers stay at 1 s.
+pub fn syn_retry_limit(syn_retries: u32, linear_timeouts: u32) -> u32 {
+    let model = model_timeout(syn_retries, TCP_TIMEOUT_INIT);
+    let (mut elapsed, mut interval, mut sent) = (Duration::ZERO, TCP_TIMEOUT_INIT, 0);
+    loop {
+        elapsed += interval;
+        if sent >= syn_retries + linear_timeouts || (sent > 0 && elapsed >= model) {
+            return sent;
+        }
+        sent += 1;
+        if sent > linear_timeouts {
+            interval = (interval * 2).min(TCP_RTO_MAX);
+        }
+    }
+}
+
+/// `tcp_model_timeout()`: how long `boundary` retransmissions take when the
+/// timeout doubles from `rto_base` up to `TCP_RTO_MAX`, then stays there.
+fn model_timeout(boundary: u32, rto_base: Duration) -> Duration {
+    let doublings = (TCP_RTO_MAX.as_millis() / rto_base.as_millis()).ilog2();
+    if boundary <= doublings {
+        rto_base * ((2 << boundary) - 1)
+    } else {
+        rto_base * ((2 << doublings) - 1) + TCP_RTO_MAX * (boundary - doublings)
     }
 }
 
@@ -704,6 +735,24 @@ pub(crate) mod tests {
             (r.srtt, r.rttvar),
             (None, None),
             "no RTT sample before the handshake"
+        );
+    }
+
+    #[test]
+    fn syn_limits_follow_the_kernels_count_and_time_rules() {
+        // Defaults: 6 + 4 retransmissions, the last at 67 s, giving up at 131 s.
+        assert_eq!(syn_retry_limit(6, 4), 10);
+        assert_eq!(syn_retry_limit(6, 0), 6);
+        // The time model cuts the count short: retransmissions at 1 s and
+        // 2 s, and at 3 s the model's 3 s for one retry has run out.
+        assert_eq!(syn_retry_limit(1, 2), 2);
+        assert_eq!(syn_retry_limit(2, 0), 2);
+        assert_eq!(syn_retry_limit(3, 4), 7);
+        assert_eq!(syn_retry_limit(0, 0), 0);
+        assert_eq!(model_timeout(6, TCP_TIMEOUT_INIT), Duration::from_secs(127));
+        assert_eq!(
+            model_timeout(15, Duration::from_millis(200)),
+            Duration::from_millis(924_600)
         );
     }
 

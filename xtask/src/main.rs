@@ -61,7 +61,9 @@ fn main() -> Result<()> {
                     "the kernel lab loads eBPF programs and creates network namespaces: run `cargo xtask test` as root"
                 );
             }
-            // Unit tests, then every ignored-by-default kernel lab test.
+            // Unit tests, then every ignored-by-default kernel lab test. Lab
+            // tests mostly wait on kernel timers in namespaces of their own,
+            // so they run side by side.
             cargo(&root, &["test", "--workspace"])?;
             let mut lab: Vec<OsString> = [
                 "test",

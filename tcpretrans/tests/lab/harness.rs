@@ -68,6 +68,13 @@ impl Netns {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
+    /// Sets a sysctl of this namespace (`net.ipv4.tcp_retries2`, ...).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name, "sysctl", "-q", "-w"])
+            .arg(format!("{key}={value}")));
+    }
+
     /// Loads an nftables ruleset into the namespace.
     pub fn nft(&self, ruleset: &str) {
         let mut child = Command::new("ip")
@@ -332,8 +339,53 @@ pub fn bulk_upload(ns: &Netns, server: SocketAddr, bytes: usize) -> SocketAddr {
 /// Drops `percent` % of the packets arriving for TCP port `port`, on the
 /// input hook (an output drop would fail the send instead of losing it).
 pub fn drop_inbound(ns: &Netns, port: u16, percent: u32) {
+    drop_inbound_matching(
+        ns,
+        &format!("tcp dport {port} numgen random mod 100 < {percent}"),
+    );
+}
+
+/// Drops packets arriving in the namespace that match an nftables expression.
+pub fn drop_inbound_matching(ns: &Netns, matching: &str) {
     ns.nft(&format!(
         "table inet lab {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
-         tcp dport {port} numgen random mod 100 < {percent} drop\n  }}\n}}\n"
+         {matching} drop\n  }}\n}}\n"
     ));
+}
+
+/// Counter increase between two `Netns::counters` snapshots.
+pub fn delta(before: &HashMap<String, i64>, after: &HashMap<String, i64>, name: &str) -> i64 {
+    after.get(name).copied().unwrap_or_default() - before.get(name).copied().unwrap_or_default()
+}
+
+/// Sum of `segs` over retransmissions the kernel actually sent (`err` 0):
+/// what it adds to `Tcp.RetransSegs`.
+pub fn sent_segments(events: &[&Value]) -> i64 {
+    events
+        .iter()
+        .filter(|e| e["err"] == 0)
+        .map(|e| {
+            e["segs"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("segs missing: {e}"))
+        })
+        .sum()
+}
+
+/// Retransmissions of one cause (`type`).
+pub fn of_type<'a>(events: &[&'a Value], cause: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .copied()
+        .filter(|e| e["type"] == cause)
+        .collect()
+}
+
+/// Event time in seconds since the epoch, from its RFC 3339 `time`.
+pub fn seconds(event: &Value) -> f64 {
+    let time: jiff::Timestamp = event["time"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("RFC 3339 time");
+    time.as_microsecond() as f64 / 1e6
 }

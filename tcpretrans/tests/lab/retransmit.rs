@@ -1,87 +1,421 @@
-//! Retransmissions under induced loss, compared with the namespace's own
-//! `Tcp.RetransSegs`.
-use std::net::SocketAddr;
+//! Retransmissions of every cause, each made to happen in a namespace of its
+//! own and checked against what the kernel itself counted and did.
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 
-use crate::harness::{Netns, Tracer, bulk_upload, drop_inbound, of_kind};
+use crate::harness::{
+    Netns, Tracer, bulk_upload, delta, drop_inbound, drop_inbound_matching, of_kind, of_type,
+    seconds, sent_segments,
+};
 
-/// A bulk upload through 10% inbound loss at the server port.
+const ETIMEDOUT: i32 = 110;
+
+fn ms(event: &Value, field: &str) -> f64 {
+    event[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} missing: {event}"))
+}
+
+/// A bulk upload through 10% inbound loss: every retransmitted segment is
+/// accounted for, fast retransmits among them, each with the socket's
+/// state, and the retry limit is the namespace's own `tcp_retries2`.
 fn lossy_upload(server: SocketAddr) {
     let ns = Netns::new("loss");
     // Ethernet-sized segments: loss then looks like a real network's.
     ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    ns.sysctl("net.ipv4.tcp_retries2", "9");
     drop_inbound(&ns, server.port(), 10);
-    let inode = ns.inode.to_string();
-    let tracer = Tracer::start(&["--json", "--netns", &inode]);
+    let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
     let attach_time = tracer.attach_time;
     let before = ns.counters();
     let client = bulk_upload(&ns, server, 4 << 20);
     let after = ns.counters();
-    let output = tracer.stop();
-    let events = output.events();
+    let events = tracer.stop().events();
     let retransmits = of_kind(&events, "retransmit");
-    let kernel_segs = after["Tcp.RetransSegs"] - before["Tcp.RetransSegs"];
+    let kernel_segs = delta(&before, &after, "Tcp.RetransSegs");
 
     assert!(kernel_segs > 0, "10% loss must cause retransmissions");
-    assert!(
-        !retransmits.is_empty(),
-        "no retransmit events; kernel retransmitted {kernel_segs} segments"
+    assert_eq!(
+        sent_segments(&retransmits),
+        kernel_segs,
+        "segments retransmitted: tool vs Tcp.RetransSegs"
     );
-    // One event per skb; an skb carries one or more segments.
-    let sent: Vec<&&Value> = retransmits.iter().filter(|e| e["err"] == 0).collect();
     assert!(
-        sent.len() as i64 <= kernel_segs,
-        "{} events for {kernel_segs} retransmitted segments",
-        sent.len()
+        !of_type(&retransmits, "FAST").is_empty(),
+        "fast retransmits under random loss"
     );
     let family = if server.is_ipv4() { 4 } else { 6 };
     for event in &retransmits {
         assert_eq!(event["netns"], ns.inode, "{event}");
         assert_eq!(event["family"], family, "{event}");
-        assert_eq!(event["laddr"], client.ip().to_string(), "{event}");
-        assert_eq!(event["lport"], client.port(), "{event}");
-        assert_eq!(event["raddr"], server.ip().to_string(), "{event}");
-        assert_eq!(event["rport"], server.port(), "{event}");
-        let state = event["state"].as_str().unwrap_or_default();
+        assert_eq!(
+            (&event["laddr"], &event["lport"]),
+            (&client.ip().to_string().into(), &client.port().into()),
+            "{event}"
+        );
+        assert_eq!(
+            (&event["raddr"], &event["rport"]),
+            (&server.ip().to_string().into(), &server.port().into()),
+            "{event}"
+        );
         // The drop rule can hit the SYN too.
+        let state = event["state"].as_str().unwrap_or_default();
         assert!(
             matches!(state, "SYN_SENT" | "ESTABLISHED" | "FIN_WAIT1"),
             "{event}"
         );
+        if state != "SYN_SENT" {
+            assert_eq!(
+                event["retry_limit"], 9,
+                "the namespace's tcp_retries2: {event}"
+            );
+            assert!(
+                event["srtt_us"].as_u64().is_some_and(|us| us > 0),
+                "{event}"
+            );
+            assert!(event["cwnd"].as_u64().is_some_and(|c| c > 0), "{event}");
+            assert!(event["bytes"].as_u64().is_some_and(|b| b > 0), "{event}");
+        }
+        assert!(ms(event, "rto_ms") >= 200.0, "tcp_rto_min: {event}");
         assert!(
             event["skaddr"]
                 .as_str()
                 .is_some_and(|s| s.starts_with("0x")),
             "{event}"
         );
-        assert!(
-            event["time"]
-                .as_str()
-                .is_some_and(|t| t.ends_with('Z') && t.len() == 27),
-            "{event}"
-        );
     }
-    assert!(
-        of_kind(&events, "state").is_empty(),
-        "no state events without --state"
-    );
+    let causes: Vec<&str> = retransmits
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
     eprintln!(
-        "lossy upload {server}: {} retransmit events ({} sent), kernel Tcp.RetransSegs +{kernel_segs}, \
+        "lossy upload {server}: {} events {causes:?}; segments: tool {} = kernel Tcp.RetransSegs +{kernel_segs}; \
          exec to attached {attach_time:?}",
         retransmits.len(),
-        sent.len(),
+        sent_segments(&retransmits),
     );
 }
 
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
-fn lossy_upload_ipv4_retransmits_carry_their_flow() {
+fn lossy_upload_ipv4_segments_reconcile_with_the_kernel() {
     lossy_upload("127.0.0.1:5201".parse().expect("address"));
 }
 
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
-fn lossy_upload_ipv6_retransmits_carry_their_flow() {
+fn lossy_upload_ipv6_segments_reconcile_with_the_kernel() {
     lossy_upload("[::1]:5202".parse().expect("address"));
+}
+
+/// After the handshake the path goes dark: the timer retransmits with a
+/// doubling RTO until `tcp_retries2` (lowered here) runs out and the client
+/// gets ETIMEDOUT.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn blackhole_rtos_double_until_the_kernel_gives_up() {
+    let ns = Netns::new("hole");
+    ns.sysctl("net.ipv4.tcp_retries2", "2");
+    let server: SocketAddr = "127.0.0.1:5300".parse().expect("address");
+    let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
+    let (listener, client) = ns
+        .enter(move || {
+            let listener = TcpListener::bind(server).expect("bind");
+            let client = TcpStream::connect(server).expect("connect");
+            (listener, client)
+        })
+        .join()
+        .expect("connect");
+    let (_accepted, _) = listener.accept().expect("accept");
+    drop_inbound_matching(&ns, &format!("tcp dport {}", server.port()));
+    let before = ns.counters();
+    let started = Instant::now();
+    (&client).write_all(&[0x5a; 1000]).expect("write");
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let err = (&client)
+        .read(&mut [0; 16])
+        .expect_err("the connection must time out");
+    let gave_up_after = started.elapsed();
+    let after = ns.counters();
+    let events = tracer.stop().events();
+    let retransmits = of_kind(&events, "retransmit");
+    let rtos = of_type(&retransmits, "RTO");
+
+    assert_eq!(err.raw_os_error(), Some(ETIMEDOUT), "{err}");
+    assert_eq!(
+        sent_segments(&retransmits),
+        delta(&before, &after, "Tcp.RetransSegs")
+    );
+    // Every RTO expiry counts in TCPTimeouts; the last one ends the
+    // connection instead of retransmitting.
+    assert_eq!(
+        rtos.len() as i64 + 1,
+        delta(&before, &after, "TcpExt.TCPTimeouts"),
+        "RTO events vs the kernel's timeouts"
+    );
+    assert!(rtos.len() >= 3, "{rtos:?}");
+    let tolerance_ms = 12.0; // a few jiffies of timer slack
+    for (i, pair) in rtos.windows(2).enumerate() {
+        let (prev, next) = (pair[0], pair[1]);
+        assert_eq!(prev["retries"], i, "retries count up: {prev}");
+        assert_eq!(prev["retry_limit"], 2);
+        assert_eq!(prev["state"], "ESTABLISHED");
+        let (rto, next_rto) = (ms(prev, "rto_ms"), ms(next, "rto_ms"));
+        assert!(
+            (next_rto - 2.0 * rto).abs() <= tolerance_ms,
+            "RTO doubles: {rto} -> {next_rto}"
+        );
+        // The timer wheel rounds an expiry up, by at most 1/8 of the timeout
+        // (plus a jiffy or two): events are spaced by the RTO, never less.
+        let gap_ms = (seconds(next) - seconds(prev)) * 1e3;
+        assert!(
+            gap_ms >= next_rto - tolerance_ms && gap_ms <= next_rto * 1.125 + tolerance_ms,
+            "events {gap_ms:.1} ms apart, RTO {next_rto}"
+        );
+    }
+    let rto_ms: Vec<f64> = rtos.iter().map(|e| ms(e, "rto_ms")).collect();
+    let gaps_ms: Vec<f64> = rtos
+        .windows(2)
+        .map(|p| ((seconds(p[1]) - seconds(p[0])) * 1e3).round())
+        .collect();
+    let others: Vec<&str> = retransmits
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| *t != "RTO")
+        .collect();
+    eprintln!(
+        "blackhole: RTO events {} (kernel TCPTimeouts +{}), RTOs {rto_ms:?} ms, gaps {gaps_ms:?} ms, \
+         other {others:?}, ETIMEDOUT after {gave_up_after:?}",
+        rtos.len(),
+        delta(&before, &after, "TcpExt.TCPTimeouts"),
+    );
+}
+
+/// Connecting into a path that drops SYNs: as many SYN retransmissions as
+/// the kernel sent (`expected`, which the tool's `retry_limit` predicts),
+/// with its RTO sequence, for a linear and an exponential
+/// `tcp_syn_linear_timeouts` setting.
+fn dropped_syns(syn_retries: u32, linear_timeouts: u32, expected: u32, port: u16) {
+    let ns = Netns::new("syn");
+    ns.sysctl("net.ipv4.tcp_syn_retries", &syn_retries.to_string());
+    ns.sysctl(
+        "net.ipv4.tcp_syn_linear_timeouts",
+        &linear_timeouts.to_string(),
+    );
+    let server: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    drop_inbound_matching(
+        &ns,
+        &format!("tcp dport {port} tcp flags & (syn | ack) == syn"),
+    );
+    let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
+    let before = ns.counters();
+    let err = ns
+        .enter(move || {
+            let _listener = TcpListener::bind(server).expect("bind");
+            TcpStream::connect(server).expect_err("SYNs are dropped")
+        })
+        .join()
+        .expect("connect");
+    let after = ns.counters();
+    let events = tracer.stop().events();
+    let syns = of_type(&of_kind(&events, "retransmit"), "SYN");
+
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    assert_eq!(
+        syns.len() as u32,
+        expected,
+        "SYN retransmissions the kernel made"
+    );
+    let limit = expected;
+    assert_eq!(
+        syns.len() as i64 + 1,
+        delta(&before, &after, "TcpExt.TCPTimeouts"),
+        "every SYN timeout but the last retransmitted"
+    );
+    assert_eq!(
+        sent_segments(&syns),
+        delta(&before, &after, "Tcp.RetransSegs")
+    );
+    for (k, syn) in syns.iter().enumerate() {
+        // The k-th retransmission's timer: 1 s while linear, then doubling.
+        let expected_ms = if k as u32 <= linear_timeouts {
+            1000.0
+        } else {
+            1000.0 * f64::from(1 << (k as u32 - linear_timeouts))
+        };
+        assert!(
+            (ms(syn, "rto_ms") - expected_ms).abs() <= 12.0,
+            "SYN {k}: {syn}"
+        );
+        assert_eq!(
+            (&syn["retries"], &syn["retry_limit"]),
+            (&k.into(), &limit.into()),
+            "{syn}"
+        );
+        assert_eq!(syn["state"], "SYN_SENT");
+        assert_eq!(
+            syn["pid"],
+            std::process::id(),
+            "connect() ran in the test: {syn}"
+        );
+    }
+    let rto_ms: Vec<f64> = syns.iter().map(|e| ms(e, "rto_ms")).collect();
+    eprintln!(
+        "dropped SYNs (syn_retries {syn_retries}, linear {linear_timeouts}): {} SYN events, RTOs {rto_ms:?} ms, \
+         Tcp.RetransSegs +{}",
+        syns.len(),
+        delta(&before, &after, "Tcp.RetransSegs")
+    );
+}
+
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn dropped_syns_exponential_backoff() {
+    // SYNs at 0, 1 and 3 s; ETIMEDOUT at 7 s.
+    dropped_syns(2, 0, 2, 5401);
+}
+
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn dropped_syns_linear_timeouts() {
+    // SYNs at 0, 1 and 2 s; at 3 s the time model for one retry has run out,
+    // before the count rule's 1 + 2.
+    dropped_syns(1, 2, 2, 5402);
+}
+
+/// The client's handshake ACK is lost: the listener retransmits its SYN-ACK.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn dropped_handshake_ack_retransmits_the_syn_ack() {
+    let ns = Netns::new("synack");
+    ns.sysctl("net.ipv4.tcp_synack_retries", "3");
+    let server: SocketAddr = "127.0.0.1:5500".parse().expect("address");
+    // Everything but SYNs to the server: the handshake's ACK never arrives.
+    drop_inbound_matching(
+        &ns,
+        &format!("tcp dport {} tcp flags & syn == 0", server.port()),
+    );
+    let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
+    let before = ns.counters();
+    ns.enter(move || {
+        let _listener = TcpListener::bind(server).expect("bind");
+        let _client = TcpStream::connect(server).expect("the client's side completes");
+        // SYN-ACK timers: 1 s, then 2 s.
+        thread::sleep(Duration::from_millis(3500));
+    })
+    .join()
+    .expect("handshake");
+    let after = ns.counters();
+    let events = tracer.stop().events();
+    let retransmits = of_kind(&events, "retransmit");
+    let synacks = of_type(&retransmits, "SYNACK");
+
+    assert_eq!(synacks.len(), 2, "{synacks:?}");
+    assert_eq!(
+        sent_segments(&retransmits),
+        delta(&before, &after, "Tcp.RetransSegs")
+    );
+    for (k, synack) in synacks.iter().enumerate() {
+        assert_eq!(
+            (&synack["retries"], &synack["retry_limit"]),
+            (&k.into(), &3.into()),
+            "{synack}"
+        );
+        assert!(
+            (ms(synack, "rto_ms") - 1000.0 * f64::from(1 << k)).abs() <= 12.0,
+            "{synack}"
+        );
+        assert_eq!(
+            (&synack["lport"], &synack["state"]),
+            (&server.port().into(), &"SYN_RECV".into())
+        );
+        assert_eq!(
+            synack["pid"],
+            std::process::id(),
+            "the listener's owner: {synack}"
+        );
+    }
+    eprintln!(
+        "dropped handshake ACK: {} SYNACK events, Tcp.RetransSegs +{}",
+        synacks.len(),
+        delta(&before, &after, "Tcp.RetransSegs")
+    );
+}
+
+/// The last segment of a request is lost once: the tail loss probe resends
+/// it before any RTO.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn dropped_tail_segment_is_resent_by_a_loss_probe() {
+    const TAIL: usize = 777;
+    let ns = Netns::new("tlp");
+    let server: SocketAddr = "127.0.0.1:5600".parse().expect("address");
+    let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
+    let (listener, client) = ns
+        .enter(move || {
+            let listener = TcpListener::bind(server).expect("bind");
+            (listener, TcpStream::connect(server).expect("connect"))
+        })
+        .join()
+        .expect("connect");
+    let (mut accepted, _) = listener.accept().expect("accept");
+    // IPv4 + TCP with timestamps: 20 + 32 header bytes. `limit` matches (and
+    // so drops) only the first such packet; the probe gets through.
+    drop_inbound_matching(
+        &ns,
+        &format!(
+            "tcp dport {} ip length {} limit rate 1/hour burst 1 packets",
+            server.port(),
+            52 + TAIL
+        ),
+    );
+    let before = ns.counters();
+    client.set_nodelay(true).expect("nodelay");
+    (&client).write_all(&[0x5a; 1000]).expect("head");
+    (&client).write_all(&[0x5b; TAIL]).expect("tail");
+    accepted
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut received = vec![0; 1000 + TAIL];
+    accepted
+        .read_exact(&mut received)
+        .expect("the tail arrives");
+    thread::sleep(Duration::from_millis(50));
+    let after = ns.counters();
+    let events = tracer.stop().events();
+    let retransmits = of_kind(&events, "retransmit");
+    let tlps = of_type(&retransmits, "TLP");
+
+    assert_eq!(tlps.len(), 1, "{retransmits:?}");
+    assert_eq!(
+        (&tlps[0]["bytes"], &tlps[0]["segs"]),
+        (&TAIL.into(), &1.into()),
+        "{}",
+        tlps[0]
+    );
+    assert!(
+        of_type(&retransmits, "RTO").is_empty(),
+        "the probe came first: {retransmits:?}"
+    );
+    assert_eq!(
+        sent_segments(&retransmits),
+        delta(&before, &after, "Tcp.RetransSegs")
+    );
+    assert_eq!(
+        delta(&before, &after, "TcpExt.TCPLossProbes"),
+        1,
+        "the kernel counted one probe"
+    );
+    eprintln!(
+        "dropped tail: TLP after {:?}, kernel TCPLossProbes +1",
+        tlps[0]["time"]
+    );
 }
