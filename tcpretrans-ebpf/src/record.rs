@@ -3,7 +3,14 @@
 use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{EbpfContext as _, helpers::generated, programs::TracePointContext};
-use tcpretrans_common::{ABSENT, AF_INET, AF_INET6, EventHeader, Flow, FlowFields, RECORD_LEN};
+use tcpretrans_common::{
+    ABSENT, AF_INET, AF_INET6, EventHeader, Filter, Flow, FlowFields, RECORD_LEN,
+};
+
+use crate::{
+    maps::SOCK_OFFSETS,
+    sock::{self, Netns},
+};
 
 /// Room for a 16-byte address at any offset below `RECORD_LEN`, 8-aligned so
 /// that naturally aligned fields load in one instruction.
@@ -14,10 +21,7 @@ impl Record {
     /// Copies the record into `slot` with a single kernel read (in place: the
     /// record is a quarter of the BPF stack).
     #[inline(always)]
-    pub fn read<'a>(
-        ctx: &TracePointContext,
-        slot: &'a mut MaybeUninit<Self>,
-    ) -> Result<&'a Self, i64> {
+    fn read<'a>(ctx: &TracePointContext, slot: &'a mut MaybeUninit<Self>) -> Result<&'a Self, i64> {
         // SAFETY: tracepoint records sit in a per-CPU buffer of several pages
         // and the helper fails safely anyway; on success it filled `slot`.
         unsafe {
@@ -53,7 +57,7 @@ impl Record {
     /// `AF_INET` or `AF_INET6`. Records without a `family` field (before
     /// 5.12) hold IPv4 flows as IPv4-mapped IPv6 addresses.
     #[inline(always)]
-    pub fn family(&self, fields: &FlowFields) -> u16 {
+    fn family(&self, fields: &FlowFields) -> u16 {
         match self.optional(fields.family) {
             Some(family) => family,
             None => {
@@ -76,34 +80,89 @@ impl Record {
         }
     }
 
-    /// Fills the head every event shares.
+    /// Reads the record and keeps it if its socket passes the family and
+    /// namespace filters: the prologue of every program.
+    #[inline(always)]
+    pub fn filtered<'a>(
+        ctx: &TracePointContext,
+        slot: &'a mut MaybeUninit<Self>,
+        fields: &FlowFields,
+        filter: &Filter,
+    ) -> Result<Option<Hit<'a>>, i64> {
+        if fields.skaddr == ABSENT {
+            // Not configured by userspace.
+            return Ok(None);
+        }
+        let record = Self::read(ctx, slot)?;
+        let family = record.family(fields);
+        if !filter.keeps_family(family) {
+            return Ok(None);
+        }
+        let Some(version) = family_version(family) else {
+            return Ok(None);
+        };
+        let sk: u64 = record.load(fields.skaddr);
+        let Some(netns) = sock::netns_passing(sk, &SOCK_OFFSETS.load(), filter) else {
+            return Ok(None);
+        };
+        Ok(Some(Hit {
+            record,
+            fields: *fields,
+            sk,
+            netns,
+            version,
+        }))
+    }
+}
+
+/// A tracepoint hit whose socket passed the filters.
+pub struct Hit<'a> {
+    pub record: &'a Record,
+    fields: FlowFields,
+    /// The record's `skaddr`.
+    pub sk: u64,
+    pub netns: Netns,
+    /// 4 or 6.
+    version: u8,
+}
+
+impl Hit<'_> {
+    /// Fills the header and flow every event starts with.
     ///
     /// # Safety
     ///
-    /// `header` and `flow` point into a reserved ring-buffer slot.
+    /// `head` and `flow` point into a reserved ring-buffer slot.
     #[inline(always)]
     pub unsafe fn write_head(
         &self,
-        fields: &FlowFields,
-        header: EventHeader,
+        kind: u8,
+        timestamp_ns: u64,
+        skaddr: u64,
         head: *mut EventHeader,
         flow: *mut Flow,
     ) {
         // SAFETY: per the contract.
         unsafe {
-            head.write(header);
+            head.write(EventHeader {
+                kind,
+                family: self.version,
+                _pad: 0,
+                netns: self.netns.inum,
+                timestamp_ns,
+                skaddr,
+            });
             let flow = &mut *flow;
-            self.copy_addr(fields.saddr_v6, &mut flow.saddr);
-            self.copy_addr(fields.daddr_v6, &mut flow.daddr);
-            flow.sport = self.load(fields.sport);
-            flow.dport = self.load(fields.dport);
+            self.record.copy_addr(self.fields.saddr_v6, &mut flow.saddr);
+            self.record.copy_addr(self.fields.daddr_v6, &mut flow.daddr);
+            flow.sport = self.record.load(self.fields.sport);
+            flow.dport = self.record.load(self.fields.dport);
         }
     }
 }
 
 /// The event's family byte: 4 or 6, or `None` for other families.
 #[inline(always)]
-pub fn family_version(family: u16) -> Option<u8> {
+fn family_version(family: u16) -> Option<u8> {
     match family {
         AF_INET => Some(4),
         AF_INET6 => Some(6),

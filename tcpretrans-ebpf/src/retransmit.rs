@@ -8,14 +8,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcpretrans_common::{
-    ABSENT, EventHeader, RetransmitEvent, TcpOffsets, event_kind, retry_budget, tcp_state::SYN_SENT,
+    ABSENT, RetransmitEvent, TcpOffsets, event_kind, retry_budget, tcp_state::SYN_SENT,
 };
 
 use crate::{
-    maps::{FILTER, RETRANSMIT_FIELDS, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
+    maps::{FILTER, RETRANSMIT_FIELDS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
-    record::{Record, family_version},
-    sock::{self, read, read_bitfield},
+    record::Record,
+    sock::{read, read_bitfield},
 };
 
 #[tracepoint]
@@ -27,27 +27,15 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
     let fields = RETRANSMIT_FIELDS.load();
-    if fields.flow.skaddr == ABSENT {
-        return Ok(());
-    }
-    let filter = FILTER.load();
     let mut slot = MaybeUninit::uninit();
-    let record = Record::read(ctx, &mut slot)?;
-    let family = record.family(&fields.flow);
-    if !filter.keeps_family(family) {
-        return Ok(());
-    }
-    let Some(version) = family_version(family) else {
+    let Some(hit) = Record::filtered(ctx, &mut slot, &fields.flow, &FILTER.load())? else {
         return Ok(());
     };
-    let sk: u64 = record.load(fields.flow.skaddr);
-    let Some(netns) = sock::netns_passing(sk, &SOCK_OFFSETS.load(), &filter) else {
-        return Ok(());
-    };
+    let (record, sk) = (hit.record, hit.sk);
     let skb: u64 = record.load(fields.skbaddr);
     let state = record.optional::<i32>(fields.state).unwrap_or(0) as u8;
     let tcp = TCP_OFFSETS.load();
-    let (budget, budget_limit, syn_linear_timeouts) = retry_budget(sk, netns.net, state, &tcp);
+    let (budget, budget_limit, syn_linear_timeouts) = retry_budget(sk, hit.netns.net, state, &tcp);
 
     let Some(mut entry) = reserve::<RetransmitEvent>() else {
         return Ok(());
@@ -56,17 +44,11 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: `event` points at a reserved slot of the event's size; every
     // field is written before submit.
     unsafe {
-        let header = EventHeader {
-            kind: event_kind::RETRANSMIT,
-            family: version,
-            _pad: 0,
-            netns: netns.inum,
-            timestamp_ns: bpf_ktime_get_ns(),
-            skaddr: sk,
-        };
-        record.write_head(
-            &fields.flow,
-            header,
+        let now = bpf_ktime_get_ns();
+        hit.write_head(
+            event_kind::RETRANSMIT,
+            now,
+            sk,
             &raw mut (*event).header,
             &raw mut (*event).flow,
         );

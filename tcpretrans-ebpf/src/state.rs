@@ -4,15 +4,14 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tcpretrans_common::{
-    ABSENT, DURATION_UNKNOWN, EventHeader, Owner, SockInfo, StateEvent, event_kind,
+    DURATION_UNKNOWN, Owner, SockInfo, StateEvent, event_kind,
     tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, LAST_ACK, LISTEN, SYN_SENT},
 };
 
 use crate::{
-    maps::{FILTER, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, reserve, submit},
+    maps::{FILTER, SOCKETS, STATE_FIELDS, reserve, submit},
     owner::{self, write_owner},
-    record::{Record, family_version},
-    sock,
+    record::Record,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -26,26 +25,15 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let fields = STATE_FIELDS.load();
-    if fields.flow.skaddr == ABSENT {
-        return Ok(());
-    }
     let filter = FILTER.load();
     let mut slot = MaybeUninit::uninit();
-    let record = Record::read(ctx, &mut slot)?;
+    let Some(hit) = Record::filtered(ctx, &mut slot, &fields.flow, &filter)? else {
+        return Ok(());
+    };
+    let (record, skaddr) = (hit.record, hit.sk);
     if record.load::<u16>(fields.protocol) != IPPROTO_TCP {
         return Ok(());
     }
-    let family = record.family(&fields.flow);
-    if !filter.keeps_family(family) {
-        return Ok(());
-    }
-    let Some(version) = family_version(family) else {
-        return Ok(());
-    };
-    let skaddr: u64 = record.load(fields.flow.skaddr);
-    let Some(netns) = sock::netns_passing(skaddr, &SOCK_OFFSETS.load(), &filter) else {
-        return Ok(());
-    };
     let old_state = record.load::<i32>(fields.oldstate) as u8;
     let new_state = record.load::<i32>(fields.newstate) as u8;
     // SAFETY: helper without preconditions.
@@ -63,17 +51,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: `event` points at a reserved slot of the event's size; every
     // field is written before submit.
     unsafe {
-        let header = EventHeader {
-            kind: event_kind::STATE,
-            family: version,
-            _pad: 0,
-            netns: netns.inum,
-            timestamp_ns: now,
+        hit.write_head(
+            event_kind::STATE,
+            now,
             skaddr,
-        };
-        record.write_head(
-            &fields.flow,
-            header,
             &raw mut (*event).header,
             &raw mut (*event).flow,
         );

@@ -3,15 +3,13 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tcpretrans_common::{
-    ABSENT, EventHeader, RetransmitEvent, event_kind, retry_budget, tcp_state::SYN_RECV,
-};
+use tcpretrans_common::{RetransmitEvent, event_kind, retry_budget, tcp_state::SYN_RECV};
 
 use crate::{
-    maps::{FILTER, SOCK_OFFSETS, SOCKETS, SYNACK_FIELDS, TCP_OFFSETS, reserve, submit},
+    maps::{FILTER, SOCKETS, SYNACK_FIELDS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
-    record::{Record, family_version},
-    sock::{self, read, read_bitfield},
+    record::Record,
+    sock::{read, read_bitfield},
 };
 
 /// `TCPHDR_SYN | TCPHDR_ACK`.
@@ -26,24 +24,12 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
     let fields = SYNACK_FIELDS.load();
-    if fields.flow.skaddr == ABSENT {
-        return Ok(());
-    }
-    let filter = FILTER.load();
     let mut slot = MaybeUninit::uninit();
-    let record = Record::read(ctx, &mut slot)?;
-    let family = record.family(&fields.flow);
-    if !filter.keeps_family(family) {
-        return Ok(());
-    }
-    let Some(version) = family_version(family) else {
+    let Some(hit) = Record::filtered(ctx, &mut slot, &fields.flow, &FILTER.load())? else {
         return Ok(());
     };
-    let listener: u64 = record.load(fields.flow.skaddr);
-    let Some(netns) = sock::netns_passing(listener, &SOCK_OFFSETS.load(), &filter) else {
-        return Ok(());
-    };
-    let req: u64 = record.load(fields.req);
+    let listener = hit.sk;
+    let req: u64 = hit.record.load(fields.req);
     let tcp = TCP_OFFSETS.load();
     // The timer that fired was armed for `timeout << num_timeout`.
     let num_timeout = read_bitfield(req, tcp.req_num_timeout);
@@ -52,7 +38,7 @@ fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
     let limit = if own != 0 {
         own
     } else {
-        read(netns.net, tcp.net_synack_retries)
+        read(hit.netns.net, tcp.net_synack_retries)
     };
 
     let Some(mut entry) = reserve::<RetransmitEvent>() else {
@@ -62,17 +48,11 @@ fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: `event` points at a reserved slot of the event's size; every
     // field is written before submit.
     unsafe {
-        let header = EventHeader {
-            kind: event_kind::SYNACK,
-            family: version,
-            _pad: 0,
-            netns: netns.inum,
-            timestamp_ns: bpf_ktime_get_ns(),
-            skaddr: req,
-        };
-        record.write_head(
-            &fields.flow,
-            header,
+        let now = bpf_ktime_get_ns();
+        hit.write_head(
+            event_kind::SYNACK,
+            now,
+            req,
             &raw mut (*event).header,
             &raw mut (*event).flow,
         );

@@ -621,6 +621,29 @@ pub(crate) mod tests {
         }
     }
 
+    /// A decoded RTO retransmission on `socket`, for output tests.
+    pub fn sample_retransmit(socket: Socket) -> Retransmit {
+        Retransmit {
+            socket,
+            cause: Some(Cause::Rto),
+            state: Some(TcpState::Established),
+            err: 0,
+            rto: Some(Duration::from_millis(800)),
+            backoff: Some(2),
+            retries: Some(2),
+            retry_limit: Some(15),
+            total_retrans: Some(9),
+            srtt: Some(Duration::from_micros(12_345)),
+            rttvar: Some(Duration::from_millis(3)),
+            cwnd: Some(1),
+            ssthresh: Some(7),
+            segs: Some(2),
+            bytes: Some(2896),
+            seq: Some(1_000_000),
+            orphan: Some(false),
+        }
+    }
+
     fn retransmit(raw: &RetransmitEvent, decoder: &Decoder) -> Retransmit {
         match decoder.decode(&bytes_of(raw)).unwrap() {
             Event::Retransmit(r) => *r,

@@ -198,7 +198,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::decode::Process;
+    use crate::decode::{Process, tests::sample_retransmit};
 
     fn render(event: &Event) -> Value {
         let mut buf = Vec::new();
@@ -238,25 +238,7 @@ mod tests {
             uid: 0,
             comm: "nginx".into(),
         };
-        let r = Retransmit {
-            socket: socket(Some(owner)),
-            cause: Some(Cause::Rto),
-            state: Some(TcpState::Established),
-            err: 0,
-            rto: Some(Duration::from_millis(800)),
-            backoff: Some(2),
-            retries: Some(2),
-            retry_limit: Some(15),
-            total_retrans: Some(9),
-            srtt: Some(Duration::from_micros(12_345)),
-            rttvar: Some(Duration::from_micros(3_000)),
-            cwnd: Some(1),
-            ssthresh: Some(7),
-            segs: Some(2),
-            bytes: Some(2896),
-            seq: Some(1000),
-            orphan: Some(false),
-        };
+        let r = sample_retransmit(socket(Some(owner)));
         let v = render(&Event::Retransmit(Box::new(r)));
         assert_eq!(
             v,
@@ -267,7 +249,7 @@ mod tests {
                 "pid": 7, "uid": 0, "comm": "nginx", "state": "ESTABLISHED", "err": 0,
                 "type": "RTO", "rto_ms": 800.0, "backoff": 2, "retries": 2, "retry_limit": 15,
                 "total_retrans": 9, "srtt_us": 12345, "rttvar_us": 3000, "cwnd": 1, "ssthresh": 7,
-                "segs": 2, "bytes": 2896, "seq": 1000, "orphan": false
+                "segs": 2, "bytes": 2896, "seq": 1000000, "orphan": false
             })
         );
     }

@@ -232,7 +232,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::decode::Process;
+    use crate::decode::{Process, tests::sample_retransmit};
 
     fn socket(laddr: IpAddr, raddr: IpAddr, owner: Option<Process>) -> Socket {
         Socket {
@@ -253,25 +253,7 @@ mod tests {
     }
 
     fn retransmit(owner: Option<Process>) -> Retransmit {
-        Retransmit {
-            socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), owner),
-            cause: Some(Cause::Rto),
-            state: Some(TcpState::Established),
-            err: 0,
-            rto: Some(Duration::from_millis(800)),
-            backoff: Some(2),
-            retries: Some(2),
-            retry_limit: Some(15),
-            total_retrans: Some(9),
-            srtt: Some(Duration::from_micros(12_345)),
-            rttvar: Some(Duration::from_millis(3)),
-            cwnd: Some(1),
-            ssthresh: Some(7),
-            segs: Some(2),
-            bytes: Some(2896),
-            seq: Some(1_000_000),
-            orphan: Some(false),
-        }
+        sample_retransmit(socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), owner))
     }
 
     fn render(style: Style, events: &[Event]) -> String {
