@@ -92,6 +92,23 @@ pub struct SockOffsets {
     pub net_inum: u16,
 }
 
+/// Layouts of `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`: only the
+/// socket is taken from the record (6.10+ changed `tcp_send_reset`'s address
+/// fields to sockaddrs); the flow is read from the socket itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetFields {
+    pub send_skaddr: u16,
+    pub receive_skaddr: u16,
+}
+
+impl ResetFields {
+    pub const ABSENT: Self = Self {
+        send_skaddr: ABSENT,
+        receive_skaddr: ABSENT,
+    };
+}
+
 /// A bitfield member: the byte holding it and its place in that byte.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,10 +164,32 @@ pub struct TcpOffsets {
     pub req_num_retrans: u16,
     pub req_num_timeout: Bitfield,
     pub req_timeout: u16,
+    /// `sk_err`: the error a failed connection reports.
+    pub sk_err: u16,
+    // struct sock_common, shared by full, request and timewait sockets.
+    pub skc_family: u16,
+    pub skc_state: u16,
+    /// `skc_daddr` then `skc_rcv_saddr` (IPv4).
+    pub skc_addrpair: u16,
+    /// `skc_dport` (network order) then `skc_num` (host order).
+    pub skc_portpair: u16,
+    pub skc_hash: u16,
+    pub skc_nulls_node: u16,
+    pub skc_v6_daddr: u16,
+    pub skc_v6_rcv_saddr: u16,
+    /// `struct inet_sock` → `inet_sport` (network order): survives
+    /// `inet_put_port()`, which zeroes `skc_num` on the way to CLOSE.
+    pub inet_sport: u16,
+    /// `struct inet_timewait_sock` → `tw_substate`.
+    pub tw_substate: u16,
+    /// `struct net` → `ipv4.tcp_death_row.hashinfo`.
+    pub net_tw_hashinfo: u16,
+    /// `struct inet_hashinfo` → `ehash` and `ehash_mask`.
+    pub hashinfo_ehash: u16,
+    pub hashinfo_ehash_mask: u16,
     /// Bit number of `SOCK_DEAD` in `sk_flags`.
     pub sock_dead_bit: u8,
     pub _pad0: u8,
-    pub _pad1: u16,
 }
 
 impl TcpOffsets {
@@ -180,9 +219,22 @@ impl TcpOffsets {
         req_num_retrans: ABSENT,
         req_num_timeout: Bitfield::ABSENT,
         req_timeout: ABSENT,
+        sk_err: ABSENT,
+        skc_family: ABSENT,
+        skc_state: ABSENT,
+        skc_addrpair: ABSENT,
+        skc_portpair: ABSENT,
+        skc_hash: ABSENT,
+        skc_nulls_node: ABSENT,
+        skc_v6_daddr: ABSENT,
+        skc_v6_rcv_saddr: ABSENT,
+        inet_sport: ABSENT,
+        tw_substate: ABSENT,
+        net_tw_hashinfo: ABSENT,
+        hashinfo_ehash: ABSENT,
+        hashinfo_ehash_mask: ABSENT,
         sock_dead_bit: 0,
         _pad0: 0,
-        _pad1: 0,
     };
 }
 
@@ -230,6 +282,8 @@ pub mod globals {
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     /// `TcpOffsets`.
     pub const TCP_OFFSETS: &str = "TCP_OFFSETS";
+    /// `ResetFields`.
+    pub const RESET_FIELDS: &str = "RESET_FIELDS";
     /// `Filter`.
     pub const FILTER: &str = "FILTER";
     /// `u32`: force a consumer wakeup once this many bytes wait in the ring
@@ -309,6 +363,15 @@ pub mod event_kind {
     pub const STATE: u8 = 2;
     /// `RetransmitEvent` from `tcp:tcp_retransmit_synack`.
     pub const SYNACK: u8 = 3;
+    /// `ResetEvent`.
+    pub const RESET: u8 = 4;
+}
+
+/// Which way a reset went (`ResetEvent::direction`, `SockInfo::reset`).
+pub mod reset_direction {
+    pub const NONE: u8 = 0;
+    pub const SENT: u8 = 1;
+    pub const RECEIVED: u8 = 2;
 }
 
 /// Which retry limit the kernel applies to a retransmitting socket.
@@ -431,9 +494,33 @@ pub struct StateEvent {
     pub flow: Flow,
     pub old_state: u8,
     pub new_state: u8,
-    pub _pad: u16,
+    /// On `FIN_WAIT2`/`CLOSING` → `CLOSE`: the `tw_substate` of the timewait
+    /// socket that took the connection over, 0 when none did.
+    pub timewait: u8,
+    /// A `reset_direction` the socket saw before this transition.
+    pub reset: u8,
     /// Time spent in `old_state`, or `DURATION_UNKNOWN`.
     pub prev_state_ns: u64,
+    /// On `CLOSE`: `sk_err` (positive errno), 0 for none.
+    pub error: i32,
+    /// 1 when the owner had closed the socket (`SOCK_DEAD`).
+    pub orphan: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+/// A reset sent or received on a socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetEvent {
+    pub header: EventHeader,
+    pub owner: Owner,
+    pub flow: Flow,
+    /// A `reset_direction`.
+    pub direction: u8,
+    /// The socket's TCP state.
+    pub state: u8,
+    pub _pad: u16,
 }
 
 /// Per-socket state the kernel side keeps between events, keyed by socket address.
@@ -443,6 +530,11 @@ pub struct SockInfo {
     /// When the socket entered its current state; 0 when not seen.
     pub state_since_ns: u64,
     pub owner: Owner,
+    /// The last `reset_direction` seen on the socket.
+    pub reset: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
+    pub _pad2: u32,
 }
 
 const _: () = {
@@ -451,7 +543,7 @@ const _: () = {
     assert!(size_of::<RetransmitFields>() == 20);
     assert!(size_of::<SynackFields>() == 14);
     assert!(size_of::<Bitfield>() == 4);
-    assert!(size_of::<TcpOffsets>() == 58);
+    assert!(size_of::<TcpOffsets>() == 84);
     assert!(size_of::<StateFields>() == 20);
     assert!(size_of::<SockOffsets>() == 4);
     assert!(size_of::<Filter>() == 12);
@@ -459,9 +551,11 @@ const _: () = {
     assert!(size_of::<Flow>() == 36);
     assert!(size_of::<Owner>() == 24);
     assert!(size_of::<RetransmitEvent>() == 136);
-    assert!(size_of::<StateEvent>() == 96);
+    assert!(size_of::<StateEvent>() == 104);
+    assert!(size_of::<ResetEvent>() == 88);
+    assert!(size_of::<ResetFields>() == 4);
     assert!(align_of::<StateEvent>() == 8);
-    assert!(size_of::<SockInfo>() == 32);
+    assert!(size_of::<SockInfo>() == 40);
 };
 
 #[cfg(feature = "user")]
@@ -478,5 +572,7 @@ mod pod {
     unsafe impl aya::Pod for Filter {}
     unsafe impl aya::Pod for RetransmitEvent {}
     unsafe impl aya::Pod for StateEvent {}
+    unsafe impl aya::Pod for ResetEvent {}
+    unsafe impl aya::Pod for ResetFields {}
     unsafe impl aya::Pod for SockInfo {}
 }

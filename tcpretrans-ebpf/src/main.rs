@@ -8,6 +8,7 @@
 mod maps;
 mod owner;
 mod record;
+mod reset;
 mod retransmit;
 mod sock;
 mod state;

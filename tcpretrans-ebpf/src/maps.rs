@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use tcpretrans_common::{
-    Filter, RetransmitFields, SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets,
+    Filter, ResetFields, RetransmitFields, SockInfo, SockOffsets, StateFields, SynackFields,
+    TcpOffsets,
 };
 
 // Globals overridden by userspace at load time (names in `tcpretrans_common::globals`).
@@ -21,6 +22,8 @@ pub static SYNACK_FIELDS: Global<SynackFields> = Global::new(SynackFields::ABSEN
 pub static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNKNOWN);
 #[unsafe(no_mangle)]
 pub static TCP_OFFSETS: Global<TcpOffsets> = Global::new(TcpOffsets::UNKNOWN);
+#[unsafe(no_mangle)]
+pub static RESET_FIELDS: Global<ResetFields> = Global::new(ResetFields::ABSENT);
 #[unsafe(no_mangle)]
 pub static FILTER: Global<Filter> = Global::new(Filter::KEEP_ALL);
 #[unsafe(no_mangle)]

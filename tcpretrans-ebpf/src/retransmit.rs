@@ -15,7 +15,7 @@ use crate::{
     maps::{FILTER, RETRANSMIT_FIELDS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
     record::Record,
-    sock::{read, read_bitfield},
+    sock::{self, read, read_bitfield},
 };
 
 #[tracepoint]
@@ -113,8 +113,7 @@ fn retry_budget(sk: u64, net: u64, state: u8, tcp: &TcpOffsets) -> (u8, u8, u8) 
             read(net, tcp.net_syn_linear_timeouts),
         );
     }
-    let flags: u64 = read(sk, tcp.sk_flags);
-    if tcp.sk_flags != ABSENT && flags >> (tcp.sock_dead_bit & 63) & 1 == 1 {
+    if sock::orphan(sk, tcp) == 1 {
         return (retry_budget::ORPHAN, read(net, tcp.net_orphan_retries), 0);
     }
     (retry_budget::RETRIES2, read(net, tcp.net_retries2), 0)

@@ -1,7 +1,9 @@
 //! Reads from kernel objects (`struct sock`, `sk_buff`, `net`, ...) at member
 //! offsets userspace resolved from BTF. Unknown offsets read as 0.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use tcpretrans_common::{ABSENT, Bitfield, Filter, SockOffsets};
+use tcpretrans_common::{
+    ABSENT, AF_INET6, Bitfield, Filter, Flow, SockOffsets, TcpOffsets, tcp_state::TIME_WAIT,
+};
 
 /// `base + offset` as a `T`; 0 when the offset is unknown or the read fails.
 #[inline(always)]
@@ -34,4 +36,83 @@ pub fn netns_passing(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> Opt
     let net: u64 = read(skaddr, offsets.sk_net);
     let inum: u32 = read(net, offsets.net_inum);
     (filter.netns == 0 || filter.netns == inum).then_some(Netns { net, inum })
+}
+
+/// A socket's flow from its `sock_common` (full, request or timewait
+/// socket), as `(flow, AF_*)`; `None` when the offsets are unknown.
+#[inline(always)]
+pub fn flow(sk: u64, tcp: &TcpOffsets) -> Option<(Flow, u16)> {
+    if sk == 0 || tcp.skc_portpair == ABSENT || tcp.skc_family == ABSENT {
+        return None;
+    }
+    let family: u16 = read(sk, tcp.skc_family);
+    let ports: [u8; 4] = read(sk, tcp.skc_portpair);
+    let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
+    if family == AF_INET6 {
+        saddr = read(sk, tcp.skc_v6_rcv_saddr);
+        daddr = read(sk, tcp.skc_v6_daddr);
+    } else {
+        let pair: [u8; 8] = read(sk, tcp.skc_addrpair);
+        for addr in [&mut saddr, &mut daddr] {
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+        }
+        daddr[12..].copy_from_slice(&pair[..4]);
+        saddr[12..].copy_from_slice(&pair[4..]);
+    }
+    // `skc_num` is in host order, `skc_dport` in network order.
+    let mut sport = u16::from_ne_bytes([ports[2], ports[3]]);
+    if sport == 0 {
+        sport = u16::from_be(read(sk, tcp.inet_sport));
+    }
+    let flow = Flow {
+        saddr,
+        daddr,
+        sport,
+        dport: u16::from_be_bytes([ports[0], ports[1]]),
+    };
+    Some((flow, family))
+}
+
+/// What took over a connection leaving `FIN_WAIT2`/`CLOSING` for `CLOSE`:
+/// the `tw_substate` of its timewait socket, or 0 when none did (TIME_WAIT
+/// bucket overflow). `tcp_time_wait()` puts the timewait socket at the head
+/// of the connection's ehash bucket just before the transition. `lport` is
+/// the record's: by now `inet_put_port()` has zeroed the socket's `skc_num`.
+#[inline(always)]
+pub fn timewait_substate(sk: u64, net: u64, lport: u16, tcp: &TcpOffsets, sk_net: u16) -> u8 {
+    if tcp.hashinfo_ehash == ABSENT || tcp.skc_nulls_node == ABSENT || tcp.tw_substate == ABSENT {
+        return 0;
+    }
+    let hashinfo: u64 = read(net, tcp.net_tw_hashinfo);
+    let ehash: u64 = read(hashinfo, tcp.hashinfo_ehash);
+    let mask: u32 = read(hashinfo, tcp.hashinfo_ehash_mask);
+    let hash: u32 = read(sk, tcp.skc_hash);
+    // `struct inet_ehash_bucket` is one `hlist_nulls_head`: a pointer.
+    let first: u64 = read(ehash + u64::from(hash & mask) * 8, 0);
+    // An empty chain ends in a "nulls" marker with bit 0 set.
+    if first == 0 || first & 1 == 1 {
+        return 0;
+    }
+    let tw = first - u64::from(tcp.skc_nulls_node);
+    let same_connection = read::<u8>(tw, tcp.skc_state) == TIME_WAIT
+        && read::<u16>(tw, tcp.skc_portpair) == read::<u16>(sk, tcp.skc_portpair)
+        && read::<u16>(tw, tcp.skc_portpair + 2) == lport
+        && read::<u64>(tw, tcp.skc_addrpair) == read::<u64>(sk, tcp.skc_addrpair)
+        && read::<u64>(tw, sk_net) == net;
+    if same_connection {
+        read(tw, tcp.tw_substate)
+    } else {
+        0
+    }
+}
+
+/// Whether the owner has closed the socket (`SOCK_DEAD`).
+#[inline(always)]
+pub fn orphan(sk: u64, tcp: &TcpOffsets) -> u8 {
+    if tcp.sk_flags == ABSENT {
+        return 0;
+    }
+    let flags: u64 = read(sk, tcp.sk_flags);
+    (flags >> (tcp.sock_dead_bit & 63) & 1) as u8
 }

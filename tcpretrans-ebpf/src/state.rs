@@ -4,14 +4,17 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tcpretrans_common::{
-    DURATION_UNKNOWN, Owner, SockInfo, StateEvent, event_kind,
-    tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, LAST_ACK, LISTEN, SYN_SENT},
+    DURATION_UNKNOWN, Owner, SockInfo, StateEvent, event_kind, reset_direction,
+    tcp_state::{
+        CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_SENT,
+    },
 };
 
 use crate::{
-    maps::{FILTER, SOCKETS, STATE_FIELDS, reserve, submit},
+    maps::{FILTER, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, TCP_OFFSETS, reserve, submit},
     owner::{self, write_owner},
     record::Record,
+    sock::{self, read},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -39,11 +42,32 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    let (prev_state_ns, owner) = track(skaddr, old_state, new_state, now);
+    let tracked = track(skaddr, old_state, new_state, now);
 
     if !filter.keeps_transition(old_state, new_state) {
         return Ok(());
     }
+    // How the connection ended: its error, and whether a timewait socket
+    // took it over (the tracepoint itself never reports TIME_WAIT).
+    let tcp = TCP_OFFSETS.load();
+    let (error, timewait) = if new_state == CLOSE {
+        let leaving_for_timewait = old_state == FIN_WAIT2 || old_state == CLOSING;
+        let timewait = if leaving_for_timewait {
+            let lport = record.load(fields.flow.sport);
+            sock::timewait_substate(
+                skaddr,
+                hit.netns.net,
+                lport,
+                &tcp,
+                SOCK_OFFSETS.load().sk_net,
+            )
+        } else {
+            0
+        };
+        (read::<i32>(skaddr, tcp.sk_err), timewait)
+    } else {
+        (0, 0)
+    };
     let Some(mut entry) = reserve::<StateEvent>() else {
         return Ok(());
     };
@@ -58,22 +82,36 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             &raw mut (*event).header,
             &raw mut (*event).flow,
         );
-        write_owner(&raw mut (*event).owner, owner.as_ref());
-        (&raw mut (*event).prev_state_ns).write(prev_state_ns);
+        write_owner(&raw mut (*event).owner, tracked.owner.as_ref());
+        (&raw mut (*event).prev_state_ns).write(tracked.prev_state_ns);
         (&raw mut (*event).old_state).write(old_state);
         (&raw mut (*event).new_state).write(new_state);
-        (&raw mut (*event)._pad).write(0);
+        (&raw mut (*event).timewait).write(timewait);
+        (&raw mut (*event).reset).write(tracked.reset);
+        (&raw mut (*event).error).write(error);
+        (&raw mut (*event).orphan).write(sock::orphan(skaddr, &tcp));
+        (&raw mut (*event)._pad0).write(0);
+        (&raw mut (*event)._pad1).write(0);
     }
     submit(entry);
     Ok(())
 }
 
-/// Updates the socket's entry and returns how long it stayed in `old_state`
-/// and its owner. The entry goes away when the socket reaches CLOSE.
+/// What the socket map knew about a socket at a transition.
+struct Tracked {
+    /// Time in the old state, or `DURATION_UNKNOWN`.
+    prev_state_ns: u64,
+    owner: Option<Owner>,
+    /// A `reset_direction`.
+    reset: u8,
+}
+
+/// Updates the socket's entry. The entry goes away when the socket reaches
+/// CLOSE.
 #[inline(always)]
-fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64) -> (u64, Option<Owner>) {
+fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64) -> Tracked {
     let caller = process_context_owner(old_state, new_state);
-    let result = match SOCKETS.get_ptr_mut(skaddr) {
+    let tracked = match SOCKETS.get_ptr_mut(skaddr) {
         Some(info) => {
             // SAFETY: valid map value pointer; racing updates of one socket's
             // entry are serialized by the socket lock in the kernel.
@@ -84,28 +122,39 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64) -> (u64, Option<Ow
             {
                 info.owner = owner;
             }
-            let prev = if since == 0 {
-                DURATION_UNKNOWN
-            } else {
-                now.wrapping_sub(since)
-            };
-            (prev, (info.owner.pid != 0).then_some(info.owner))
+            Tracked {
+                prev_state_ns: if since == 0 {
+                    DURATION_UNKNOWN
+                } else {
+                    now.wrapping_sub(since)
+                },
+                owner: (info.owner.pid != 0).then_some(info.owner),
+                reset: info.reset,
+            }
         }
         None => {
             if new_state != CLOSE {
                 let info = SockInfo {
                     state_since_ns: now,
                     owner: caller.unwrap_or(Owner::UNKNOWN),
+                    reset: reset_direction::NONE,
+                    _pad0: 0,
+                    _pad1: 0,
+                    _pad2: 0,
                 };
                 let _ = SOCKETS.insert(skaddr, info, 0);
             }
-            (DURATION_UNKNOWN, caller)
+            Tracked {
+                prev_state_ns: DURATION_UNKNOWN,
+                owner: caller,
+                reset: reset_direction::NONE,
+            }
         }
     };
     if new_state == CLOSE {
         let _ = SOCKETS.remove(skaddr);
     }
-    result
+    tracked
 }
 
 /// The calling process, for the transitions that only a system call on the

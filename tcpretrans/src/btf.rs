@@ -377,8 +377,23 @@ pub const REQ_NUM_RETRANS: Member = member("request_sock", &["num_retrans"]);
 pub const REQ_NUM_TIMEOUT: Member = member("request_sock", &["num_timeout"]);
 pub const REQ_TIMEOUT: Member = member("request_sock", &["timeout"]);
 
+pub const SK_ERR: Member = member("sock", &["sk_err"]);
+pub const SKC_FAMILY: Member = member("sock_common", &["skc_family"]);
+pub const SKC_STATE: Member = member("sock_common", &["skc_state"]);
+pub const SKC_ADDRPAIR: Member = member("sock_common", &["skc_addrpair"]);
+pub const SKC_PORTPAIR: Member = member("sock_common", &["skc_portpair"]);
+pub const SKC_HASH: Member = member("sock_common", &["skc_hash"]);
+pub const SKC_NULLS_NODE: Member = member("sock_common", &["skc_nulls_node"]);
+pub const SKC_V6_DADDR: Member = member("sock_common", &["skc_v6_daddr"]);
+pub const SKC_V6_RCV_SADDR: Member = member("sock_common", &["skc_v6_rcv_saddr"]);
+pub const INET_SPORT: Member = member("inet_sock", &["inet_sport"]);
+pub const TW_SUBSTATE: Member = member("inet_timewait_sock", &["tw_substate"]);
+pub const NET_TW_HASHINFO: Member = member("net", &["ipv4", "tcp_death_row", "hashinfo"]);
+pub const HASHINFO_EHASH: Member = member("inet_hashinfo", &["ehash"]);
+pub const HASHINFO_EHASH_MASK: Member = member("inet_hashinfo", &["ehash_mask"]);
+
 /// Every member the kernel programs use.
-pub const MEMBERS: [Member; 28] = [
+pub const MEMBERS: [Member; 42] = [
     SK_NET,
     NET_INUM,
     SK_FLAGS,
@@ -407,6 +422,20 @@ pub const MEMBERS: [Member; 28] = [
     REQ_NUM_RETRANS,
     REQ_NUM_TIMEOUT,
     REQ_TIMEOUT,
+    SK_ERR,
+    SKC_FAMILY,
+    SKC_STATE,
+    SKC_ADDRPAIR,
+    SKC_PORTPAIR,
+    SKC_HASH,
+    SKC_NULLS_NODE,
+    SKC_V6_DADDR,
+    SKC_V6_RCV_SADDR,
+    INET_SPORT,
+    TW_SUBSTATE,
+    NET_TW_HASHINFO,
+    HASHINFO_EHASH,
+    HASHINFO_EHASH_MASK,
 ];
 
 /// `SOCK_DEAD` has been the first `enum sock_flags` value forever; BTF says
@@ -519,9 +548,22 @@ pub fn resolve(btf: &Btf) -> Resolved {
         req_num_retrans: byte(REQ_NUM_RETRANS),
         req_num_timeout: bitfield(REQ_NUM_TIMEOUT),
         req_timeout: byte(REQ_TIMEOUT),
+        sk_err: byte(SK_ERR),
+        skc_family: byte(SKC_FAMILY),
+        skc_state: byte(SKC_STATE),
+        skc_addrpair: byte(SKC_ADDRPAIR),
+        skc_portpair: byte(SKC_PORTPAIR),
+        skc_hash: byte(SKC_HASH),
+        skc_nulls_node: byte(SKC_NULLS_NODE),
+        skc_v6_daddr: byte(SKC_V6_DADDR),
+        skc_v6_rcv_saddr: byte(SKC_V6_RCV_SADDR),
+        inet_sport: byte(INET_SPORT),
+        tw_substate: byte(TW_SUBSTATE),
+        net_tw_hashinfo: byte(NET_TW_HASHINFO),
+        hashinfo_ehash: byte(HASHINFO_EHASH),
+        hashinfo_ehash_mask: byte(HASHINFO_EHASH_MASK),
         sock_dead_bit,
         _pad0: 0,
-        _pad1: 0,
     };
     let sock = SockOffsets {
         sk_net: byte(SK_NET),

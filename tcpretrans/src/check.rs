@@ -53,7 +53,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
                 match name {
                     "tcp_retransmit_skb" => f.retransmit_fields().map(drop),
                     "tcp_retransmit_synack" => f.synack_fields().map(drop),
-                    _ => f.state_fields().map(drop),
+                    "inet_sock_set_state" => f.state_fields().map(drop),
+                    _ => f.reset_skaddr().map(drop),
                 }?;
                 Ok(f)
             });

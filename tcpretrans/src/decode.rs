@@ -8,8 +8,8 @@ use std::{
 use jiff::Timestamp;
 use nix::time::{ClockId, clock_gettime};
 use tcpretrans_common::{
-    ABSENT, DURATION_UNKNOWN, EventHeader, Flow, Owner, RetransmitEvent, StateEvent, TcpOffsets,
-    event_kind, retry_budget,
+    ABSENT, DURATION_UNKNOWN, EventHeader, Flow, Owner, ResetEvent, RetransmitEvent, StateEvent,
+    TcpOffsets, event_kind, reset_direction, retry_budget,
 };
 
 /// `icsk_pending` while the tail-loss-probe timer runs (`ICSK_TIME_LOSS_PROBE`).
@@ -215,15 +215,80 @@ impl Retransmit {
     }
 }
 
+/// How a connection reached CLOSE: left for good, or handed to a timewait
+/// socket (which the state tracepoint never reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Close {
+    /// Handed to a timewait socket in TIME_WAIT.
+    TimeWait,
+    /// Handed to a timewait socket still in FIN_WAIT2: the owner closed
+    /// before the peer's FIN arrived (`tcp_fin_timeout` applies).
+    FinWait2Timewait,
+    /// Should have entered TIME_WAIT, but `tcp_max_tw_buckets` was reached.
+    TimeWaitOverflow,
+    ResetReceived,
+    ResetSent,
+    /// Ended with a socket error (`error`), e.g. retries exhausted.
+    Error,
+    /// An orderly close that needs no TIME_WAIT (the passive side).
+    Closed,
+}
+
+impl Close {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TimeWait => "time_wait",
+            Self::FinWait2Timewait => "fin_wait2_timewait",
+            Self::TimeWaitOverflow => "time_wait_overflow",
+            Self::ResetReceived => "reset_received",
+            Self::ResetSent => "reset_sent",
+            Self::Error => "error",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// One TCP state transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub socket: Socket,
+    pub old_state: Option<TcpState>,
+    /// For a connection handed to a timewait socket, that socket's state
+    /// (TIME_WAIT, or FIN_WAIT2) rather than the CLOSE of the full socket.
+    pub new_state: Option<TcpState>,
+    /// Time spent in `old_state`; unknown when the socket predates the tracer.
+    pub prev_state: Option<Duration>,
+    /// On reaching CLOSE: why. `None` elsewhere, or when this kernel's BTF
+    /// does not let the tool tell.
+    pub close: Option<Close>,
+    /// On reaching CLOSE: the socket's error (positive errno), if any.
+    pub error: Option<i32>,
+    pub orphan: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetDirection {
+    Sent,
+    Received,
+}
+
+impl ResetDirection {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Received => "received",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Retransmit(Box<Retransmit>),
-    State {
+    State(Box<StateChange>),
+    Reset {
         socket: Socket,
-        old_state: Option<TcpState>,
-        new_state: Option<TcpState>,
-        /// Time spent in `old_state`; unknown when the socket predates the tracer.
-        prev_state: Option<Duration>,
+        direction: ResetDirection,
+        state: Option<TcpState>,
     },
     /// Events the kernel side could not queue because the ring buffer was full.
     Lost {
@@ -237,7 +302,11 @@ impl Event {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Retransmit(_) => "retransmit",
-            Self::State { .. } => "state",
+            Self::State(change) if change.close == Some(Close::TimeWaitOverflow) => {
+                "time_wait_overflow"
+            }
+            Self::State(_) => "state",
+            Self::Reset { .. } => "reset",
             Self::Lost { .. } => "lost",
         }
     }
@@ -280,15 +349,85 @@ impl Decoder {
             }
             event_kind::STATE => {
                 let raw: StateEvent = read_record(kind, bytes)?;
-                Ok(Event::State {
+                Ok(Event::State(Box::new(self.state_change(&raw))))
+            }
+            event_kind::RESET => {
+                let raw: ResetEvent = read_record(kind, bytes)?;
+                let direction = if raw.direction == reset_direction::SENT {
+                    ResetDirection::Sent
+                } else {
+                    ResetDirection::Received
+                };
+                Ok(Event::Reset {
                     socket: socket(&raw.header, &raw.flow, &raw.owner, &self.clock),
-                    old_state: TcpState::from_u8(raw.old_state),
-                    new_state: TcpState::from_u8(raw.new_state),
-                    prev_state: (raw.prev_state_ns != DURATION_UNKNOWN)
-                        .then(|| Duration::from_nanos(raw.prev_state_ns)),
+                    direction,
+                    state: TcpState::from_u8(raw.state),
                 })
             }
             other => Err(DecodeError::UnknownKind(other)),
+        }
+    }
+
+    fn state_change(&self, raw: &StateEvent) -> StateChange {
+        let t = &self.tcp;
+        let old_state = TcpState::from_u8(raw.old_state);
+        let mut new_state = TcpState::from_u8(raw.new_state);
+        let timewait_known = self.netns_known
+            && [
+                t.net_tw_hashinfo,
+                t.hashinfo_ehash,
+                t.hashinfo_ehash_mask,
+                t.skc_nulls_node,
+                t.tw_substate,
+            ]
+            .iter()
+            .all(|&o| o != ABSENT);
+        let error = (raw.error != 0).then_some(raw.error);
+        let close = (new_state == Some(TcpState::Close)).then(|| {
+            let timewait = TcpState::from_u8(raw.timewait);
+            match raw.reset {
+                reset_direction::RECEIVED => return Some(Close::ResetReceived),
+                reset_direction::SENT => return Some(Close::ResetSent),
+                _ => {}
+            }
+            if let Some(substate @ (TcpState::TimeWait | TcpState::FinWait2)) = timewait {
+                new_state = Some(substate);
+                return Some(if substate == TcpState::TimeWait {
+                    Close::TimeWait
+                } else {
+                    Close::FinWait2Timewait
+                });
+            }
+            if error.is_some() {
+                return Some(Close::Error);
+            }
+            match old_state {
+                // tcp_time_wait() found no room for a timewait socket.
+                Some(TcpState::FinWait2 | TcpState::Closing) => {
+                    timewait_known.then_some(Close::TimeWaitOverflow)
+                }
+                // Only an abort (tcp_disconnect(): SO_LINGER 0, unread data,
+                // connect(AF_UNSPEC)) closes these states without a received
+                // reset or an error, and it sends a reset right after the
+                // transition.
+                Some(
+                    TcpState::Established
+                    | TcpState::CloseWait
+                    | TcpState::FinWait1
+                    | TcpState::SynRecv,
+                ) => Some(Close::ResetSent),
+                _ => Some(Close::Closed),
+            }
+        });
+        StateChange {
+            socket: socket(&raw.header, &raw.flow, &raw.owner, &self.clock),
+            old_state,
+            new_state,
+            prev_state: (raw.prev_state_ns != DURATION_UNKNOWN)
+                .then(|| Duration::from_nanos(raw.prev_state_ns)),
+            close: close.flatten(),
+            error,
+            orphan: (t.sk_flags != ABSENT).then_some(raw.orphan == 1),
         }
     }
 
@@ -576,9 +715,22 @@ pub(crate) mod tests {
             req_num_retrans: 1,
             req_num_timeout: b,
             req_timeout: 1,
+            sk_err: 1,
+            skc_family: 1,
+            skc_state: 1,
+            skc_addrpair: 1,
+            skc_portpair: 1,
+            skc_hash: 1,
+            skc_nulls_node: 1,
+            skc_v6_daddr: 1,
+            skc_v6_rcv_saddr: 1,
+            inet_sport: 1,
+            tw_substate: 1,
+            net_tw_hashinfo: 1,
+            hashinfo_ehash: 1,
+            hashinfo_ehash_mask: 1,
             sock_dead_bit: 0,
             _pad0: 0,
-            _pad1: 0,
         }
     }
 
@@ -838,9 +990,8 @@ pub(crate) mod tests {
         );
     }
 
-    #[test]
-    fn decodes_a_state_change_with_unknown_duration_and_owner() {
-        let mut raw = StateEvent {
+    fn raw_state(old_state: u8, new_state: u8) -> StateEvent {
+        StateEvent {
             header: header(event_kind::STATE, 6),
             owner: Owner::UNKNOWN,
             flow: Flow {
@@ -849,28 +1000,39 @@ pub(crate) mod tests {
                 sport: 1,
                 dport: 2,
             },
-            old_state: 4,
-            new_state: 5,
-            _pad: 0,
-            prev_state_ns: DURATION_UNKNOWN,
-        };
-        let event = decoder().decode(&bytes_of(&raw)).unwrap();
-        let Event::State {
-            socket,
             old_state,
             new_state,
-            prev_state,
-        } = event
-        else {
-            panic!()
-        };
+            timewait: 0,
+            reset: reset_direction::NONE,
+            prev_state_ns: DURATION_UNKNOWN,
+            error: 0,
+            orphan: 0,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+
+    fn state_change(raw: &StateEvent, decoder: &Decoder) -> StateChange {
+        match decoder.decode(&bytes_of(raw)).unwrap() {
+            Event::State(change) => *change,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_a_state_change_with_unknown_duration_and_owner() {
+        let mut raw = raw_state(tcp_state::FIN_WAIT1, tcp_state::FIN_WAIT2);
+        let change = state_change(&raw, &decoder());
         assert_eq!(
-            (old_state, new_state),
+            (change.old_state, change.new_state),
             (Some(TcpState::FinWait1), Some(TcpState::FinWait2))
         );
-        assert_eq!(prev_state, None);
-        assert_eq!(socket.owner, None);
-        assert_eq!(socket.family, 6);
+        assert_eq!(
+            (change.prev_state, change.close, change.error),
+            (None, None, None)
+        );
+        let socket = &change.socket;
+        assert_eq!((socket.owner.as_ref(), socket.family), (None, 6));
         assert_eq!(socket.laddr.to_string(), "::1");
         assert_eq!(
             socket.raddr.to_string(),
@@ -879,10 +1041,114 @@ pub(crate) mod tests {
         );
 
         raw.prev_state_ns = 1_500_000;
-        let Event::State { prev_state, .. } = decoder().decode(&bytes_of(&raw)).unwrap() else {
+        assert_eq!(
+            state_change(&raw, &decoder()).prev_state,
+            Some(Duration::from_micros(1500))
+        );
+    }
+
+    #[test]
+    fn tells_how_a_connection_closed() {
+        let d = decoder();
+        let close = |old: u8, f: &dyn Fn(&mut StateEvent)| {
+            let mut raw = raw_state(old, tcp_state::CLOSE);
+            f(&mut raw);
+            let change = state_change(&raw, &d);
+            (change.new_state, change.close, change.error)
+        };
+        let time_wait = close(tcp_state::FIN_WAIT2, &|r| r.timewait = tcp_state::TIME_WAIT);
+        assert_eq!(
+            time_wait,
+            (Some(TcpState::TimeWait), Some(Close::TimeWait), None)
+        );
+        let substate = close(tcp_state::FIN_WAIT2, &|r| r.timewait = tcp_state::FIN_WAIT2);
+        assert_eq!(
+            substate,
+            (
+                Some(TcpState::FinWait2),
+                Some(Close::FinWait2Timewait),
+                None
+            )
+        );
+        let simultaneous = close(tcp_state::CLOSING, &|r| r.timewait = tcp_state::TIME_WAIT);
+        assert_eq!(simultaneous.1, Some(Close::TimeWait));
+        let overflow = close(tcp_state::FIN_WAIT2, &|_| {});
+        assert_eq!(
+            overflow,
+            (Some(TcpState::Close), Some(Close::TimeWaitOverflow), None)
+        );
+        let refused = close(tcp_state::SYN_SENT, &|r| {
+            (r.reset, r.error) = (reset_direction::RECEIVED, 111)
+        });
+        assert_eq!(
+            refused,
+            (Some(TcpState::Close), Some(Close::ResetReceived), Some(111))
+        );
+        let aborted = close(tcp_state::FIN_WAIT2, &|r| r.reset = reset_direction::SENT);
+        assert_eq!(aborted.1, Some(Close::ResetSent));
+        let timed_out = close(tcp_state::ESTABLISHED, &|r| r.error = 110);
+        assert_eq!((timed_out.1, timed_out.2), (Some(Close::Error), Some(110)));
+        assert_eq!(close(tcp_state::LAST_ACK, &|_| {}).1, Some(Close::Closed));
+        assert_eq!(
+            close(tcp_state::ESTABLISHED, &|_| {}).1,
+            Some(Close::ResetSent),
+            "an abort"
+        );
+        assert_eq!(
+            close(tcp_state::SYN_SENT, &|_| {}).1,
+            Some(Close::Closed),
+            "connect given up by close()"
+        );
+
+        let overflow_event = decoder()
+            .decode(&bytes_of(&raw_state(
+                tcp_state::FIN_WAIT2,
+                tcp_state::CLOSE,
+            )))
+            .unwrap();
+        assert_eq!(overflow_event.name(), "time_wait_overflow");
+    }
+
+    #[test]
+    fn without_timewait_offsets_an_unexplained_close_stays_unknown() {
+        let d = Decoder {
+            tcp: TcpOffsets {
+                tw_substate: ABSENT,
+                ..all_known()
+            },
+            ..decoder()
+        };
+        let change = state_change(&raw_state(tcp_state::FIN_WAIT2, tcp_state::CLOSE), &d);
+        assert_eq!(
+            (change.new_state, change.close),
+            (Some(TcpState::Close), None)
+        );
+    }
+
+    #[test]
+    fn decodes_resets() {
+        let raw = ResetEvent {
+            header: header(event_kind::RESET, 4),
+            owner: owner(7, "nginx"),
+            flow: v4_flow(),
+            direction: reset_direction::SENT,
+            state: tcp_state::ESTABLISHED,
+            _pad: 0,
+        };
+        let event = decoder().decode(&bytes_of(&raw)).unwrap();
+        assert_eq!(event.name(), "reset");
+        let Event::Reset {
+            direction,
+            state,
+            socket,
+        } = event
+        else {
             panic!()
         };
-        assert_eq!(prev_state, Some(Duration::from_micros(1500)));
+        assert_eq!(
+            (direction, state, socket.lport),
+            (ResetDirection::Sent, Some(TcpState::Established), 40000)
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use tcpretrans_common::{
-    Filter, RetransmitFields, SockOffsets, StateFields, SynackFields, TcpOffsets, globals,
+    Filter, ResetFields, RetransmitFields, SockOffsets, StateFields, SynackFields, TcpOffsets,
+    globals,
 };
 use thiserror::Error;
 
@@ -14,10 +15,12 @@ use thiserror::Error;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpretrans"));
 
 /// Programs, and the tracepoints they attach to.
-pub const PROGRAMS: [(&str, &str, &str); 3] = [
+pub const PROGRAMS: [(&str, &str, &str); 5] = [
     ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
     ("tcp_retransmit_synack", "tcp", "tcp_retransmit_synack"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
 ];
 
 #[derive(Debug, Error)]
@@ -58,6 +61,7 @@ pub struct Plan {
     pub retransmit: RetransmitFields,
     pub synack: SynackFields,
     pub state: StateFields,
+    pub reset: ResetFields,
     pub sock: SockOffsets,
     pub tcp: TcpOffsets,
     pub filter: Filter,
@@ -102,6 +106,7 @@ impl Tracer {
             .override_global(globals::RETRANSMIT_FIELDS, &plan.retransmit, true)
             .override_global(globals::SYNACK_FIELDS, &plan.synack, true)
             .override_global(globals::STATE_FIELDS, &plan.state, true)
+            .override_global(globals::RESET_FIELDS, &plan.reset, true)
             .override_global(globals::SOCK_OFFSETS, &plan.sock, true)
             .override_global(globals::TCP_OFFSETS, &plan.tcp, true)
             .override_global(globals::FILTER, &plan.filter, true)

@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tcpretrans_common::{Filter, filter_flags};
+use tcpretrans_common::{Filter, ResetFields, filter_flags};
 use thiserror::Error;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -84,6 +84,10 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
     let state = tracefs
         .format("sock", "inet_sock_set_state")?
         .state_fields()?;
+    let reset = ResetFields {
+        send_skaddr: tracefs.format("tcp", "tcp_send_reset")?.reset_skaddr()?,
+        receive_skaddr: tracefs.format("tcp", "tcp_receive_reset")?.reset_skaddr()?,
+    };
     let btf_path = args.btf.as_deref().unwrap_or(Path::new(btf::VMLINUX));
     let resolved = match Btf::from_file(btf_path) {
         Ok(btf) => {
@@ -131,6 +135,7 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
         retransmit,
         synack,
         state,
+        reset,
         sock: resolved.sock,
         tcp: resolved.tcp,
         filter,

@@ -191,6 +191,12 @@ impl Format {
         })
     }
 
+    /// The socket field of a reset tracepoint (`tcp:tcp_send_reset`,
+    /// `tcp:tcp_receive_reset`): the rest of the flow is read from the socket.
+    pub fn reset_skaddr(&self) -> Result<u16, FormatError> {
+        self.required("skaddr", 8)
+    }
+
     /// Layout of `tcp:tcp_retransmit_synack`.
     pub fn synack_fields(&self) -> Result<SynackFields, FormatError> {
         Ok(SynackFields {
@@ -336,6 +342,22 @@ mod tests {
             (8, 16, 24, 28)
         );
         assert_eq!((f.flow.saddr_v6, f.flow.daddr_v6), (38, 54));
+    }
+
+    #[test]
+    fn reset_layouts_6_18() {
+        assert_eq!(
+            fixture("6.18", "tcp/tcp_send_reset")
+                .reset_skaddr()
+                .unwrap(),
+            16
+        );
+        assert_eq!(
+            fixture("6.18", "tcp/tcp_receive_reset")
+                .reset_skaddr()
+                .unwrap(),
+            8
+        );
     }
 
     #[test]

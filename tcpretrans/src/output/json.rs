@@ -8,8 +8,8 @@ use std::{
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::Output;
-use crate::decode::{Cause, Event, Retransmit, Socket, TcpState};
+use super::{Output, errno_name};
+use crate::decode::{Cause, Close, Event, Retransmit, Socket, TcpState};
 
 pub struct Json<W: Write> {
     out: BufWriter<W>,
@@ -109,6 +109,13 @@ enum Details {
         old_state: Option<&'static str>,
         new_state: Option<&'static str>,
         prev_state_ms: Option<f64>,
+        close: Option<&'static str>,
+        error: Option<String>,
+        orphan: Option<bool>,
+    },
+    Reset {
+        direction: &'static str,
+        state: Option<&'static str>,
     },
     Lost {
         count: u64,
@@ -145,18 +152,28 @@ impl<'a> Line<'a> {
                 Some(&r.socket),
                 Details::Retransmit(RetransmitFields::new(r)),
             ),
-            Event::State {
+            Event::State(change) => (
+                change.socket.time,
+                Some(&change.socket),
+                Details::State {
+                    old_state: name(change.old_state),
+                    new_state: name(change.new_state),
+                    prev_state_ms: change.prev_state.map(|d| (d.as_micros() as f64) / 1e3),
+                    close: change.close.map(Close::name),
+                    error: change.error.map(errno_name),
+                    orphan: change.orphan,
+                },
+            ),
+            Event::Reset {
                 socket,
-                old_state,
-                new_state,
-                prev_state,
+                direction,
+                state,
             } => (
                 socket.time,
                 Some(socket),
-                Details::State {
-                    old_state: name(*old_state),
-                    new_state: name(*new_state),
-                    prev_state_ms: prev_state.map(|d| (d.as_micros() as f64) / 1e3),
+                Details::Reset {
+                    direction: direction.name(),
+                    state: name(*state),
                 },
             ),
             Event::Lost { time, count } => (*time, None, Details::Lost { count: *count }),
@@ -198,7 +215,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::decode::{Process, tests::sample_retransmit};
+    use crate::decode::{Process, ResetDirection, StateChange, tests::sample_retransmit};
 
     fn render(event: &Event) -> Value {
         let mut buf = Vec::new();
@@ -254,32 +271,85 @@ mod tests {
         );
     }
 
+    fn change(old_state: Option<TcpState>, new_state: Option<TcpState>) -> StateChange {
+        StateChange {
+            socket: socket(None),
+            old_state,
+            new_state,
+            prev_state: None,
+            close: None,
+            error: None,
+            orphan: None,
+        }
+    }
+
     #[test]
     fn state_schema_with_unknowns_as_null() {
-        let v = render(&Event::State {
-            socket: socket(None),
-            old_state: Some(TcpState::SynSent),
-            new_state: Some(TcpState::Established),
+        let established = StateChange {
             prev_state: Some(Duration::from_micros(1500)),
-        });
+            orphan: Some(false),
+            ..change(Some(TcpState::SynSent), Some(TcpState::Established))
+        };
+        let v = render(&Event::State(Box::new(established)));
         assert_eq!(v["event"], "state");
         assert_eq!(
             (v["old_state"].as_str(), v["new_state"].as_str()),
             (Some("SYN_SENT"), Some("ESTABLISHED"))
         );
-        assert_eq!(v["prev_state_ms"], 1.5);
         assert_eq!(
-            (v["pid"].clone(), v["comm"].clone()),
+            (v["prev_state_ms"].clone(), v["orphan"].clone()),
+            (json!(1.5), json!(false))
+        );
+        for null in ["pid", "comm", "close", "error"] {
+            assert_eq!(v[null], Value::Null, "{null}");
+        }
+        let v = render(&Event::State(Box::new(change(None, None))));
+        assert_eq!(
+            (v["prev_state_ms"].clone(), v["orphan"].clone()),
             (Value::Null, Value::Null)
         );
+    }
 
-        let v = render(&Event::State {
+    #[test]
+    fn closes_name_their_reason_and_error() {
+        let timed_out = StateChange {
+            close: Some(Close::Error),
+            error: Some(110),
+            ..change(Some(TcpState::Established), Some(TcpState::Close))
+        };
+        let v = render(&Event::State(Box::new(timed_out)));
+        assert_eq!(
+            (v["close"].as_str(), v["error"].as_str()),
+            (Some("error"), Some("ETIMEDOUT"))
+        );
+        let overflow = StateChange {
+            close: Some(Close::TimeWaitOverflow),
+            ..change(Some(TcpState::FinWait2), Some(TcpState::Close))
+        };
+        let v = render(&Event::State(Box::new(overflow)));
+        assert_eq!(
+            (v["event"].as_str(), v["close"].as_str()),
+            (Some("time_wait_overflow"), Some("time_wait_overflow"))
+        );
+        assert_eq!(v["lport"], 40000, "with its 4-tuple");
+    }
+
+    #[test]
+    fn reset_schema() {
+        let v = render(&Event::Reset {
             socket: socket(None),
-            old_state: None,
-            new_state: None,
-            prev_state: None,
+            direction: ResetDirection::Received,
+            state: Some(TcpState::SynSent),
         });
-        assert_eq!(v["prev_state_ms"], Value::Null);
+        assert_eq!(
+            (
+                v["event"].as_str(),
+                v["direction"].as_str(),
+                v["state"].as_str()
+            ),
+            (Some("reset"), Some("received"), Some("SYN_SENT"))
+        );
+        assert_eq!(v["rport"], 80);
     }
 
     #[test]

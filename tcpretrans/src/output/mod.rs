@@ -19,6 +19,14 @@ pub trait Output {
     fn flush(&mut self) -> io::Result<()>;
 }
 
+/// `ETIMEDOUT` for errno 110; the number when it has no name.
+pub fn errno_name(errno: i32) -> String {
+    match nix::errno::Errno::from_raw(errno) {
+        nix::errno::Errno::UnknownErrno => errno.to_string(),
+        known => format!("{known:?}"),
+    }
+}
+
 /// How events are printed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Style {
@@ -35,5 +43,18 @@ pub fn new<W: Write + 'static>(style: Style, writer: W) -> Box<dyn Output> {
         Box::new(json::Json::new(writer))
     } else {
         Box::new(text::Text::new(writer, style))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::errno_name;
+
+    #[test]
+    fn errno_names() {
+        assert_eq!(errno_name(110), "ETIMEDOUT");
+        assert_eq!(errno_name(16), "EBUSY");
+        assert_eq!(errno_name(99), "EADDRNOTAVAIL");
+        assert_eq!(errno_name(9999), "9999");
     }
 }

@@ -8,8 +8,8 @@ use std::{
 
 use jiff::{Timestamp, tz::TimeZone};
 
-use super::{Output, Style};
-use crate::decode::{Cause, Event, Retransmit, Socket, TcpState};
+use super::{Output, Style, errno_name};
+use crate::decode::{Cause, Close, Event, Retransmit, Socket, StateChange, TcpState};
 
 /// `255.255.255.255:65535`; an IPv6 endpoint widens its line unless `-6`
 /// asked for IPv6-wide columns.
@@ -64,6 +64,28 @@ impl<W: Write> Text<W> {
         );
     }
 
+    fn state_columns(&mut self, change: &StateChange) {
+        let (old, new) = (state_name(change.old_state), state_name(change.new_state));
+        let _ = write!(self.line, "{old} -> {new}");
+        if let Some(d) = change.prev_state {
+            let _ = write!(self.line, " ({} in {old})", human_duration(d));
+        }
+        let reason = match change.close {
+            Some(Close::FinWait2Timewait) => " timewait",
+            Some(Close::TimeWaitOverflow) => " TIME_WAIT overflow",
+            Some(Close::ResetReceived) => " reset received",
+            Some(Close::ResetSent) => " reset sent",
+            Some(Close::TimeWait | Close::Error | Close::Closed) | None => "",
+        };
+        self.line.push_str(reason);
+        if let Some(errno) = change.error {
+            let _ = write!(self.line, " {}", errno_name(errno));
+        }
+        if change.orphan == Some(true) {
+            self.line.push_str(" orphan");
+        }
+    }
+
     fn retransmit_columns(&mut self, r: &Retransmit) {
         let dash = || "-".to_owned();
         let retry = match (r.retries, r.retry_limit) {
@@ -89,7 +111,7 @@ impl<W: Write> Text<W> {
             );
         }
         if !r.sent() {
-            let _ = write!(self.line, " ERR={}", errno_name(r.err));
+            let _ = write!(self.line, " ERR=-{}", errno_name(-r.err));
         }
         if r.orphan == Some(true) {
             self.line.push_str(" orphan");
@@ -136,27 +158,22 @@ impl<W: Write> Output for Text<W> {
                 self.socket_columns(&r.socket, kind);
                 self.retransmit_columns(r);
             }
-            Event::State {
+            Event::State(change) => {
+                self.socket_columns(&change.socket, 'S');
+                self.state_columns(change);
+            }
+            Event::Reset {
                 socket,
-                old_state,
-                new_state,
-                prev_state,
+                direction,
+                state,
             } => {
-                self.socket_columns(socket, 'S');
+                self.socket_columns(socket, 'X');
                 let _ = write!(
                     self.line,
-                    "{} -> {}",
-                    state_name(*old_state),
-                    state_name(*new_state)
+                    "{} reset {}",
+                    state_name(*state),
+                    direction.name()
                 );
-                if let Some(d) = prev_state {
-                    let _ = write!(
-                        self.line,
-                        " ({} in {})",
-                        human_duration(*d),
-                        state_name(*old_state)
-                    );
-                }
             }
             Event::Lost { count, .. } => {
                 // Also on stderr: a person watching must not miss it, and it
@@ -186,27 +203,6 @@ fn state_name(state: Option<TcpState>) -> &'static str {
     state.map_or("-", TcpState::name)
 }
 
-/// `-EBUSY` for the errors a retransmit attempt can fail with, else the number.
-pub fn errno_name(err: i32) -> String {
-    let name = match -err {
-        libc_errno::EAGAIN => "EAGAIN",
-        libc_errno::ENOMEM => "ENOMEM",
-        libc_errno::EBUSY => "EBUSY",
-        libc_errno::EHOSTUNREACH => "EHOSTUNREACH",
-        libc_errno::ENOBUFS => "ENOBUFS",
-        _ => return err.to_string(),
-    };
-    format!("-{name}")
-}
-
-mod libc_errno {
-    pub const EAGAIN: i32 = nix::errno::Errno::EAGAIN as i32;
-    pub const ENOMEM: i32 = nix::errno::Errno::ENOMEM as i32;
-    pub const EBUSY: i32 = nix::errno::Errno::EBUSY as i32;
-    pub const EHOSTUNREACH: i32 = nix::errno::Errno::EHOSTUNREACH as i32;
-    pub const ENOBUFS: i32 = nix::errno::Errno::ENOBUFS as i32;
-}
-
 /// `850us`, `1.23ms`, `12.3ms`, `200ms`, `4.07s`, `2m05s`, `3h12m`.
 pub fn human_duration(d: Duration) -> String {
     let us = d.as_micros();
@@ -232,7 +228,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::decode::{Process, tests::sample_retransmit};
+    use crate::decode::{Process, ResetDirection, StateChange, tests::sample_retransmit};
 
     fn socket(laddr: IpAddr, raddr: IpAddr, owner: Option<Process>) -> Socket {
         Socket {
@@ -297,12 +293,15 @@ mod tests {
             Style::default(),
             &[
                 Event::Retransmit(Box::new(retransmit(Some(curl)))),
-                Event::State {
+                Event::State(Box::new(StateChange {
                     socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), None),
                     old_state: Some(TcpState::FinWait1),
                     new_state: Some(TcpState::FinWait2),
                     prev_state: Some(Duration::from_micros(1234)),
-                },
+                    close: None,
+                    error: None,
+                    orphan: Some(false),
+                })),
                 Event::Retransmit(Box::new(tlp)),
                 Event::Retransmit(Box::new(failed)),
                 Event::Retransmit(Box::new(orphan)),
@@ -320,6 +319,81 @@ mod tests {
                 "10:11:12.345 -       -               4  10.0.0.1:40000        R> 10.0.0.2:80           FIN_WAIT1   RTO    800ms   12.3ms   1     2/8     orphan",
             ]
         );
+    }
+
+    #[test]
+    fn closes_and_resets_say_why() {
+        let sock = || socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), None);
+        let close = |old, new, close, error, orphan| {
+            Event::State(Box::new(StateChange {
+                socket: sock(),
+                old_state: Some(old),
+                new_state: Some(new),
+                prev_state: Some(Duration::from_millis(4)),
+                close: Some(close),
+                error,
+                orphan: Some(orphan),
+            }))
+        };
+        let out = render(
+            Style::default(),
+            &[
+                close(
+                    TcpState::FinWait2,
+                    TcpState::TimeWait,
+                    Close::TimeWait,
+                    None,
+                    false,
+                ),
+                close(
+                    TcpState::FinWait2,
+                    TcpState::FinWait2,
+                    Close::FinWait2Timewait,
+                    None,
+                    true,
+                ),
+                close(
+                    TcpState::FinWait2,
+                    TcpState::Close,
+                    Close::TimeWaitOverflow,
+                    None,
+                    false,
+                ),
+                close(
+                    TcpState::SynSent,
+                    TcpState::Close,
+                    Close::ResetReceived,
+                    Some(111),
+                    false,
+                ),
+                close(
+                    TcpState::Established,
+                    TcpState::Close,
+                    Close::Error,
+                    Some(110),
+                    false,
+                ),
+                Event::Reset {
+                    socket: sock(),
+                    direction: ResetDirection::Sent,
+                    state: Some(TcpState::Established),
+                },
+            ],
+        );
+        let state_column = out.lines().next().unwrap().find("STATE").unwrap();
+        let tails: Vec<&str> = out.lines().skip(1).map(|l| &l[state_column..]).collect();
+        assert_eq!(
+            tails,
+            [
+                "FIN_WAIT2 -> TIME_WAIT (4.00ms in FIN_WAIT2)",
+                "FIN_WAIT2 -> FIN_WAIT2 (4.00ms in FIN_WAIT2) timewait orphan",
+                "FIN_WAIT2 -> CLOSE (4.00ms in FIN_WAIT2) TIME_WAIT overflow",
+                "SYN_SENT -> CLOSE (4.00ms in SYN_SENT) reset received ECONNREFUSED",
+                "ESTABLISHED -> CLOSE (4.00ms in ESTABLISHED) ETIMEDOUT",
+                "ESTABLISHED reset sent",
+            ]
+        );
+        assert!(out.lines().last().unwrap().contains(" X> "));
     }
 
     #[test]
@@ -395,12 +469,5 @@ mod tests {
             human_duration(Duration::from_secs(3 * 3600 + 12 * 60)),
             "3h12m"
         );
-    }
-
-    #[test]
-    fn errno_names() {
-        assert_eq!(errno_name(-16), "-EBUSY");
-        assert_eq!(errno_name(-11), "-EAGAIN");
-        assert_eq!(errno_name(-9999), "-9999");
     }
 }

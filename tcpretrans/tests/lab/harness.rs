@@ -70,9 +70,14 @@ impl Netns {
 
     /// Sets a sysctl of this namespace (`net.ipv4.tcp_retries2`, ...).
     pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// Runs a command inside the namespace and returns its output.
+    pub fn exec(&self, args: &[&str]) -> String {
         run(Command::new("ip")
-            .args(["netns", "exec", &self.name, "sysctl", "-q", "-w"])
-            .arg(format!("{key}={value}")));
+            .args(["netns", "exec", &self.name])
+            .args(args))
     }
 
     /// Loads an nftables ruleset into the namespace.

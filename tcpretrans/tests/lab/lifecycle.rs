@@ -1,9 +1,16 @@
 //! Connection lifecycles seen through `--state`.
 use std::net::SocketAddr;
 
+use std::{
+    io::{ErrorKind, Read},
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use nix::sys::socket::{setsockopt, sockopt};
 use serde_json::Value;
 
-use crate::harness::{Netns, Tracer, of_kind, short_connection, transitions};
+use crate::harness::{Netns, Tracer, delta, of_kind, short_connection, transitions};
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
@@ -55,9 +62,12 @@ fn client_and_server_transitions_appear_in_order() {
             ("SYN_SENT", "ESTABLISHED"),
             ("ESTABLISHED", "FIN_WAIT1"),
             ("FIN_WAIT1", "FIN_WAIT2"),
-            ("FIN_WAIT2", "CLOSE"),
+            // The tracepoint says FIN_WAIT2 -> CLOSE; the tool sees the
+            // timewait socket that took over.
+            ("FIN_WAIT2", "TIME_WAIT"),
         ])
     );
+    assert_eq!(client_events[4]["close"], "time_wait");
     // connect() runs in the test process: its owner is known from the start.
     assert_eq!(
         client_events[0]["pid"],
@@ -128,5 +138,245 @@ fn state_list_keeps_only_transitions_touching_those_states() {
     assert!(
         states.iter().all(|e| e["prev_state_ms"].as_f64().is_some()),
         "{states:?}"
+    );
+}
+
+/// Connections closed actively by their client, each as its own socket.
+fn closed_by_client(ns: &Netns, server: SocketAddr, count: usize) -> Vec<u16> {
+    ns.enter(move || {
+        let listener = TcpListener::bind(server).expect("bind");
+        (0..count)
+            .map(|_| {
+                let client = TcpStream::connect(server).expect("connect");
+                let port = client.local_addr().expect("local").port();
+                let (mut accepted, _) = listener.accept().expect("accept");
+                drop(client);
+                accepted
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                assert_eq!(accepted.read(&mut [0; 1]).expect("EOF"), 0);
+                port
+            })
+            .collect()
+    })
+    .join()
+    .expect("connections")
+}
+
+/// `ss -tan state time-wait` in the namespace: how many it holds.
+fn time_wait_sockets(ns: &Netns) -> usize {
+    ns.exec(&["ss", "-Htan", "state", "time-wait"])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// `new_state` values of the transitions away from FIN_WAIT2/CLOSING.
+fn endings<'a>(states: &[&'a Value]) -> Vec<&'a Value> {
+    states
+        .iter()
+        .copied()
+        .filter(|e| matches!(e["old_state"].as_str(), Some("FIN_WAIT2" | "CLOSING")))
+        .collect()
+}
+
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn active_closes_enter_time_wait_as_ss_counts_them() {
+    const CONNECTIONS: usize = 20;
+    let ns = Netns::new("tw");
+    let server: SocketAddr = "127.0.0.1:8100".parse().expect("address");
+    let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
+    let ports = closed_by_client(&ns, server, CONNECTIONS);
+    let held = time_wait_sockets(&ns);
+    let events = tracer.stop().events();
+    let entries: Vec<&Value> = endings(&of_kind(&events, "state"))
+        .into_iter()
+        .filter(|e| e["new_state"] == "TIME_WAIT")
+        .collect();
+
+    assert_eq!(held, CONNECTIONS, "ss");
+    assert_eq!(entries.len(), held, "TIME_WAIT entries: tool vs ss");
+    for (event, port) in entries.iter().zip(&ports) {
+        assert_eq!(
+            (&event["lport"], &event["close"]),
+            (&(*port).into(), &"time_wait".into()),
+            "{event}"
+        );
+    }
+    assert!(of_kind(&events, "time_wait_overflow").is_empty());
+    eprintln!("TIME_WAIT entries: tool {} = ss {held}", entries.len());
+}
+
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn time_wait_overflow_is_reported_per_connection() {
+    const CONNECTIONS: usize = 8;
+    const BUCKETS: usize = 3;
+    let ns = Netns::new("twmax");
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", &BUCKETS.to_string());
+    let server: SocketAddr = "127.0.0.1:8101".parse().expect("address");
+    let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
+    let before = ns.counters();
+    let ports = closed_by_client(&ns, server, CONNECTIONS);
+    let after = ns.counters();
+    let held = time_wait_sockets(&ns);
+    let events = tracer.stop().events();
+    let entered: Vec<&Value> = endings(&of_kind(&events, "state"))
+        .into_iter()
+        .filter(|e| e["new_state"] == "TIME_WAIT")
+        .collect();
+    let overflows = of_kind(&events, "time_wait_overflow");
+    let kernel_overflows = delta(&before, &after, "TcpExt.TCPTimeWaitOverflow");
+
+    assert_eq!(
+        (held, entered.len()),
+        (BUCKETS, BUCKETS),
+        "TIME_WAIT: ss vs tool"
+    );
+    assert_eq!(
+        overflows.len() as i64,
+        kernel_overflows,
+        "overflows: tool vs TCPTimeWaitOverflow"
+    );
+    assert_eq!(overflows.len(), CONNECTIONS - BUCKETS);
+    for event in &overflows {
+        assert_eq!(
+            (&event["old_state"], &event["new_state"]),
+            (&"FIN_WAIT2".into(), &"CLOSE".into()),
+            "{event}"
+        );
+        let lport = event["lport"].as_u64().expect("lport") as u16;
+        assert!(
+            ports.contains(&lport),
+            "the overflowing connection's own 4-tuple: {event}"
+        );
+        assert_eq!(event["rport"], server.port());
+    }
+    eprintln!(
+        "TIME_WAIT overflow: tool {} = kernel TCPTimeWaitOverflow +{kernel_overflows}; entries {} = ss {held}",
+        overflows.len(),
+        entered.len()
+    );
+}
+
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn refused_connect_is_a_received_reset_with_econnrefused() {
+    let ns = Netns::new("refused");
+    let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
+    let err = ns
+        .enter(|| TcpStream::connect("127.0.0.1:8102").expect_err("nothing listens"))
+        .join()
+        .expect("connect");
+    let events = tracer.stop().events();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+    let resets = of_kind(&events, "reset");
+    assert_eq!(
+        resets.len(),
+        1,
+        "the listener-less port's RST has no socket to report: {resets:?}"
+    );
+    assert_eq!(
+        (&resets[0]["direction"], &resets[0]["state"]),
+        (&"received".into(), &"SYN_SENT".into())
+    );
+    let closes: Vec<&Value> = of_kind(&events, "state")
+        .into_iter()
+        .filter(|e| e["new_state"] == "CLOSE")
+        .collect();
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert_eq!(
+        (
+            &closes[0]["old_state"],
+            &closes[0]["close"],
+            &closes[0]["error"]
+        ),
+        (
+            &"SYN_SENT".into(),
+            &"reset_received".into(),
+            &"ECONNREFUSED".into()
+        )
+    );
+}
+
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn abortive_close_sends_a_reset_the_peer_receives() {
+    let ns = Netns::new("abort");
+    let server: SocketAddr = "127.0.0.1:8103".parse().expect("address");
+    let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
+    let before = ns.counters();
+    let client_err = ns
+        .enter(move || {
+            let listener = TcpListener::bind(server).expect("bind");
+            let client = TcpStream::connect(server).expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            // SO_LINGER with a zero timeout: close() aborts with a reset.
+            let abort = nix::libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            setsockopt(&accepted, sockopt::Linger, &abort).expect("SO_LINGER");
+            drop(accepted);
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            (&client)
+                .read(&mut [0; 1])
+                .expect_err("the peer reset the connection")
+        })
+        .join()
+        .expect("abort");
+    let after = ns.counters();
+    let events = tracer.stop().events();
+    assert_eq!(client_err.kind(), ErrorKind::ConnectionReset);
+    let resets = of_kind(&events, "reset");
+    // On loopback the peer may process the RST before the sender's
+    // tracepoint fires: compare as a set.
+    let mut directions: Vec<&str> = resets
+        .iter()
+        .filter_map(|e| e["direction"].as_str())
+        .collect();
+    directions.sort_unstable();
+    assert_eq!(directions, ["received", "sent"], "{resets:?}");
+    assert_eq!(
+        delta(&before, &after, "Tcp.OutRsts"),
+        1,
+        "one RST on the wire"
+    );
+    let by = |direction: &str| {
+        resets
+            .iter()
+            .find(|e| e["direction"] == direction)
+            .copied()
+            .expect(direction)
+    };
+    let (sent, received) = (by("sent"), by("received"));
+    assert_eq!(
+        sent["lport"],
+        server.port(),
+        "sent by the server's socket: {sent}"
+    );
+    assert_eq!(
+        sent["rport"], received["lport"],
+        "to the client's: {received}"
+    );
+    let closes: Vec<&Value> = of_kind(&events, "state")
+        .into_iter()
+        .filter(|e| e["new_state"] == "CLOSE")
+        .collect();
+    let server_close = closes
+        .iter()
+        .find(|e| e["lport"] == server.port() && e["rport"] != 0)
+        .expect("server close");
+    let client_close = closes
+        .iter()
+        .find(|e| e["rport"] == server.port())
+        .expect("client close");
+    assert_eq!(server_close["close"], "reset_sent", "{server_close}");
+    assert_eq!(
+        (&client_close["close"], &client_close["error"]),
+        (&"reset_received".into(), &"ECONNRESET".into())
     );
 }

@@ -123,7 +123,8 @@ fn blackhole_rtos_double_until_the_kernel_gives_up() {
     let ns = Netns::new("hole");
     ns.sysctl("net.ipv4.tcp_retries2", "2");
     let server: SocketAddr = "127.0.0.1:5300".parse().expect("address");
-    let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
+    // --state too: the connection's end must say why.
+    let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
     let (listener, client) = ns
         .enter(move || {
             let listener = TcpListener::bind(server).expect("bind");
@@ -150,6 +151,16 @@ fn blackhole_rtos_double_until_the_kernel_gives_up() {
     let rtos = of_type(&retransmits, "RTO");
 
     assert_eq!(err.raw_os_error(), Some(ETIMEDOUT), "{err}");
+    let client_port = client.local_addr().expect("local").port();
+    let end = of_kind(&events, "state")
+        .into_iter()
+        .find(|e| e["lport"] == client_port && e["new_state"] == "CLOSE")
+        .expect("the client's CLOSE");
+    assert_eq!(
+        (&end["old_state"], &end["close"], &end["error"]),
+        (&"ESTABLISHED".into(), &"error".into(), &"ETIMEDOUT".into()),
+        "{end}"
+    );
     assert_eq!(
         sent_segments(&retransmits),
         delta(&before, &after, "Tcp.RetransSegs")
