@@ -109,6 +109,25 @@ impl ResetFields {
     };
 }
 
+/// Layouts of `syscalls:sys_enter_connect` and `syscalls:sys_exit_connect`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectFields {
+    pub enter_fd: u16,
+    pub enter_uservaddr: u16,
+    pub exit_ret: u16,
+    pub _pad: u16,
+}
+
+impl ConnectFields {
+    pub const ABSENT: Self = Self {
+        enter_fd: ABSENT,
+        enter_uservaddr: ABSENT,
+        exit_ret: ABSENT,
+        _pad: 0,
+    };
+}
+
 /// A bitfield member: the byte holding it and its place in that byte.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +199,17 @@ pub struct TcpOffsets {
     /// `struct inet_sock` → `inet_sport` (network order): survives
     /// `inet_put_port()`, which zeroes `skc_num` on the way to CLOSE.
     pub inet_sport: u16,
+    // From a connect()ing task to its socket: task_struct → files →
+    // fdt → fd[fd] (struct file) → private_data (struct socket) → sk.
+    pub task_files: u16,
+    pub files_fdt: u16,
+    pub fdtable_fd: u16,
+    pub file_private_data: u16,
+    pub socket_sk: u16,
+    /// `struct socket` → `file`: proves `private_data` was a socket.
+    pub socket_file: u16,
+    /// `struct sock` → `sk_protocol` (a `u16` since 5.6).
+    pub sk_protocol: u16,
     /// `struct inet_timewait_sock` → `tw_substate`.
     pub tw_substate: u16,
     /// `struct net` → `ipv4.tcp_death_row.hashinfo`.
@@ -229,6 +259,13 @@ impl TcpOffsets {
         skc_v6_daddr: ABSENT,
         skc_v6_rcv_saddr: ABSENT,
         inet_sport: ABSENT,
+        task_files: ABSENT,
+        files_fdt: ABSENT,
+        fdtable_fd: ABSENT,
+        file_private_data: ABSENT,
+        socket_sk: ABSENT,
+        socket_file: ABSENT,
+        sk_protocol: ABSENT,
         tw_substate: ABSENT,
         net_tw_hashinfo: ABSENT,
         hashinfo_ehash: ABSENT,
@@ -284,6 +321,8 @@ pub mod globals {
     pub const TCP_OFFSETS: &str = "TCP_OFFSETS";
     /// `ResetFields`.
     pub const RESET_FIELDS: &str = "RESET_FIELDS";
+    /// `ConnectFields`.
+    pub const CONNECT_FIELDS: &str = "CONNECT_FIELDS";
     /// `Filter`.
     pub const FILTER: &str = "FILTER";
     /// `u32`: force a consumer wakeup once this many bytes wait in the ring
@@ -365,6 +404,8 @@ pub mod event_kind {
     pub const SYNACK: u8 = 3;
     /// `ResetEvent`.
     pub const RESET: u8 = 4;
+    /// `ConnectErrorEvent`.
+    pub const CONNECT_ERROR: u8 = 5;
 }
 
 /// Which way a reset went (`ResetEvent::direction`, `SockInfo::reset`).
@@ -509,6 +550,34 @@ pub struct StateEvent {
     pub _pad1: u16,
 }
 
+/// A TCP `connect()` that failed: returned an error, or (non-blocking)
+/// returned EINPROGRESS and the socket then closed with an error.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectErrorEvent {
+    pub header: EventHeader,
+    /// The calling process (for non-blocking connects: the socket's owner).
+    pub owner: Owner,
+    /// Local end as far as bound, remote end as connect() was asked.
+    pub flow: Flow,
+    /// Positive errno.
+    pub errno: i32,
+}
+
+/// A `connect()` between its syscall entry and exit, keyed by thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingConnect {
+    pub sk: u64,
+    /// The destination, IPv4-mapped for IPv4.
+    pub daddr: [u8; 16],
+    /// Host order.
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub _pad: u32,
+}
+
 /// A reset sent or received on a socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -532,7 +601,8 @@ pub struct SockInfo {
     pub owner: Owner,
     /// The last `reset_direction` seen on the socket.
     pub reset: u8,
-    pub _pad0: u8,
+    /// 1 when its `connect()` returned EINPROGRESS: a failure shows at CLOSE.
+    pub nonblocking_connect: u8,
     pub _pad1: u16,
     pub _pad2: u32,
 }
@@ -543,7 +613,10 @@ const _: () = {
     assert!(size_of::<RetransmitFields>() == 20);
     assert!(size_of::<SynackFields>() == 14);
     assert!(size_of::<Bitfield>() == 4);
-    assert!(size_of::<TcpOffsets>() == 84);
+    assert!(size_of::<TcpOffsets>() == 98);
+    assert!(size_of::<ConnectFields>() == 8);
+    assert!(size_of::<ConnectErrorEvent>() == 88);
+    assert!(size_of::<PendingConnect>() == 32);
     assert!(size_of::<StateFields>() == 20);
     assert!(size_of::<SockOffsets>() == 4);
     assert!(size_of::<Filter>() == 12);
@@ -574,5 +647,7 @@ mod pod {
     unsafe impl aya::Pod for StateEvent {}
     unsafe impl aya::Pod for ResetEvent {}
     unsafe impl aya::Pod for ResetFields {}
+    unsafe impl aya::Pod for ConnectFields {}
+    unsafe impl aya::Pod for ConnectErrorEvent {}
     unsafe impl aya::Pod for SockInfo {}
 }

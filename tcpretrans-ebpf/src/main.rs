@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod connect;
 mod maps;
 mod owner;
 mod record;

@@ -1,4 +1,5 @@
 //! Maps, load-time globals, and the ring-buffer discipline shared by all programs.
+use crate::record::Record;
 use aya_ebpf::{
     Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -6,8 +7,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use tcpretrans_common::{
-    Filter, ResetFields, RetransmitFields, SockInfo, SockOffsets, StateFields, SynackFields,
-    TcpOffsets,
+    ConnectFields, Filter, PendingConnect, ResetFields, RetransmitFields, SockInfo, SockOffsets,
+    StateFields, SynackFields, TcpOffsets,
 };
 
 // Globals overridden by userspace at load time (names in `tcpretrans_common::globals`).
@@ -24,6 +25,8 @@ pub static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNKNOWN)
 pub static TCP_OFFSETS: Global<TcpOffsets> = Global::new(TcpOffsets::UNKNOWN);
 #[unsafe(no_mangle)]
 pub static RESET_FIELDS: Global<ResetFields> = Global::new(ResetFields::ABSENT);
+#[unsafe(no_mangle)]
+pub static CONNECT_FIELDS: Global<ConnectFields> = Global::new(ConnectFields::ABSENT);
 #[unsafe(no_mangle)]
 pub static FILTER: Global<Filter> = Global::new(Filter::KEEP_ALL);
 #[unsafe(no_mangle)]
@@ -42,6 +45,14 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// closed while we watch.
 #[map]
 pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Each CPU's copy of the tracepoint record being handled.
+#[map]
+pub static RECORDS: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
+
+/// `connect()` calls between syscall entry and exit, by thread id.
+#[map]
+pub static CONNECTS: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(4096, 0);
 
 /// Reserves space for one event, counting the event as lost when there is none.
 #[inline(always)]

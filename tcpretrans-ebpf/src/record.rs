@@ -1,6 +1,6 @@
 //! Tracepoint records, read once and decoded with the field offsets that
 //! userspace found in the running kernel's tracefs `format` files.
-use core::mem::{MaybeUninit, size_of};
+use core::mem::size_of;
 
 use aya_ebpf::{EbpfContext as _, helpers::generated, programs::TracePointContext};
 use tcpretrans_common::{
@@ -8,7 +8,7 @@ use tcpretrans_common::{
 };
 
 use crate::{
-    maps::SOCK_OFFSETS,
+    maps::{RECORDS, SOCK_OFFSETS},
     sock::{self, Netns},
 };
 
@@ -18,22 +18,24 @@ use crate::{
 pub struct Record([u8; RECORD_LEN + 16]);
 
 impl Record {
-    /// Copies the record into `slot` with a single kernel read (in place: the
-    /// record is a quarter of the BPF stack).
+    /// Copies the record with a single kernel read into this CPU's scratch
+    /// slot: it is too big for the BPF stack next to an event's work, and a
+    /// tracepoint program never runs nested on one CPU (`bpf_prog_active`).
     #[inline(always)]
-    fn read<'a>(ctx: &TracePointContext, slot: &'a mut MaybeUninit<Self>) -> Result<&'a Self, i64> {
+    fn read(ctx: &TracePointContext) -> Result<&'static Self, i64> {
+        let slot = RECORDS.get_ptr_mut(0).ok_or(0i64)?;
         // SAFETY: tracepoint records sit in a per-CPU buffer of several pages
-        // and the helper fails safely anyway; on success it filled `slot`.
+        // and the helper fails safely anyway; on success it filled the slot.
         unsafe {
             let ret = generated::bpf_probe_read_kernel(
-                slot.as_mut_ptr().cast(),
+                slot.cast(),
                 size_of::<Self>() as u32,
                 ctx.as_ptr(),
             );
             if ret != 0 {
                 return Err(ret);
             }
-            Ok(slot.assume_init_ref())
+            Ok(&*slot)
         }
     }
 
@@ -83,17 +85,16 @@ impl Record {
     /// Reads the record and keeps it if its socket passes the family and
     /// namespace filters: the prologue of every program.
     #[inline(always)]
-    pub fn filtered<'a>(
+    pub fn filtered(
         ctx: &TracePointContext,
-        slot: &'a mut MaybeUninit<Self>,
         fields: &FlowFields,
         filter: &Filter,
-    ) -> Result<Option<Hit<'a>>, i64> {
+    ) -> Result<Option<Hit>, i64> {
         if fields.skaddr == ABSENT {
             // Not configured by userspace.
             return Ok(None);
         }
-        let record = Self::read(ctx, slot)?;
+        let record = Self::read(ctx)?;
         let family = record.family(fields);
         if !filter.keeps_family(family) {
             return Ok(None);
@@ -116,8 +117,8 @@ impl Record {
 }
 
 /// A tracepoint hit whose socket passed the filters.
-pub struct Hit<'a> {
-    pub record: &'a Record,
+pub struct Hit {
+    pub record: &'static Record,
     fields: FlowFields,
     /// The record's `skaddr`.
     pub sk: u64,
@@ -126,7 +127,7 @@ pub struct Hit<'a> {
     version: u8,
 }
 
-impl Hit<'_> {
+impl Hit {
     /// Fills the header and flow every event starts with.
     ///
     /// # Safety

@@ -1,7 +1,5 @@
 //! `tcp:tcp_retransmit_skb`: one event per retransmitted skb, with the
 //! socket's timers, RTT, congestion state and retry budget at that moment.
-use core::mem::MaybeUninit;
-
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated},
     macros::tracepoint,
@@ -27,8 +25,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
     let fields = RETRANSMIT_FIELDS.load();
-    let mut slot = MaybeUninit::uninit();
-    let Some(hit) = Record::filtered(ctx, &mut slot, &fields.flow, &FILTER.load())? else {
+    let Some(hit) = Record::filtered(ctx, &fields.flow, &FILTER.load())? else {
         return Ok(());
     };
     let (record, sk) = (hit.record, hit.sk);

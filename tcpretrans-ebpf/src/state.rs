@@ -1,10 +1,8 @@
 //! `sock:inet_sock_set_state` for TCP: tracks each socket's time in its state
 //! and its owner, and reports the transitions userspace asked for.
-use core::mem::MaybeUninit;
-
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tcpretrans_common::{
-    DURATION_UNKNOWN, Owner, SockInfo, StateEvent, event_kind, reset_direction,
+    ConnectErrorEvent, DURATION_UNKNOWN, Owner, SockInfo, StateEvent, event_kind, reset_direction,
     tcp_state::{
         CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_SENT,
     },
@@ -13,7 +11,7 @@ use tcpretrans_common::{
 use crate::{
     maps::{FILTER, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, TCP_OFFSETS, reserve, submit},
     owner::{self, write_owner},
-    record::Record,
+    record::{Hit, Record},
     sock::{self, read},
 };
 
@@ -29,8 +27,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let fields = STATE_FIELDS.load();
     let filter = FILTER.load();
-    let mut slot = MaybeUninit::uninit();
-    let Some(hit) = Record::filtered(ctx, &mut slot, &fields.flow, &filter)? else {
+    let Some(hit) = Record::filtered(ctx, &fields.flow, &filter)? else {
         return Ok(());
     };
     let (record, skaddr) = (hit.record, hit.sk);
@@ -43,16 +40,24 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let now = unsafe { bpf_ktime_get_ns() };
 
     let tracked = track(skaddr, old_state, new_state, now);
-
+    let tcp = TCP_OFFSETS.load();
+    let error = if new_state == CLOSE {
+        read::<i32>(skaddr, tcp.sk_err)
+    } else {
+        0
+    };
+    // A non-blocking connect() failed: reported in every mode, like the
+    // blocking ones the connect program reports.
+    if old_state == SYN_SENT && error != 0 && tracked.nonblocking_connect == 1 {
+        report_connect_error(&hit, error, tracked.owner.as_ref(), now);
+    }
     if !filter.keeps_transition(old_state, new_state) {
         return Ok(());
     }
-    // How the connection ended: its error, and whether a timewait socket
-    // took it over (the tracepoint itself never reports TIME_WAIT).
-    let tcp = TCP_OFFSETS.load();
-    let (error, timewait) = if new_state == CLOSE {
-        let leaving_for_timewait = old_state == FIN_WAIT2 || old_state == CLOSING;
-        let timewait = if leaving_for_timewait {
+    // Whether a timewait socket took the connection over (the tracepoint
+    // itself never reports TIME_WAIT).
+    let timewait = if new_state == CLOSE {
+        if old_state == FIN_WAIT2 || old_state == CLOSING {
             let lport = record.load(fields.flow.sport);
             sock::timewait_substate(
                 skaddr,
@@ -63,10 +68,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             )
         } else {
             0
-        };
-        (read::<i32>(skaddr, tcp.sk_err), timewait)
+        }
     } else {
-        (0, 0)
+        0
     };
     let Some(mut entry) = reserve::<StateEvent>() else {
         return Ok(());
@@ -97,6 +101,27 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+fn report_connect_error(hit: &Hit, errno: i32, owner: Option<&Owner>, now: u64) {
+    let Some(mut entry) = reserve::<ConnectErrorEvent>() else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved slot of the event's size; every
+    // field is written before submit.
+    unsafe {
+        hit.write_head(
+            event_kind::CONNECT_ERROR,
+            now,
+            hit.sk,
+            &raw mut (*event).header,
+            &raw mut (*event).flow,
+        );
+        write_owner(&raw mut (*event).owner, owner);
+        (&raw mut (*event).errno).write(errno);
+    }
+    submit(entry);
+}
+
 /// What the socket map knew about a socket at a transition.
 struct Tracked {
     /// Time in the old state, or `DURATION_UNKNOWN`.
@@ -104,6 +129,8 @@ struct Tracked {
     owner: Option<Owner>,
     /// A `reset_direction`.
     reset: u8,
+    /// Its `connect()` returned EINPROGRESS.
+    nonblocking_connect: u8,
 }
 
 /// Updates the socket's entry. The entry goes away when the socket reaches
@@ -130,6 +157,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64) -> Tracked {
                 },
                 owner: (info.owner.pid != 0).then_some(info.owner),
                 reset: info.reset,
+                nonblocking_connect: info.nonblocking_connect,
             }
         }
         None => {
@@ -138,7 +166,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64) -> Tracked {
                     state_since_ns: now,
                     owner: caller.unwrap_or(Owner::UNKNOWN),
                     reset: reset_direction::NONE,
-                    _pad0: 0,
+                    nonblocking_connect: 0,
                     _pad1: 0,
                     _pad2: 0,
                 };
@@ -148,6 +176,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64) -> Tracked {
                 prev_state_ns: DURATION_UNKNOWN,
                 owner: caller,
                 reset: reset_direction::NONE,
+                nonblocking_connect: 0,
             }
         }
     };

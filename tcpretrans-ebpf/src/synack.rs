@@ -1,7 +1,5 @@
 //! `tcp:tcp_retransmit_synack`: the passive side's SYN-ACK retransmissions,
 //! reported as retransmission events of the request socket.
-use core::mem::MaybeUninit;
-
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tcpretrans_common::{RetransmitEvent, event_kind, retry_budget, tcp_state::SYN_RECV};
 
@@ -24,8 +22,7 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
     let fields = SYNACK_FIELDS.load();
-    let mut slot = MaybeUninit::uninit();
-    let Some(hit) = Record::filtered(ctx, &mut slot, &fields.flow, &FILTER.load())? else {
+    let Some(hit) = Record::filtered(ctx, &fields.flow, &FILTER.load())? else {
         return Ok(());
     };
     let listener = hit.sk;

@@ -387,13 +387,20 @@ pub const SKC_NULLS_NODE: Member = member("sock_common", &["skc_nulls_node"]);
 pub const SKC_V6_DADDR: Member = member("sock_common", &["skc_v6_daddr"]);
 pub const SKC_V6_RCV_SADDR: Member = member("sock_common", &["skc_v6_rcv_saddr"]);
 pub const INET_SPORT: Member = member("inet_sock", &["inet_sport"]);
+pub const TASK_FILES: Member = member("task_struct", &["files"]);
+pub const FILES_FDT: Member = member("files_struct", &["fdt"]);
+pub const FDTABLE_FD: Member = member("fdtable", &["fd"]);
+pub const FILE_PRIVATE_DATA: Member = member("file", &["private_data"]);
+pub const SOCKET_SK: Member = member("socket", &["sk"]);
+pub const SOCKET_FILE: Member = member("socket", &["file"]);
+pub const SK_PROTOCOL: Member = member("sock", &["sk_protocol"]);
 pub const TW_SUBSTATE: Member = member("inet_timewait_sock", &["tw_substate"]);
 pub const NET_TW_HASHINFO: Member = member("net", &["ipv4", "tcp_death_row", "hashinfo"]);
 pub const HASHINFO_EHASH: Member = member("inet_hashinfo", &["ehash"]);
 pub const HASHINFO_EHASH_MASK: Member = member("inet_hashinfo", &["ehash_mask"]);
 
 /// Every member the kernel programs use.
-pub const MEMBERS: [Member; 42] = [
+pub const MEMBERS: [Member; 49] = [
     SK_NET,
     NET_INUM,
     SK_FLAGS,
@@ -432,6 +439,13 @@ pub const MEMBERS: [Member; 42] = [
     SKC_V6_DADDR,
     SKC_V6_RCV_SADDR,
     INET_SPORT,
+    TASK_FILES,
+    FILES_FDT,
+    FDTABLE_FD,
+    FILE_PRIVATE_DATA,
+    SOCKET_SK,
+    SOCKET_FILE,
+    SK_PROTOCOL,
     TW_SUBSTATE,
     NET_TW_HASHINFO,
     HASHINFO_EHASH,
@@ -558,6 +572,13 @@ pub fn resolve(btf: &Btf) -> Resolved {
         skc_v6_daddr: byte(SKC_V6_DADDR),
         skc_v6_rcv_saddr: byte(SKC_V6_RCV_SADDR),
         inet_sport: byte(INET_SPORT),
+        task_files: byte(TASK_FILES),
+        files_fdt: byte(FILES_FDT),
+        fdtable_fd: byte(FDTABLE_FD),
+        file_private_data: byte(FILE_PRIVATE_DATA),
+        socket_sk: byte(SOCKET_SK),
+        socket_file: byte(SOCKET_FILE),
+        sk_protocol: byte(SK_PROTOCOL),
         tw_substate: byte(TW_SUBSTATE),
         net_tw_hashinfo: byte(NET_TW_HASHINFO),
         hashinfo_ehash: byte(HASHINFO_EHASH),

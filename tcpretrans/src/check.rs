@@ -54,6 +54,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
                     "tcp_retransmit_skb" => f.retransmit_fields().map(drop),
                     "tcp_retransmit_synack" => f.synack_fields().map(drop),
                     "inet_sock_set_state" => f.state_fields().map(drop),
+                    "sys_enter_connect" => f.connect_enter_fields().map(drop),
+                    "sys_exit_connect" => f.connect_exit_ret().map(drop),
                     _ => f.reset_skaddr().map(drop),
                 }?;
                 Ok(f)

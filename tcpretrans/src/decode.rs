@@ -8,8 +8,8 @@ use std::{
 use jiff::Timestamp;
 use nix::time::{ClockId, clock_gettime};
 use tcpretrans_common::{
-    ABSENT, DURATION_UNKNOWN, EventHeader, Flow, Owner, ResetEvent, RetransmitEvent, StateEvent,
-    TcpOffsets, event_kind, reset_direction, retry_budget,
+    ABSENT, ConnectErrorEvent, DURATION_UNKNOWN, EventHeader, Flow, Owner, ResetEvent,
+    RetransmitEvent, StateEvent, TcpOffsets, event_kind, reset_direction, retry_budget,
 };
 
 /// `icsk_pending` while the tail-loss-probe timer runs (`ICSK_TIME_LOSS_PROBE`).
@@ -290,6 +290,20 @@ pub enum Event {
         direction: ResetDirection,
         state: Option<TcpState>,
     },
+    /// A new connection on a 4-tuple still in TIME_WAIT (`tcp_tw_reuse`);
+    /// derived in userspace from the state events.
+    TimeWaitReuse {
+        socket: Socket,
+        /// How long the 4-tuple had been in TIME_WAIT.
+        time_wait: Duration,
+    },
+    /// A TCP connect() that failed; `socket` holds the caller and the
+    /// destination it asked for.
+    ConnectError {
+        socket: Socket,
+        /// Positive errno.
+        errno: i32,
+    },
     /// Events the kernel side could not queue because the ring buffer was full.
     Lost {
         time: Timestamp,
@@ -307,6 +321,8 @@ impl Event {
             }
             Self::State(_) => "state",
             Self::Reset { .. } => "reset",
+            Self::ConnectError { .. } => "connect_error",
+            Self::TimeWaitReuse { .. } => "time_wait_reuse",
             Self::Lost { .. } => "lost",
         }
     }
@@ -350,6 +366,13 @@ impl Decoder {
             event_kind::STATE => {
                 let raw: StateEvent = read_record(kind, bytes)?;
                 Ok(Event::State(Box::new(self.state_change(&raw))))
+            }
+            event_kind::CONNECT_ERROR => {
+                let raw: ConnectErrorEvent = read_record(kind, bytes)?;
+                Ok(Event::ConnectError {
+                    socket: socket(&raw.header, &raw.flow, &raw.owner, &self.clock),
+                    errno: raw.errno,
+                })
             }
             event_kind::RESET => {
                 let raw: ResetEvent = read_record(kind, bytes)?;
@@ -725,6 +748,13 @@ pub(crate) mod tests {
             skc_v6_daddr: 1,
             skc_v6_rcv_saddr: 1,
             inet_sport: 1,
+            task_files: 1,
+            files_fdt: 1,
+            fdtable_fd: 1,
+            file_private_data: 1,
+            socket_sk: 1,
+            socket_file: 1,
+            sk_protocol: 1,
             tw_substate: 1,
             net_tw_hashinfo: 1,
             hashinfo_ehash: 1,
@@ -1122,6 +1152,25 @@ pub(crate) mod tests {
         assert_eq!(
             (change.new_state, change.close),
             (Some(TcpState::Close), None)
+        );
+    }
+
+    #[test]
+    fn decodes_connect_errors() {
+        let raw = ConnectErrorEvent {
+            header: header(event_kind::CONNECT_ERROR, 4),
+            owner: owner(9, "curl"),
+            flow: v4_flow(),
+            errno: 99,
+        };
+        let event = decoder().decode(&bytes_of(&raw)).unwrap();
+        assert_eq!(event.name(), "connect_error");
+        let Event::ConnectError { socket, errno } = event else {
+            panic!()
+        };
+        assert_eq!(
+            (errno, socket.rport, socket.owner.map(|o| o.pid)),
+            (99, 80, Some(9))
         );
     }
 

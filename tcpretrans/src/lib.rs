@@ -8,5 +8,6 @@ pub mod decode;
 pub mod kernel;
 pub mod loader;
 pub mod output;
+pub mod timewait;
 pub mod trace;
 pub mod tracefs;

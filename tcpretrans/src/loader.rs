@@ -6,8 +6,8 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use tcpretrans_common::{
-    Filter, ResetFields, RetransmitFields, SockOffsets, StateFields, SynackFields, TcpOffsets,
-    globals,
+    ConnectFields, Filter, ResetFields, RetransmitFields, SockOffsets, StateFields, SynackFields,
+    TcpOffsets, globals,
 };
 use thiserror::Error;
 
@@ -15,12 +15,14 @@ use thiserror::Error;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpretrans"));
 
 /// Programs, and the tracepoints they attach to.
-pub const PROGRAMS: [(&str, &str, &str); 5] = [
+pub const PROGRAMS: [(&str, &str, &str); 7] = [
     ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
     ("tcp_retransmit_synack", "tcp", "tcp_retransmit_synack"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
 ];
 
 #[derive(Debug, Error)]
@@ -62,6 +64,7 @@ pub struct Plan {
     pub synack: SynackFields,
     pub state: StateFields,
     pub reset: ResetFields,
+    pub connect: ConnectFields,
     pub sock: SockOffsets,
     pub tcp: TcpOffsets,
     pub filter: Filter,
@@ -107,6 +110,7 @@ impl Tracer {
             .override_global(globals::SYNACK_FIELDS, &plan.synack, true)
             .override_global(globals::STATE_FIELDS, &plan.state, true)
             .override_global(globals::RESET_FIELDS, &plan.reset, true)
+            .override_global(globals::CONNECT_FIELDS, &plan.connect, true)
             .override_global(globals::SOCK_OFFSETS, &plan.sock, true)
             .override_global(globals::TCP_OFFSETS, &plan.tcp, true)
             .override_global(globals::FILTER, &plan.filter, true)

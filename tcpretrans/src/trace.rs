@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tcpretrans_common::{Filter, ResetFields, filter_flags};
+use tcpretrans_common::{ConnectFields, Filter, ResetFields, filter_flags};
 use thiserror::Error;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -22,6 +22,7 @@ use crate::{
     kernel,
     loader::{LoadError, LostCounter, Plan, Tracer},
     output::{self, Output},
+    timewait::TimeWaits,
     tracefs::{FormatError, Tracefs},
 };
 
@@ -29,6 +30,10 @@ use crate::{
 /// wakeup: bounds the delay from event to printed line.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 const RING_BYTES: u32 = 4 << 20;
+/// TIME_WAIT 4-tuples kept to recognize their reuse (the kernel's default
+/// `tcp_max_tw_buckets` is 2^18 per namespace; reuse matters when a few
+/// ports are exhausted, so recent entries suffice).
+const TIME_WAITS_REMEMBERED: usize = 65_536;
 
 #[derive(Debug, Error)]
 pub enum TraceError {
@@ -84,6 +89,17 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
     let state = tracefs
         .format("sock", "inet_sock_set_state")?
         .state_fields()?;
+    let (enter_fd, enter_uservaddr) = tracefs
+        .format("syscalls", "sys_enter_connect")?
+        .connect_enter_fields()?;
+    let connect = ConnectFields {
+        enter_fd,
+        enter_uservaddr,
+        exit_ret: tracefs
+            .format("syscalls", "sys_exit_connect")?
+            .connect_exit_ret()?,
+        _pad: 0,
+    };
     let reset = ResetFields {
         send_skaddr: tracefs.format("tcp", "tcp_send_reset")?.reset_skaddr()?,
         receive_skaddr: tracefs.format("tcp", "tcp_receive_reset")?.reset_skaddr()?,
@@ -136,6 +152,7 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
         synack,
         state,
         reset,
+        connect,
         sock: resolved.sock,
         tcp: resolved.tcp,
         filter,
@@ -172,6 +189,7 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
 /// Drains the ring buffer into the output and keeps the session's counts.
 struct Consumer<'a> {
     decoder: Decoder,
+    time_waits: TimeWaits,
     out: &'a mut dyn Output,
     summary: Summary,
 }
@@ -183,6 +201,10 @@ impl Consumer<'_> {
                 Ok(event) => {
                     self.summary.events += 1;
                     self.out.event(&event)?;
+                    if let Some(reuse) = self.time_waits.observe(&event) {
+                        self.summary.events += 1;
+                        self.out.event(&reuse)?;
+                    }
                 }
                 Err(err) => {
                     if self.summary.malformed == 0 {
@@ -240,6 +262,7 @@ async fn consume(
         .map_err(|e| TraceError::Poll(e.into()))?;
     let mut consumer = Consumer {
         decoder,
+        time_waits: TimeWaits::new(TIME_WAITS_REMEMBERED),
         out,
         summary: Summary::default(),
     };

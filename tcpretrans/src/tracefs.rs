@@ -197,6 +197,16 @@ impl Format {
         self.required("skaddr", 8)
     }
 
+    /// The `fd` and `uservaddr` fields of `syscalls:sys_enter_connect`.
+    pub fn connect_enter_fields(&self) -> Result<(u16, u16), FormatError> {
+        Ok((self.required("fd", 8)?, self.required("uservaddr", 8)?))
+    }
+
+    /// The `ret` field of `syscalls:sys_exit_connect`.
+    pub fn connect_exit_ret(&self) -> Result<u16, FormatError> {
+        self.required("ret", 8)
+    }
+
     /// Layout of `tcp:tcp_retransmit_synack`.
     pub fn synack_fields(&self) -> Result<SynackFields, FormatError> {
         Ok(SynackFields {
@@ -357,6 +367,20 @@ mod tests {
                 .reset_skaddr()
                 .unwrap(),
             8
+        );
+    }
+
+    #[test]
+    fn connect_syscall_layouts_6_18() {
+        let enter = fixture("6.18", "syscalls/sys_enter_connect")
+            .connect_enter_fields()
+            .unwrap();
+        assert_eq!(enter, (16, 24));
+        assert_eq!(
+            fixture("6.18", "syscalls/sys_exit_connect")
+                .connect_exit_ret()
+                .unwrap(),
+            16
         );
     }
 

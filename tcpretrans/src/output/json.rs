@@ -117,6 +117,12 @@ enum Details {
         direction: &'static str,
         state: Option<&'static str>,
     },
+    ConnectError {
+        error: String,
+    },
+    TimeWaitReuse {
+        time_wait_ms: f64,
+    },
     Lost {
         count: u64,
     },
@@ -162,6 +168,20 @@ impl<'a> Line<'a> {
                     close: change.close.map(Close::name),
                     error: change.error.map(errno_name),
                     orphan: change.orphan,
+                },
+            ),
+            Event::TimeWaitReuse { socket, time_wait } => (
+                socket.time,
+                Some(socket),
+                Details::TimeWaitReuse {
+                    time_wait_ms: time_wait.as_micros() as f64 / 1e3,
+                },
+            ),
+            Event::ConnectError { socket, errno } => (
+                socket.time,
+                Some(socket),
+                Details::ConnectError {
+                    error: errno_name(*errno),
                 },
             ),
             Event::Reset {

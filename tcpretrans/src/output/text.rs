@@ -162,6 +162,18 @@ impl<W: Write> Output for Text<W> {
                 self.socket_columns(&change.socket, 'S');
                 self.state_columns(change);
             }
+            Event::TimeWaitReuse { socket, time_wait } => {
+                self.socket_columns(socket, 'S');
+                let _ = write!(
+                    self.line,
+                    "TIME_WAIT reused ({} after it entered TIME_WAIT)",
+                    human_duration(*time_wait)
+                );
+            }
+            Event::ConnectError { socket, errno } => {
+                self.socket_columns(socket, 'C');
+                let _ = write!(self.line, "connect failed: {}", errno_name(*errno));
+            }
             Event::Reset {
                 socket,
                 direction,

@@ -271,6 +271,12 @@ fn refused_connect_is_a_received_reset_with_econnrefused() {
         .expect("connect");
     let events = tracer.stop().events();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+    let errors = of_kind(&events, "connect_error");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (&errors[0]["error"], &errors[0]["rport"]),
+        (&"ECONNREFUSED".into(), &8102.into())
+    );
     let resets = of_kind(&events, "reset");
     assert_eq!(
         resets.len(),

@@ -4,5 +4,6 @@
 mod degraded;
 mod harness;
 mod lifecycle;
+mod ports;
 mod retransmit;
 mod session;

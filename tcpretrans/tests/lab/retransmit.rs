@@ -245,6 +245,12 @@ fn dropped_syns(syn_retries: u32, linear_timeouts: u32, expected: u32, port: u16
         expected,
         "SYN retransmissions the kernel made"
     );
+    let errors = of_kind(&events, "connect_error");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (&errors[0]["error"], &errors[0]["rport"]),
+        (&"ETIMEDOUT".into(), &port.into())
+    );
     let limit = expected;
     assert_eq!(
         syns.len() as i64 + 1,

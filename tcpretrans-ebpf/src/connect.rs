@@ -1,0 +1,177 @@
+//! `syscalls:sys_enter_connect` / `sys_exit_connect`: TCP `connect()` calls
+//! that fail. Entry remembers the destination and the socket (resolved from
+//! the fd, so UDP and Unix sockets stay out); exit reports an error, or marks
+//! the socket when a non-blocking connect is still under way (its failure is
+//! reported by the state program when the socket closes with an error).
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tcpretrans_common::{
+    ABSENT, AF_INET, AF_INET6, ConnectErrorEvent, EventHeader, Flow, PendingConnect, TcpOffsets,
+    event_kind,
+};
+
+use crate::{
+    maps::{CONNECT_FIELDS, CONNECTS, FILTER, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
+    owner,
+    sock::{self, read},
+};
+
+const IPPROTO_TCP: u16 = 6;
+const EINPROGRESS: i64 = 115;
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    match try_sys_enter_connect(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    match try_sys_exit_connect(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
+    let fields = CONNECT_FIELDS.load();
+    if fields.enter_fd == ABSENT {
+        return Ok(());
+    }
+    // SAFETY: offsets within the record (checked by userspace).
+    let (fd, uservaddr): (u64, u64) = unsafe {
+        (
+            ctx.read_at(usize::from(fields.enter_fd))?,
+            ctx.read_at(usize::from(fields.enter_uservaddr))?,
+        )
+    };
+    // sockaddr_in: family, port, IPv4 address; sockaddr_in6 has the address at 8.
+    // SAFETY: user memory is read with the faulting-safe helper.
+    let head: [u8; 8] = unsafe { bpf_probe_read_user(uservaddr as *const [u8; 8]) }?;
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    let filter = FILTER.load();
+    if (family != AF_INET && family != AF_INET6) || !filter.keeps_family(family) {
+        return Ok(());
+    }
+    let tcp = TCP_OFFSETS.load();
+    let sk = tcp_socket_of_fd(fd, &tcp);
+    if sk == 0 || sock::netns_passing(sk, &SOCK_OFFSETS.load(), &filter).is_none() {
+        return Ok(());
+    }
+    let daddr: [u8; 16] = if family == AF_INET6 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_user((uservaddr + 8) as *const [u8; 16]) }?
+    } else {
+        // IPv4-mapped, built from words: a zeroed byte array becomes an
+        // out-of-line memset.
+        let mapped = [
+            0u64,
+            u64::from_ne_bytes([0, 0, 0xff, 0xff, head[4], head[5], head[6], head[7]]),
+        ];
+        // SAFETY: same size, any bit pattern is valid.
+        unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(mapped) }
+    };
+    let pending = PendingConnect {
+        sk,
+        daddr,
+        dport: u16::from_be_bytes([head[2], head[3]]),
+        family,
+        _pad: 0,
+    };
+    let _ = CONNECTS.insert(thread_id(), pending, 0);
+    Ok(())
+}
+
+fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+    let fields = CONNECT_FIELDS.load();
+    let tid = thread_id();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(pending) = (unsafe { CONNECTS.get(tid) }).copied() else {
+        return Ok(());
+    };
+    let _ = CONNECTS.remove(tid);
+    // SAFETY: offset within the record (checked by userspace).
+    let ret: i64 = unsafe { ctx.read_at(usize::from(fields.exit_ret)) }?;
+    if ret == 0 {
+        return Ok(());
+    }
+    let tcp = TCP_OFFSETS.load();
+    let mut errno = (-ret) as i32;
+    if ret == -EINPROGRESS {
+        // The handshake goes on after the syscall (on loopback it can even
+        // fail within it): report a failure that already happened, else let
+        // the state program report one when the socket closes.
+        errno = read(pending.sk, tcp.sk_err);
+        if errno == 0 {
+            if let Some(info) = SOCKETS.get_ptr_mut(pending.sk) {
+                // SAFETY: valid map value pointer.
+                unsafe { (*info).nonblocking_connect = 1 };
+            }
+            return Ok(());
+        }
+    }
+    let netns =
+        sock::netns_passing(pending.sk, &SOCK_OFFSETS.load(), &FILTER.load()).map_or(0, |n| n.inum);
+    let local = sock::flow(pending.sk, &tcp).map(|(flow, _)| flow);
+    let Some(mut entry) = reserve::<ConnectErrorEvent>() else {
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved slot of the event's size; every
+    // field is written before submit.
+    unsafe {
+        (&raw mut (*event).header).write(EventHeader {
+            kind: event_kind::CONNECT_ERROR,
+            family: if pending.family == AF_INET { 4 } else { 6 },
+            _pad: 0,
+            netns,
+            timestamp_ns: bpf_ktime_get_ns(),
+            skaddr: pending.sk,
+        });
+        (&raw mut (*event).owner).write(owner::current());
+        (&raw mut (*event).flow).write(Flow {
+            saddr: local.map_or([0; 16], |l| l.saddr),
+            daddr: pending.daddr,
+            sport: local.map_or(0, |l| l.sport),
+            dport: pending.dport,
+        });
+        (&raw mut (*event).errno).write(errno);
+    }
+    submit(entry);
+    Ok(())
+}
+
+#[inline(always)]
+fn thread_id() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// The TCP socket behind the calling task's `fd`, or 0.
+#[inline(always)]
+fn tcp_socket_of_fd(fd: u64, tcp: &TcpOffsets) -> u64 {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, tcp.task_files);
+    let fdt: u64 = read(files, tcp.files_fdt);
+    let fds: u64 = read(fdt, tcp.fdtable_fd);
+    let file: u64 = if fds == 0 || fd > 1 << 20 {
+        0
+    } else {
+        read(fds + (fd & 0xfffff) * 8, 0)
+    };
+    let socket: u64 = read(file, tcp.file_private_data);
+    if socket == 0 || read::<u64>(socket, tcp.socket_file) != file {
+        return 0;
+    }
+    let sk: u64 = read(socket, tcp.socket_sk);
+    if read::<u16>(sk, tcp.sk_protocol) == IPPROTO_TCP {
+        sk
+    } else {
+        0
+    }
+}

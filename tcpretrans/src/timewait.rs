@@ -1,0 +1,196 @@
+//! TIME_WAIT reuse: a new connection on a 4-tuple that is still in TIME_WAIT
+//! (`tcp_tw_reuse`). The kernel counts it (`TWRecycled`) but reports no
+//! connection, so the 4-tuples the tool saw enter TIME_WAIT are remembered
+//! for as long as TIME_WAIT lasts.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    time::Duration,
+};
+
+use jiff::Timestamp;
+
+use crate::decode::{Event, Socket, TcpState};
+
+/// `TCP_TIMEWAIT_LEN`: how long a timewait socket lives.
+const TIME_WAIT_LEN: Duration = Duration::from_secs(60);
+
+/// A connection's identity across sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FourTuple {
+    netns: Option<u32>,
+    laddr: IpAddr,
+    lport: u16,
+    raddr: IpAddr,
+    rport: u16,
+}
+
+impl FourTuple {
+    fn of(socket: &Socket) -> Self {
+        Self {
+            netns: socket.netns,
+            laddr: socket.laddr,
+            lport: socket.lport,
+            raddr: socket.raddr,
+            rport: socket.rport,
+        }
+    }
+}
+
+/// The TIME_WAIT entries seen, oldest first, bounded in number.
+#[derive(Debug)]
+pub struct TimeWaits {
+    entered: HashMap<FourTuple, Timestamp>,
+    order: VecDeque<(FourTuple, Timestamp)>,
+    capacity: usize,
+}
+
+impl TimeWaits {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entered: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Takes note of an event; returns a `TimeWaitReuse` event when it is a
+    /// connection established on a 4-tuple still in TIME_WAIT.
+    pub fn observe(&mut self, event: &Event) -> Option<Event> {
+        let Event::State(change) = event else {
+            return None;
+        };
+        let tuple = FourTuple::of(&change.socket);
+        let now = change.socket.time;
+        self.expire(now);
+        match (change.old_state, change.new_state) {
+            (_, Some(TcpState::TimeWait)) => {
+                self.insert(tuple, now);
+                None
+            }
+            (Some(TcpState::SynSent), Some(TcpState::Established)) => {
+                let entered = self.entered.remove(&tuple)?;
+                let age = now.duration_since(entered).unsigned_abs();
+                Some(Event::TimeWaitReuse {
+                    socket: change.socket.clone(),
+                    time_wait: age,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, tuple: FourTuple, now: Timestamp) {
+        if self.order.len() == self.capacity
+            && let Some((oldest, at)) = self.order.pop_front()
+            && self.entered.get(&oldest) == Some(&at)
+        {
+            self.entered.remove(&oldest);
+        }
+        self.entered.insert(tuple, now);
+        self.order.push_back((tuple, now));
+    }
+
+    /// Forgets entries whose timewait socket has expired.
+    fn expire(&mut self, now: Timestamp) {
+        while let Some(&(tuple, at)) = self.order.front() {
+            if now.duration_since(at).unsigned_abs() < TIME_WAIT_LEN {
+                break;
+            }
+            self.order.pop_front();
+            if self.entered.get(&tuple) == Some(&at) {
+                self.entered.remove(&tuple);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::decode::StateChange;
+
+    fn state(old: TcpState, new: TcpState, lport: u16, at_secs: i64) -> Event {
+        Event::State(Box::new(StateChange {
+            socket: Socket {
+                time: Timestamp::from_second(1_800_000_000 + at_secs).unwrap(),
+                family: 4,
+                laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                lport,
+                raddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                rport: 80,
+                netns: Some(1),
+                skaddr: 0xffff,
+                owner: None,
+            },
+            old_state: Some(old),
+            new_state: Some(new),
+            prev_state: None,
+            close: None,
+            error: None,
+            orphan: None,
+        }))
+    }
+
+    #[test]
+    fn a_new_connection_on_a_time_wait_tuple_is_a_reuse() {
+        let mut table = TimeWaits::new(16);
+        assert!(
+            table
+                .observe(&state(TcpState::FinWait2, TcpState::TimeWait, 40000, 0))
+                .is_none()
+        );
+        assert!(
+            table
+                .observe(&state(TcpState::SynSent, TcpState::Established, 40001, 1))
+                .is_none(),
+            "other port"
+        );
+        let reuse = table
+            .observe(&state(TcpState::SynSent, TcpState::Established, 40000, 2))
+            .expect("reuse");
+        let Event::TimeWaitReuse { socket, time_wait } = reuse else {
+            panic!()
+        };
+        assert_eq!((socket.lport, time_wait), (40000, Duration::from_secs(2)));
+        assert!(
+            table
+                .observe(&state(TcpState::SynSent, TcpState::Established, 40000, 3))
+                .is_none(),
+            "once"
+        );
+    }
+
+    #[test]
+    fn expired_time_waits_are_forgotten() {
+        let mut table = TimeWaits::new(16);
+        table.observe(&state(TcpState::FinWait2, TcpState::TimeWait, 40000, 0));
+        assert!(
+            table
+                .observe(&state(TcpState::SynSent, TcpState::Established, 40000, 61))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut table = TimeWaits::new(2);
+        for port in [1, 2, 3] {
+            table.observe(&state(TcpState::FinWait2, TcpState::TimeWait, port, 0));
+        }
+        assert_eq!(table.entered.len(), 2);
+        assert!(
+            table
+                .observe(&state(TcpState::SynSent, TcpState::Established, 1, 1))
+                .is_none(),
+            "evicted"
+        );
+        assert!(
+            table
+                .observe(&state(TcpState::SynSent, TcpState::Established, 3, 1))
+                .is_some()
+        );
+    }
+}
