@@ -2,7 +2,7 @@
 use std::net::SocketAddr;
 
 use std::{
-    io::{ErrorKind, Read},
+    io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},
     time::Duration,
 };
@@ -10,7 +10,9 @@ use std::{
 use nix::sys::socket::{setsockopt, sockopt};
 use serde_json::Value;
 
-use crate::harness::{Netns, Tracer, delta, of_kind, short_connection, transitions};
+use crate::harness::{
+    Netns, Tracer, delta, drop_inbound_matching, of_kind, short_connection, transitions,
+};
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
@@ -384,5 +386,70 @@ fn abortive_close_sends_a_reset_the_peer_receives() {
     assert_eq!(
         (&client_close["close"], &client_close["error"]),
         (&"reset_received".into(), &"ECONNRESET".into())
+    );
+}
+
+/// As in the seed: the owner closes while its data and FIN go unanswered.
+/// The socket lives on as an orphan in FIN_WAIT1, retransmits under
+/// `tcp_orphan_retries`, and dies with ETIMEDOUT.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn orphan_in_fin_wait1_retransmits_under_tcp_orphan_retries() {
+    let ns = Netns::new("orphan");
+    ns.sysctl("net.ipv4.tcp_orphan_retries", "2");
+    let server: SocketAddr = "127.0.0.1:8104".parse().expect("address");
+    let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
+    let (listener, client) = ns
+        .enter(move || {
+            let listener = TcpListener::bind(server).expect("bind");
+            (listener, TcpStream::connect(server).expect("connect"))
+        })
+        .join()
+        .expect("connect");
+    let (_accepted, _) = listener.accept().expect("accept");
+    let client_port = client.local_addr().expect("local").port();
+    drop_inbound_matching(&ns, &format!("tcp dport {}", server.port()));
+    (&client).write_all(&[0x5a; 1000]).expect("write");
+    drop(client);
+    // RTOs of 0.2, 0.4, 0.8 s, then the orphan budget runs out.
+    std::thread::sleep(Duration::from_millis(3500));
+    let events = tracer.stop().events();
+
+    let mine = |e: &&Value| e["lport"] == client_port;
+    let states: Vec<&Value> = of_kind(&events, "state").into_iter().filter(mine).collect();
+    let into_fin_wait1 = states
+        .iter()
+        .find(|e| e["new_state"] == "FIN_WAIT1")
+        .expect("FIN_WAIT1");
+    // tcp_close() moves to FIN_WAIT1 just before sock_orphan(): the
+    // orphan shows from the next event on.
+    assert_eq!(into_fin_wait1["orphan"], false, "{into_fin_wait1}");
+    let rtos: Vec<&Value> = of_kind(&events, "retransmit")
+        .into_iter()
+        .filter(mine)
+        .filter(|e| e["type"] == "RTO")
+        .collect();
+    assert!(!rtos.is_empty());
+    for rto in &rtos {
+        assert_eq!(
+            (&rto["orphan"], &rto["retry_limit"], &rto["state"]),
+            (&true.into(), &2.into(), &"FIN_WAIT1".into()),
+            "{rto}"
+        );
+    }
+    let end = states.last().expect("states");
+    assert_eq!(
+        (&end["old_state"], &end["new_state"]),
+        (&"FIN_WAIT1".into(), &"CLOSE".into()),
+        "{end}"
+    );
+    assert_eq!(
+        (&end["error"], &end["orphan"]),
+        (&"ETIMEDOUT".into(), &true.into()),
+        "{end}"
+    );
+    eprintln!(
+        "orphan: {} RTO events (limit 2), then CLOSE with ETIMEDOUT",
+        rtos.len()
     );
 }
