@@ -30,6 +30,9 @@ fn main() -> ExitCode {
         Ok(summary) => {
             if !summary.output_closed {
                 eprintln!("tcpretrans: {summary}");
+                for line in summary.details() {
+                    eprintln!("tcpretrans: {line}");
+                }
             }
             ExitCode::SUCCESS
         }

@@ -21,7 +21,9 @@ use crate::{
     decode::{Clock, Decoder, Event},
     kernel,
     loader::{LoadError, LostCounter, Plan, Tracer},
+    netns,
     output::{self, Output},
+    summary::Summary,
     timewait::TimeWaits,
     tracefs::{FormatError, Tracefs},
 };
@@ -47,28 +49,6 @@ pub enum TraceError {
     Poll(#[source] io::Error),
     #[error("writing output failed: {0}")]
     Output(#[source] io::Error),
-}
-
-/// What a session saw, for the exit summary.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    pub events: u64,
-    /// Events the kernel side could not queue.
-    pub lost: u64,
-    /// Records that did not decode (a kernel/userspace mismatch; never expected).
-    pub malformed: u64,
-    /// The reader of our output went away (`| head`): end quietly.
-    pub output_closed: bool,
-}
-
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} events, {} lost", self.events, self.lost)?;
-        if self.malformed > 0 {
-            write!(f, ", {} malformed", self.malformed)?;
-        }
-        Ok(())
-    }
 }
 
 /// A session's kernel-side plan and the matching decoder.
@@ -177,13 +157,26 @@ fn describe_btf_error(err: &BtfError) -> String {
 }
 
 /// Runs a session to its end: Ctrl-C, SIGTERM, `--duration`, or a closed
-/// output pipe. Events go to stdout; the summary is the caller's to print.
+/// output pipe. Events go to stdout; with `--json --state` a `summary` event
+/// ends them; the stderr summary is the caller's to print.
 pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     let tracefs = Tracefs::find_or_mount()?;
     let Setup { plan, decoder } = prepare(args, &tracefs)?;
     let tracer = Tracer::load(&plan)?;
     let mut out = output::new(args.style(), io::stdout());
-    consume(tracer, decoder, out.as_mut(), args.duration).await
+    let mut summary = consume(tracer, decoder, out.as_mut(), args.duration).await?;
+    if args.state.is_some() && !summary.output_closed {
+        summary.occupancy = summary
+            .namespaces
+            .iter()
+            .map(|&inode| netns::occupancy(inode).map_err(|e| e.to_string()))
+            .collect();
+        let written = out.summary(&summary).and_then(|()| out.flush());
+        if matches!(&written, Err(e) if e.kind() != ErrorKind::BrokenPipe) {
+            written.map_err(TraceError::Output)?;
+        }
+    }
+    Ok(summary)
 }
 
 /// Drains the ring buffer into the output and keeps the session's counts.
@@ -199,10 +192,10 @@ impl Consumer<'_> {
         while let Some(record) = ring.next() {
             match self.decoder.decode(&record) {
                 Ok(event) => {
-                    self.summary.events += 1;
+                    self.summary.count(&event);
                     self.out.event(&event)?;
                     if let Some(reuse) = self.time_waits.observe(&event) {
-                        self.summary.events += 1;
+                        self.summary.count(&reuse);
                         self.out.event(&reuse)?;
                     }
                 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{Output, errno_name};
 use crate::decode::{Cause, Close, Event, Retransmit, Socket, TcpState};
+use crate::{netns::Occupancy, summary::Summary};
 
 pub struct Json<W: Write> {
     out: BufWriter<W>,
@@ -128,6 +129,24 @@ enum Details {
     },
 }
 
+/// Last line of a `--state` session.
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    event: &'static str,
+    time: String,
+    events: u64,
+    lost: u64,
+    transitions: Vec<Transition>,
+    netns: Vec<&'a Occupancy>,
+}
+
+#[derive(Serialize)]
+struct Transition {
+    old_state: &'static str,
+    new_state: &'static str,
+    count: u64,
+}
+
 /// First line of a session: capture starts now.
 #[derive(Serialize)]
 struct Start {
@@ -220,6 +239,31 @@ impl<W: Write> Output for Json<W> {
 
     fn event(&mut self, event: &Event) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, &Line::new(event))?;
+        self.out.write_all(b"\n")
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        let line = SummaryLine {
+            event: "summary",
+            time: format!("{:.6}", Timestamp::now()),
+            events: summary.events,
+            lost: summary.lost,
+            transitions: summary
+                .transitions
+                .iter()
+                .map(|(&(old_state, new_state), &count)| Transition {
+                    old_state,
+                    new_state,
+                    count,
+                })
+                .collect(),
+            netns: summary
+                .occupancy
+                .iter()
+                .filter_map(|o| o.as_ref().ok())
+                .collect(),
+        };
+        serde_json::to_writer(&mut self.out, &line)?;
         self.out.write_all(b"\n")
     }
 

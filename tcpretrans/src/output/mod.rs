@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use jiff::Timestamp;
 
-use crate::decode::Event;
+use crate::{decode::Event, summary::Summary};
 
 pub mod json;
 pub mod text;
@@ -16,6 +16,10 @@ pub trait Output {
     /// Once, when tracing has started: column headings, or a `start` event.
     fn header(&mut self, time: Timestamp) -> io::Result<()>;
     fn event(&mut self, event: &Event) -> io::Result<()>;
+    /// Once, at the end of a `--state` session (text prints it on stderr).
+    fn summary(&mut self, _summary: &Summary) -> io::Result<()> {
+        Ok(())
+    }
     fn flush(&mut self) -> io::Result<()>;
 }
 

@@ -242,22 +242,35 @@ pub struct Output {
 
 impl Output {
     /// Every stdout line after the `start` event as JSON (fails on a line
-    /// that is not). Also checks the exit summary: as many events as lines,
-    /// none lost.
+    /// that is not), without the closing `summary`. Also checks the exit
+    /// summary on stderr: as many events as lines, none lost.
     pub fn events(&self) -> Vec<Value> {
-        let mut lines = self.stdout.lines().map(|l| {
-            serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
-        });
-        let start = lines.next().expect("no output");
+        let mut lines = self.json_lines();
+        let start = lines.remove(0);
         assert_eq!(start["event"], "start", "{start}");
-        let events: Vec<Value> = lines.collect();
-        let summary = format!("tcpretrans: {} events, 0 lost", events.len());
+        lines.retain(|e| e["event"] != "summary");
+        let summary = format!("tcpretrans: {} events, 0 lost", lines.len());
         assert!(
             self.stderr.lines().any(|l| l == summary),
             "expected `{summary}` in:\n{}",
             self.stderr
         );
-        events
+        lines
+    }
+
+    /// The closing `summary` event (`--json --state`).
+    pub fn summary(&self) -> Value {
+        let lines = self.json_lines();
+        let last = lines.last().cloned().expect("output");
+        assert_eq!(last["event"], "summary", "{last}");
+        last
+    }
+
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
     }
 }
 

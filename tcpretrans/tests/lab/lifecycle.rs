@@ -223,7 +223,18 @@ fn time_wait_overflow_is_reported_per_connection() {
     let ports = closed_by_client(&ns, server, CONNECTIONS);
     let after = ns.counters();
     let held = time_wait_sockets(&ns);
-    let events = tracer.stop().events();
+    let output = tracer.stop();
+    let events = output.events();
+    let summary = output.summary();
+    assert_eq!(summary["netns"][0]["netns"], ns.inode, "{summary}");
+    assert_eq!(
+        (
+            &summary["netns"][0]["time_wait"],
+            &summary["netns"][0]["tcp_max_tw_buckets"]
+        ),
+        (&BUCKETS.into(), &BUCKETS.into()),
+        "the exit summary: TIME_WAIT held vs tcp_max_tw_buckets"
+    );
     let entered: Vec<&Value> = endings(&of_kind(&events, "state"))
         .into_iter()
         .filter(|e| e["new_state"] == "TIME_WAIT")

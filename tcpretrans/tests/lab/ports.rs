@@ -57,7 +57,17 @@ fn one_local_port_in_time_wait_makes_connect_fail_with_eaddrnotavail() {
     let server: SocketAddr = "127.0.0.1:8200".parse().expect("address");
     let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
     let second = one_port_twice(&ns, server, Duration::ZERO);
-    let events = tracer.stop().events();
+    let output = tracer.stop();
+    let events = output.events();
+    let occupancy = &output.summary()["netns"][0];
+    assert_eq!(
+        (
+            &occupancy["local_ports_in_use"],
+            &occupancy["local_port_range"]
+        ),
+        (&1.into(), &serde_json::json!([40000, 40000])),
+        "the exit summary: the only local port is taken: {occupancy}"
+    );
 
     let err = second.expect_err("the only port is in TIME_WAIT");
     assert_eq!(err.raw_os_error(), Some(EADDRNOTAVAIL), "{err}");

@@ -87,7 +87,24 @@ fn sigterm_ends_cleanly_with_a_summary() {
     // Events queued before the signal are still printed: 12 transitions of
     // listener, client and accepted socket.
     assert_eq!(rest.lines().count(), 12, "{rest}");
-    assert_eq!(stderr, "tcpretrans: 12 events, 0 lost\n");
+    let mut summary = stderr.lines();
+    assert_eq!(
+        summary.next(),
+        Some("tcpretrans: 12 events, 0 lost"),
+        "{stderr}"
+    );
+    assert!(
+        summary
+            .next()
+            .is_some_and(|l| l.starts_with("tcpretrans: transitions: CLOSE->LISTEN 1,")),
+        "{stderr}"
+    );
+    assert!(
+        summary
+            .next()
+            .is_some_and(|l| l.starts_with("tcpretrans: netns ")),
+        "{stderr}"
+    );
 }
 
 #[test]

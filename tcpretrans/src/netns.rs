@@ -1,0 +1,148 @@
+//! What a network namespace holds right now, read from inside it: TIME_WAIT
+//! sockets against `tcp_max_tw_buckets`, local ports in use against
+//! `ip_local_port_range` — the two limits of the seed's stories.
+use std::{
+    collections::BTreeSet,
+    fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    thread,
+};
+
+use nix::sched::{CloneFlags, setns};
+use serde::Serialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetnsError {
+    #[error("network namespace {0} has no process or bind mount left to enter it by")]
+    Gone(u32),
+    #[error("cannot enter network namespace {inode}: {source}")]
+    Enter { inode: u32, source: io::Error },
+    #[error("reading network namespace {inode}: {source}")]
+    Read { inode: u32, source: io::Error },
+}
+
+/// TCP occupancy of one network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Occupancy {
+    pub netns: u32,
+    pub time_wait: u64,
+    pub tcp_max_tw_buckets: u64,
+    /// Distinct local ports of TCP sockets (any state) inside the range.
+    pub local_ports_in_use: usize,
+    pub local_port_range: (u16, u16),
+}
+
+/// Reads the occupancy of the namespace with this inode.
+pub fn occupancy(inode: u32) -> Result<Occupancy, NetnsError> {
+    let path = find(inode).ok_or(NetnsError::Gone(inode))?;
+    let file = fs::File::open(&path).map_err(|source| NetnsError::Enter { inode, source })?;
+    // setns() changes the calling thread only: do it on a thread of our own.
+    thread::spawn(move || {
+        setns(file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter {
+            inode,
+            source: e.into(),
+        })?;
+        read_occupancy(inode).map_err(|source| NetnsError::Read { inode, source })
+    })
+    .join()
+    .unwrap_or(Err(NetnsError::Gone(inode)))
+}
+
+/// A file that refers to the namespace: a bind mount from `ip netns`, or a
+/// process or thread living in it.
+fn find(inode: u32) -> Option<PathBuf> {
+    let matches = |p: &Path| fs::metadata(p).is_ok_and(|m| m.ino() == u64::from(inode));
+    if let Ok(mounts) = fs::read_dir("/run/netns")
+        && let Some(found) = mounts.flatten().map(|e| e.path()).find(|p| matches(p))
+    {
+        return Some(found);
+    }
+    let pids: Vec<PathBuf> = fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect();
+    let by_process = pids.iter().map(|p| p.join("ns/net")).find(|p| matches(p));
+    by_process.or_else(|| {
+        pids.iter()
+            .filter_map(|p| fs::read_dir(p.join("task")).ok())
+            .flat_map(|tasks| tasks.flatten().map(|t| t.path().join("ns/net")))
+            .find(|p| matches(p))
+    })
+}
+
+/// Reads the calling thread's namespace.
+fn read_occupancy(inode: u32) -> io::Result<Occupancy> {
+    let sockstat = fs::read_to_string("/proc/thread-self/net/sockstat")?;
+    let time_wait = parse_sockstat_tw(&sockstat).unwrap_or(0);
+    let sysctl = |name: &str| fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(name));
+    let tcp_max_tw_buckets = sysctl("tcp_max_tw_buckets")?.trim().parse().unwrap_or(0);
+    let range = sysctl("ip_local_port_range")?;
+    let mut bounds = range
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u16>().ok());
+    let local_port_range = (bounds.next().unwrap_or(0), bounds.next().unwrap_or(0));
+    let mut ports = BTreeSet::new();
+    for table in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+        if let Ok(text) = fs::read_to_string(table) {
+            ports.extend(local_ports(&text));
+        }
+    }
+    let (low, high) = local_port_range;
+    Ok(Occupancy {
+        netns: inode,
+        time_wait,
+        tcp_max_tw_buckets,
+        local_ports_in_use: ports.range(low..=high).count(),
+        local_port_range,
+    })
+}
+
+/// `TCP: inuse 5 orphan 0 tw 3 alloc 6 mem 1` → 3.
+fn parse_sockstat_tw(sockstat: &str) -> Option<u64> {
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.by_ref().find(|w| *w == "tw")?;
+    words.next()?.parse().ok()
+}
+
+/// Local ports of a `/proc/net/tcp{,6}` table (`0100007F:9C40` → 40000).
+fn local_ports(table: &str) -> impl Iterator<Item = u16> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let local = line.split_whitespace().nth(1)?;
+        u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sockstat() {
+        let text =
+            "sockets: used 7\nTCP: inuse 5 orphan 0 tw 3 alloc 6 mem 1\nUDP: inuse 0 mem 0\n";
+        assert_eq!(parse_sockstat_tw(text), Some(3));
+        assert_eq!(parse_sockstat_tw("UDP: inuse 0\n"), None);
+    }
+
+    #[test]
+    fn parses_local_ports() {
+        let table = "  sl  local_address rem_address   st\n\
+                     0: 0100007F:9C40 0100007F:1F90 06 00000000:00000000\n\
+                     1: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A\n";
+        assert_eq!(local_ports(table).collect::<Vec<_>>(), [40000, 80]);
+    }
+
+    #[test]
+    fn a_namespace_nobody_holds_is_gone() {
+        assert!(matches!(occupancy(1), Err(NetnsError::Gone(1))));
+    }
+}

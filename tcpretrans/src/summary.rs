@@ -1,0 +1,90 @@
+//! What a session saw, for the exit summary: counts, and with `--state`
+//! the transitions and each namespace's TIME_WAIT and port occupancy.
+use std::{collections::BTreeMap, fmt};
+
+use crate::{
+    decode::{Event, TcpState},
+    netns::Occupancy,
+};
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub events: u64,
+    /// Events the kernel side could not queue.
+    pub lost: u64,
+    /// Records that did not decode (a kernel/userspace mismatch; never expected).
+    pub malformed: u64,
+    /// The reader of our output went away (`| head`): end quietly.
+    pub output_closed: bool,
+    /// State transitions by (old, new) state name.
+    pub transitions: BTreeMap<(&'static str, &'static str), u64>,
+    /// Network namespaces the events came from.
+    pub namespaces: Vec<u32>,
+    /// Their occupancy at exit (with `--state`), or why it could not be read.
+    pub occupancy: Vec<Result<Occupancy, String>>,
+}
+
+impl Summary {
+    /// Counts an event printed.
+    pub fn count(&mut self, event: &Event) {
+        self.events += 1;
+        let socket = match event {
+            Event::State(change) => {
+                let name = |s: Option<TcpState>| s.map_or("?", TcpState::name);
+                *self
+                    .transitions
+                    .entry((name(change.old_state), name(change.new_state)))
+                    .or_default() += 1;
+                Some(&change.socket)
+            }
+            Event::Retransmit(r) => Some(&r.socket),
+            Event::Reset { socket, .. }
+            | Event::ConnectError { socket, .. }
+            | Event::TimeWaitReuse { socket, .. } => Some(socket),
+            Event::Lost { .. } => None,
+        };
+        if let Some(netns) = socket.and_then(|s| s.netns)
+            && !self.namespaces.contains(&netns)
+        {
+            self.namespaces.push(netns);
+        }
+    }
+
+    /// Lines for stderr after the one-line summary.
+    pub fn details(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if !self.transitions.is_empty() {
+            let counts: Vec<String> = self
+                .transitions
+                .iter()
+                .map(|((old, new), n)| format!("{old}->{new} {n}"))
+                .collect();
+            lines.push(format!("transitions: {}", counts.join(", ")));
+        }
+        for occupancy in &self.occupancy {
+            lines.push(match occupancy {
+                Ok(o) => format!(
+                    "netns {}: TIME_WAIT {} of tcp_max_tw_buckets {}; local ports in use {} of ip_local_port_range {}-{}",
+                    o.netns,
+                    o.time_wait,
+                    o.tcp_max_tw_buckets,
+                    o.local_ports_in_use,
+                    o.local_port_range.0,
+                    o.local_port_range.1
+                ),
+                Err(e) => e.clone(),
+            });
+        }
+        lines
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} events, {} lost", self.events, self.lost)?;
+        if self.malformed > 0 {
+            write!(f, ", {} malformed", self.malformed)?;
+        }
+        Ok(())
+    }
+}
