@@ -292,6 +292,19 @@ pub fn transitions(events: &[&Value]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An established connection inside the namespace: `(client, accepted)`.
+pub fn connected(ns: &Netns, server: SocketAddr) -> (TcpStream, TcpStream) {
+    let (listener, client) = ns
+        .enter(move || {
+            let listener = TcpListener::bind(server).expect("bind");
+            (listener, TcpStream::connect(server).expect("connect"))
+        })
+        .join()
+        .expect("connect");
+    let (accepted, _) = listener.accept().expect("accept");
+    (client, accepted)
+}
+
 /// Connects, exchanges a few bytes, and closes: the client closes first (it
 /// ends in TIME_WAIT), the server after it read the client's FIN. Returns the
 /// client's local address.

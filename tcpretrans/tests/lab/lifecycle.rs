@@ -11,7 +11,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 use serde_json::Value;
 
 use crate::harness::{
-    Netns, Tracer, delta, drop_inbound_matching, of_kind, short_connection, transitions,
+    Netns, Tracer, connected, delta, drop_inbound_matching, of_kind, short_connection, transitions,
 };
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -410,14 +410,7 @@ fn orphan_in_fin_wait1_retransmits_under_tcp_orphan_retries() {
     ns.sysctl("net.ipv4.tcp_orphan_retries", "2");
     let server: SocketAddr = "127.0.0.1:8104".parse().expect("address");
     let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
-    let (listener, client) = ns
-        .enter(move || {
-            let listener = TcpListener::bind(server).expect("bind");
-            (listener, TcpStream::connect(server).expect("connect"))
-        })
-        .join()
-        .expect("connect");
-    let (_accepted, _) = listener.accept().expect("accept");
+    let (client, _accepted) = connected(&ns, server);
     let client_port = client.local_addr().expect("local").port();
     drop_inbound_matching(&ns, &format!("tcp dport {}", server.port()));
     (&client).write_all(&[0x5a; 1000]).expect("write");

@@ -10,8 +10,8 @@ use std::{
 use serde_json::Value;
 
 use crate::harness::{
-    Netns, Tracer, bulk_upload, delta, drop_inbound, drop_inbound_matching, of_kind, of_type,
-    seconds, sent_segments,
+    Netns, Tracer, bulk_upload, connected, delta, drop_inbound, drop_inbound_matching, of_kind,
+    of_type, seconds, sent_segments,
 };
 
 const ETIMEDOUT: i32 = 110;
@@ -125,15 +125,7 @@ fn blackhole_rtos_double_until_the_kernel_gives_up() {
     let server: SocketAddr = "127.0.0.1:5300".parse().expect("address");
     // --state too: the connection's end must say why.
     let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
-    let (listener, client) = ns
-        .enter(move || {
-            let listener = TcpListener::bind(server).expect("bind");
-            let client = TcpStream::connect(server).expect("connect");
-            (listener, client)
-        })
-        .join()
-        .expect("connect");
-    let (_accepted, _) = listener.accept().expect("accept");
+    let (client, _accepted) = connected(&ns, server);
     drop_inbound_matching(&ns, &format!("tcp dport {}", server.port()));
     let before = ns.counters();
     let started = Instant::now();
@@ -376,14 +368,7 @@ fn dropped_tail_segment_is_resent_by_a_loss_probe() {
     let ns = Netns::new("tlp");
     let server: SocketAddr = "127.0.0.1:5600".parse().expect("address");
     let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
-    let (listener, client) = ns
-        .enter(move || {
-            let listener = TcpListener::bind(server).expect("bind");
-            (listener, TcpStream::connect(server).expect("connect"))
-        })
-        .join()
-        .expect("connect");
-    let (mut accepted, _) = listener.accept().expect("accept");
+    let (client, mut accepted) = connected(&ns, server);
     // IPv4 + TCP with timestamps: 20 + 32 header bytes. `limit` matches (and
     // so drops) only the first such packet; the probe gets through.
     drop_inbound_matching(
