@@ -128,6 +128,15 @@ impl ConnectFields {
     };
 }
 
+/// A listening socket, for accepted sockets to inherit its owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
 /// A bitfield member: the byte holding it and its place in that byte.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -615,6 +624,7 @@ const _: () = {
     assert!(size_of::<Bitfield>() == 4);
     assert!(size_of::<TcpOffsets>() == 98);
     assert!(size_of::<ConnectFields>() == 8);
+    assert!(size_of::<ListenerKey>() == 8);
     assert!(size_of::<ConnectErrorEvent>() == 88);
     assert!(size_of::<PendingConnect>() == 32);
     assert!(size_of::<StateFields>() == 20);

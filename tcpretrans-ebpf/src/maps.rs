@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use tcpretrans_common::{
-    ConnectFields, Filter, PendingConnect, ResetFields, RetransmitFields, SockInfo, SockOffsets,
-    StateFields, SynackFields, TcpOffsets,
+    ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
+    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets,
 };
 
 // Globals overridden by userspace at load time (names in `tcpretrans_common::globals`).
@@ -49,6 +49,11 @@ pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65_
 /// Each CPU's copy of the tracepoint record being handled.
 #[map]
 pub static RECORDS: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
+
+/// Owners of listening sockets by (namespace, port): accepted sockets are
+/// created in softirq and inherit them.
+#[map]
+pub static LISTENERS: LruHashMap<ListenerKey, Owner> = LruHashMap::with_max_entries(4096, 0);
 
 /// `connect()` calls between syscall entry and exit, by thread id.
 #[map]

@@ -2,14 +2,16 @@
 //! and its owner, and reports the transitions userspace asked for.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tcpretrans_common::{
-    ConnectErrorEvent, DURATION_UNKNOWN, Owner, SockInfo, StateEvent, event_kind, reset_direction,
+    ConnectErrorEvent, DURATION_UNKNOWN, ListenerKey, Owner, SockInfo, StateEvent, event_kind,
+    reset_direction,
     tcp_state::{
-        CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_SENT,
+        CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
+        SYN_SENT,
     },
 };
 
 use crate::{
-    maps::{FILTER, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, TCP_OFFSETS, reserve, submit},
+    maps::{FILTER, LISTENERS, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, TCP_OFFSETS, reserve, submit},
     owner::{self, write_owner},
     record::{Hit, Record},
     sock::{self, read},
@@ -39,7 +41,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    let tracked = track(skaddr, old_state, new_state, now);
+    let lport: u16 = record.load(fields.flow.sport);
+    let listener = ListenerKey {
+        netns: hit.netns.inum,
+        port: lport,
+        _pad: 0,
+    };
+    let tracked = track(skaddr, old_state, new_state, now, &listener);
     let tcp = TCP_OFFSETS.load();
     let error = if new_state == CLOSE {
         read::<i32>(skaddr, tcp.sk_err)
@@ -58,7 +66,6 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // itself never reports TIME_WAIT).
     let timewait = if new_state == CLOSE {
         if old_state == FIN_WAIT2 || old_state == CLOSING {
-            let lport = record.load(fields.flow.sport);
             sock::timewait_substate(
                 skaddr,
                 hit.netns.net,
@@ -136,8 +143,8 @@ struct Tracked {
 /// Updates the socket's entry. The entry goes away when the socket reaches
 /// CLOSE.
 #[inline(always)]
-fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64) -> Tracked {
-    let caller = process_context_owner(old_state, new_state);
+fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &ListenerKey) -> Tracked {
+    let caller = new_owner(old_state, new_state, listener);
     let tracked = match SOCKETS.get_ptr_mut(skaddr) {
         Some(info) => {
             // SAFETY: valid map value pointer; racing updates of one socket's
@@ -186,14 +193,28 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64) -> Tracked {
     tracked
 }
 
-/// The calling process, for the transitions that only a system call on the
-/// socket makes (connect, listen, close, shutdown). Elsewhere the current task
-/// is whoever the softirq interrupted, not the owner.
+/// The owner a transition reveals: the calling process for the transitions
+/// only a system call on the socket makes (connect, listen, close,
+/// shutdown), and the listener's owner for an accepted socket being created
+/// (in softirq, where the current task is whoever was interrupted).
+/// Listeners are remembered by (namespace, port) while they listen.
 #[inline(always)]
-fn process_context_owner(old_state: u8, new_state: u8) -> Option<Owner> {
-    let syscall_driven = matches!(
-        (old_state, new_state),
-        (CLOSE, SYN_SENT) | (CLOSE, LISTEN) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK)
-    );
-    syscall_driven.then(owner::current)
+fn new_owner(old_state: u8, new_state: u8, listener: &ListenerKey) -> Option<Owner> {
+    match (old_state, new_state) {
+        (CLOSE, LISTEN) => {
+            let owner = owner::current();
+            let _ = LISTENERS.insert(listener, owner, 0);
+            Some(owner)
+        }
+        (LISTEN, CLOSE) => {
+            let _ = LISTENERS.remove(listener);
+            None
+        }
+        // SAFETY: the owner is copied out at once.
+        (LISTEN, SYN_RECV) => unsafe { LISTENERS.get(listener) }.copied(),
+        (CLOSE, SYN_SENT) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => {
+            Some(owner::current())
+        }
+        _ => None,
+    }
 }

@@ -1,5 +1,11 @@
 //! Loads the kernel programs with this kernel's layouts and the user's
 //! filters, and attaches them.
+use std::{
+    fs,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+};
+
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, PerCpuArray, RingBuf},
@@ -80,18 +86,37 @@ pub struct Tracer {
     pub lost: LostCounter,
 }
 
-/// The kernel side's per-CPU count of events it could not queue.
-pub struct LostCounter(PerCpuArray<MapData, u64>);
+/// Events the kernel side lost: those it could not queue (per-CPU counter),
+/// and program runs the kernel skipped because another tracing program was
+/// running on that CPU (a softirq interrupting one; `recursion_misses`).
+pub struct LostCounter {
+    ring_full: PerCpuArray<MapData, u64>,
+    /// `/proc/self/fdinfo` of each program.
+    fdinfo: Vec<PathBuf>,
+}
 
 impl LostCounter {
-    /// Events dropped since load, summed over CPUs.
+    /// Events lost since load.
     pub fn total(&self) -> Result<u64, LoadError> {
-        let per_cpu = self.0.get(&0, 0).map_err(|source| LoadError::Map {
+        let per_cpu = self.ring_full.get(&0, 0).map_err(|source| LoadError::Map {
             map: "LOST",
             source,
         })?;
-        Ok(per_cpu.iter().sum())
+        let skipped: u64 = self.fdinfo.iter().map(|path| recursion_misses(path)).sum();
+        Ok(per_cpu.iter().sum::<u64>() + skipped)
     }
+}
+
+/// The `recursion_misses:` line of a program's fdinfo (0 if unreadable).
+fn recursion_misses(fdinfo: &Path) -> u64 {
+    fs::read_to_string(fdinfo)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("recursion_misses:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 impl Tracer {
@@ -147,12 +172,20 @@ impl Tracer {
                 })?;
         }
 
+        let fdinfo = ebpf
+            .programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .map(|fd| PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())))
+            .collect();
         let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
         let lost = take_map(&mut ebpf, "LOST", PerCpuArray::try_from)?;
         Ok(Self {
             programs: ebpf,
             ring,
-            lost: LostCounter(lost),
+            lost: LostCounter {
+                ring_full: lost,
+                fdinfo,
+            },
         })
     }
 }

@@ -4,6 +4,7 @@
 mod degraded;
 mod harness;
 mod lifecycle;
+mod owners;
 mod ports;
 mod retransmit;
 mod session;

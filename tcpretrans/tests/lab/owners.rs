@@ -1,0 +1,96 @@
+//! The right process for events that fire in softirq.
+use std::{
+    io::Read,
+    net::TcpStream,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::harness::{Netns, Tracer, drop_inbound_matching, of_kind};
+
+/// A server in a process of its own: accepts one connection and sends it
+/// `bytes`, then exits.
+const SERVER: &str = "\
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('ready', flush=True)
+c, _ = s.accept(); c.sendall(b'x' * int(sys.argv[2])); c.close()
+";
+
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn server_retransmits_in_softirq_belong_to_the_server_process() {
+    const BYTES: usize = 4 << 20;
+    let ns = Netns::new("owner");
+    ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    let port = 8300u16;
+    // Loss on the way to the client: the server retransmits.
+    drop_inbound_matching(&ns, &format!("tcp sport {port} numgen random mod 100 < 10"));
+    let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "python3",
+            "-c",
+            SERVER,
+            &port.to_string(),
+            &BYTES.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 server");
+    let mut ready = [0; 6];
+    server
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut ready)
+        .expect("server ready");
+    let received = ns
+        .enter(move || {
+            let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            client
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let mut total = 0;
+            let mut buf = vec![0; 64 * 1024];
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                match client.read(&mut buf).expect("read") {
+                    0 => break,
+                    n => total += n,
+                }
+            }
+            total
+        })
+        .join()
+        .expect("client");
+    let server_pid = server.id();
+    assert!(server.wait().expect("server").success());
+    thread::sleep(Duration::from_millis(50));
+    let events = tracer.stop().events();
+    assert_eq!(received, BYTES);
+
+    let server_side: Vec<_> = of_kind(&events, "retransmit")
+        .into_iter()
+        .filter(|e| e["lport"] == port)
+        .collect();
+    assert!(
+        !server_side.is_empty(),
+        "10% loss toward the client must make the server retransmit"
+    );
+    for event in &server_side {
+        assert_eq!(
+            (&event["pid"], &event["comm"]),
+            (&server_pid.into(), &"python3".into()),
+            "{event}"
+        );
+    }
+    eprintln!(
+        "server-side retransmits: {} events, all attributed to python3 pid {server_pid}",
+        server_side.len()
+    );
+}
