@@ -219,6 +219,11 @@ pub struct TcpOffsets {
     pub socket_file: u16,
     /// `struct sock` → `sk_protocol` (a `u16` since 5.6).
     pub sk_protocol: u16,
+    // From a socket to its inode number: sock → sk_socket (struct socket,
+    // the first member of struct socket_alloc) → vfs_inode → i_ino.
+    pub sk_socket: u16,
+    pub socket_alloc_inode: u16,
+    pub inode_ino: u16,
     /// `struct inet_timewait_sock` → `tw_substate`.
     pub tw_substate: u16,
     /// `struct net` → `ipv4.tcp_death_row.hashinfo`.
@@ -275,6 +280,9 @@ impl TcpOffsets {
         socket_sk: ABSENT,
         socket_file: ABSENT,
         sk_protocol: ABSENT,
+        sk_socket: ABSENT,
+        socket_alloc_inode: ABSENT,
+        inode_ino: ABSENT,
         tw_substate: ABSENT,
         net_tw_hashinfo: ABSENT,
         hashinfo_ehash: ABSENT,
@@ -450,6 +458,10 @@ pub struct EventHeader {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
     pub timestamp_ns: u64,
     pub skaddr: u64,
+    /// The socket's inode when its owner is unknown to the kernel side (a
+    /// socket older than the tracer): userspace finds the process holding
+    /// it in /proc. 0 otherwise.
+    pub sock_ino: u64,
 }
 
 /// A connection's addresses. For IPv4 sockets the addresses are IPv4-mapped
@@ -622,20 +634,20 @@ const _: () = {
     assert!(size_of::<RetransmitFields>() == 20);
     assert!(size_of::<SynackFields>() == 14);
     assert!(size_of::<Bitfield>() == 4);
-    assert!(size_of::<TcpOffsets>() == 98);
+    assert!(size_of::<TcpOffsets>() == 104);
     assert!(size_of::<ConnectFields>() == 8);
     assert!(size_of::<ListenerKey>() == 8);
-    assert!(size_of::<ConnectErrorEvent>() == 88);
+    assert!(size_of::<ConnectErrorEvent>() == 96);
     assert!(size_of::<PendingConnect>() == 32);
     assert!(size_of::<StateFields>() == 20);
     assert!(size_of::<SockOffsets>() == 4);
     assert!(size_of::<Filter>() == 12);
-    assert!(size_of::<EventHeader>() == 24);
+    assert!(size_of::<EventHeader>() == 32);
     assert!(size_of::<Flow>() == 36);
     assert!(size_of::<Owner>() == 24);
-    assert!(size_of::<RetransmitEvent>() == 136);
-    assert!(size_of::<StateEvent>() == 104);
-    assert!(size_of::<ResetEvent>() == 88);
+    assert!(size_of::<RetransmitEvent>() == 144);
+    assert!(size_of::<StateEvent>() == 112);
+    assert!(size_of::<ResetEvent>() == 96);
     assert!(size_of::<ResetFields>() == 4);
     assert!(align_of::<StateEvent>() == 8);
     assert!(size_of::<SockInfo>() == 40);

@@ -39,7 +39,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
-    let fields = CONNECT_FIELDS.load();
+    let fields = CONNECT_FIELDS.get();
     if fields.enter_fd == ABSENT {
         return Ok(());
     }
@@ -54,13 +54,13 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: user memory is read with the faulting-safe helper.
     let head: [u8; 8] = unsafe { bpf_probe_read_user(uservaddr as *const [u8; 8]) }?;
     let family = u16::from_ne_bytes([head[0], head[1]]);
-    let filter = FILTER.load();
+    let filter = FILTER.get();
     if (family != AF_INET && family != AF_INET6) || !filter.keeps_family(family) {
         return Ok(());
     }
-    let tcp = TCP_OFFSETS.load();
-    let sk = tcp_socket_of_fd(fd, &tcp);
-    if sk == 0 || sock::netns_passing(sk, &SOCK_OFFSETS.load(), &filter).is_none() {
+    let tcp = TCP_OFFSETS.get();
+    let sk = tcp_socket_of_fd(fd, tcp);
+    if sk == 0 || sock::netns_passing(sk, SOCK_OFFSETS.get(), filter).is_none() {
         return Ok(());
     }
     let daddr: [u8; 16] = if family == AF_INET6 {
@@ -88,7 +88,7 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
-    let fields = CONNECT_FIELDS.load();
+    let fields = CONNECT_FIELDS.get();
     let tid = thread_id();
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { CONNECTS.get(tid) }).copied() else {
@@ -100,7 +100,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     if ret == 0 {
         return Ok(());
     }
-    let tcp = TCP_OFFSETS.load();
+    let tcp = TCP_OFFSETS.get();
     let mut errno = (-ret) as i32;
     if ret == -EINPROGRESS {
         // The handshake goes on after the syscall (on loopback it can even
@@ -116,8 +116,8 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
     let netns =
-        sock::netns_passing(pending.sk, &SOCK_OFFSETS.load(), &FILTER.load()).map_or(0, |n| n.inum);
-    let local = sock::flow(pending.sk, &tcp).map(|(flow, _)| flow);
+        sock::netns_passing(pending.sk, SOCK_OFFSETS.get(), FILTER.get()).map_or(0, |n| n.inum);
+    let local = sock::flow(pending.sk, tcp).map(|(flow, _)| flow);
     let Some(mut entry) = reserve::<ConnectErrorEvent>() else {
         return Ok(());
     };
@@ -132,6 +132,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
             netns,
             timestamp_ns: bpf_ktime_get_ns(),
             skaddr: pending.sk,
+            sock_ino: 0,
         });
         (&raw mut (*event).owner).write(owner::current());
         (&raw mut (*event).flow).write(Flow {

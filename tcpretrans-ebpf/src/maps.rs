@@ -1,7 +1,8 @@
 //! Maps, load-time globals, and the ring-buffer discipline shared by all programs.
 use crate::record::Record;
+use core::cell::UnsafeCell;
+
 use aya_ebpf::{
-    Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
@@ -11,26 +12,48 @@ use tcpretrans_common::{
     SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets,
 };
 
-// Globals overridden by userspace at load time (names in `tcpretrans_common::globals`).
-// The defaults keep nothing.
+/// A value userspace writes at load time (`EbpfLoader::override_global`,
+/// names in `tcpretrans_common::globals`), read in place. `aya_ebpf::Global`
+/// copies the whole value on every read, and copies of these structs cost
+/// BPF stack; here fields are read through a reference. The `UnsafeCell`
+/// makes the symbol writable (it lands in `.data`), so the compiler cannot
+/// fold reads to the compiled-in default. The defaults keep nothing.
+#[repr(transparent)]
+pub struct Config<T>(UnsafeCell<T>);
+
+// SAFETY: written only by the loader, before any program runs.
+unsafe impl<T> Sync for Config<T> {}
+
+impl<T> Config<T> {
+    pub const fn new(value: T) -> Self {
+        Self(UnsafeCell::new(value))
+    }
+
+    #[inline(always)]
+    pub fn get(&'static self) -> &'static T {
+        // SAFETY: nothing writes the value while programs run.
+        unsafe { &*self.0.get() }
+    }
+}
+
 #[unsafe(no_mangle)]
-pub static RETRANSMIT_FIELDS: Global<RetransmitFields> = Global::new(RetransmitFields::ABSENT);
+pub static RETRANSMIT_FIELDS: Config<RetransmitFields> = Config::new(RetransmitFields::ABSENT);
 #[unsafe(no_mangle)]
-pub static STATE_FIELDS: Global<StateFields> = Global::new(StateFields::ABSENT);
+pub static STATE_FIELDS: Config<StateFields> = Config::new(StateFields::ABSENT);
 #[unsafe(no_mangle)]
-pub static SYNACK_FIELDS: Global<SynackFields> = Global::new(SynackFields::ABSENT);
+pub static SYNACK_FIELDS: Config<SynackFields> = Config::new(SynackFields::ABSENT);
 #[unsafe(no_mangle)]
-pub static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::UNKNOWN);
+pub static SOCK_OFFSETS: Config<SockOffsets> = Config::new(SockOffsets::UNKNOWN);
 #[unsafe(no_mangle)]
-pub static TCP_OFFSETS: Global<TcpOffsets> = Global::new(TcpOffsets::UNKNOWN);
+pub static TCP_OFFSETS: Config<TcpOffsets> = Config::new(TcpOffsets::UNKNOWN);
 #[unsafe(no_mangle)]
-pub static RESET_FIELDS: Global<ResetFields> = Global::new(ResetFields::ABSENT);
+pub static RESET_FIELDS: Config<ResetFields> = Config::new(ResetFields::ABSENT);
 #[unsafe(no_mangle)]
-pub static CONNECT_FIELDS: Global<ConnectFields> = Global::new(ConnectFields::ABSENT);
+pub static CONNECT_FIELDS: Config<ConnectFields> = Config::new(ConnectFields::ABSENT);
 #[unsafe(no_mangle)]
-pub static FILTER: Global<Filter> = Global::new(Filter::KEEP_ALL);
+pub static FILTER: Config<Filter> = Config::new(Filter::KEEP_ALL);
 #[unsafe(no_mangle)]
-pub static WAKEUP_BYTES: Global<u32> = Global::new(0);
+pub static WAKEUP_BYTES: Config<u32> = Config::new(0);
 
 /// All events, in order. Userspace sets the real size at load time.
 #[map]
@@ -77,7 +100,7 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
 #[inline(always)]
 pub fn submit<T: 'static>(entry: RingBufEntry<T>) {
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA.into());
-    let flags = if pending >= u64::from(WAKEUP_BYTES.load()) {
+    let flags = if pending >= u64::from(*WAKEUP_BYTES.get()) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -103,7 +103,7 @@ impl Record {
             return Ok(None);
         };
         let sk: u64 = record.load(fields.skaddr);
-        let Some(netns) = sock::netns_passing(sk, &SOCK_OFFSETS.load(), filter) else {
+        let Some(netns) = sock::netns_passing(sk, SOCK_OFFSETS.get(), filter) else {
             return Ok(None);
         };
         Ok(Some(Hit {
@@ -139,6 +139,7 @@ impl Hit {
         kind: u8,
         timestamp_ns: u64,
         skaddr: u64,
+        sock_ino: u64,
         head: *mut EventHeader,
         flow: *mut Flow,
     ) {
@@ -151,6 +152,7 @@ impl Hit {
                 netns: self.netns.inum,
                 timestamp_ns,
                 skaddr,
+                sock_ino,
             });
             let flow = &mut *flow;
             self.record.copy_addr(self.fields.saddr_v6, &mut flow.saddr);

@@ -14,7 +14,7 @@ use crate::{
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    match try_reset(&ctx, RESET_FIELDS.load().send_skaddr, reset_direction::SENT) {
+    match try_reset(&ctx, RESET_FIELDS.get().send_skaddr, reset_direction::SENT) {
         Ok(()) | Err(_) => 0,
     }
 }
@@ -23,7 +23,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     match try_reset(
         &ctx,
-        RESET_FIELDS.load().receive_skaddr,
+        RESET_FIELDS.get().receive_skaddr,
         reset_direction::RECEIVED,
     ) {
         Ok(()) | Err(_) => 0,
@@ -40,15 +40,15 @@ fn try_reset(ctx: &TracePointContext, skaddr: u16, direction: u8) -> Result<(), 
     if sk == 0 {
         return Ok(());
     }
-    let filter = FILTER.load();
-    let tcp = TCP_OFFSETS.load();
-    let Some((flow, family)) = sock::flow(sk, &tcp) else {
+    let filter = FILTER.get();
+    let tcp = TCP_OFFSETS.get();
+    let Some((flow, family)) = sock::flow(sk, tcp) else {
         return Ok(());
     };
     if !filter.keeps_family(family) {
         return Ok(());
     }
-    let Some(netns) = sock::netns_passing(sk, &SOCK_OFFSETS.load(), &filter) else {
+    let Some(netns) = sock::netns_passing(sk, SOCK_OFFSETS.get(), filter) else {
         return Ok(());
     };
     let info = SOCKETS.get_ptr_mut(sk);
@@ -59,6 +59,9 @@ fn try_reset(ctx: &TracePointContext, skaddr: u16, direction: u8) -> Result<(), 
     if filter.flags & filter_flags::STATE_EVENTS == 0 {
         return Ok(());
     }
+    // SAFETY (map value): copied at once, as for retransmissions.
+    let (owner, sock_ino) =
+        sock::owner_or_inode(sk, info.map(|info| unsafe { &(*info).owner }), tcp);
     let Some(mut entry) = reserve::<ResetEvent>() else {
         return Ok(());
     };
@@ -79,10 +82,10 @@ fn try_reset(ctx: &TracePointContext, skaddr: u16, direction: u8) -> Result<(), 
             netns: netns.inum,
             timestamp_ns: bpf_ktime_get_ns(),
             skaddr: sk,
+            sock_ino,
         });
         (&raw mut (*event).flow).write(flow);
-        // SAFETY (map value): copied at once, as for retransmissions.
-        write_owner(&raw mut (*event).owner, info.map(|info| &(*info).owner));
+        write_owner(&raw mut (*event).owner, owner);
         (&raw mut (*event).direction).write(direction);
         (&raw mut (*event).state).write(read(sk, tcp.skc_state));
         (&raw mut (*event)._pad).write(0);

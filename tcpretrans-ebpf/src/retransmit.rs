@@ -24,15 +24,15 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 }
 
 fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
-    let fields = RETRANSMIT_FIELDS.load();
-    let Some(hit) = Record::filtered(ctx, &fields.flow, &FILTER.load())? else {
+    let fields = RETRANSMIT_FIELDS.get();
+    let Some(hit) = Record::filtered(ctx, &fields.flow, FILTER.get())? else {
         return Ok(());
     };
     let (record, sk) = (hit.record, hit.sk);
     let skb: u64 = record.load(fields.skbaddr);
     let state = record.optional::<i32>(fields.state).unwrap_or(0) as u8;
-    let tcp = TCP_OFFSETS.load();
-    let (budget, budget_limit, syn_linear_timeouts) = retry_budget(sk, hit.netns.net, state, &tcp);
+    let tcp = TCP_OFFSETS.get();
+    let (budget, budget_limit, syn_linear_timeouts) = retry_budget(sk, hit.netns.net, state, tcp);
 
     let Some(mut entry) = reserve::<RetransmitEvent>() else {
         return Ok(());
@@ -42,21 +42,21 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
     // field is written before submit.
     unsafe {
         let now = bpf_ktime_get_ns();
+        let (owner, sock_ino) =
+            sock::owner_or_inode(sk, SOCKETS.get(sk).map(|info| &info.owner), tcp);
         hit.write_head(
             event_kind::RETRANSMIT,
             now,
             sk,
+            sock_ino,
             &raw mut (*event).header,
             &raw mut (*event).flow,
         );
-        write_owner(
-            &raw mut (*event).owner,
-            SOCKETS.get(sk).map(|info| &info.owner),
-        );
+        write_owner(&raw mut (*event).owner, owner);
         (&raw mut (*event).state).write(state);
         (&raw mut (*event).ca_state).write(read_bitfield(sk, tcp.icsk_ca_state));
         (&raw mut (*event).pending).write(read(sk, tcp.icsk_pending));
-        (&raw mut (*event).timer_due).write(timer_due(sk, &tcp));
+        (&raw mut (*event).timer_due).write(timer_due(sk, tcp));
         (&raw mut (*event).backoff).write(read(sk, tcp.icsk_backoff));
         (&raw mut (*event).err).write(record.optional(fields.err).unwrap_or(0));
         (&raw mut (*event).retransmits).write(read(sk, tcp.icsk_retransmits));

@@ -2,7 +2,7 @@
 //! offsets userspace resolved from BTF. Unknown offsets read as 0.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tcpretrans_common::{
-    ABSENT, AF_INET6, Bitfield, Filter, Flow, SockOffsets, TcpOffsets, tcp_state::TIME_WAIT,
+    ABSENT, AF_INET6, Bitfield, Filter, Flow, Owner, SockOffsets, TcpOffsets, tcp_state::TIME_WAIT,
 };
 
 /// `base + offset` as a `T`; 0 when the offset is unknown or the read fails.
@@ -74,12 +74,17 @@ pub fn flow(sk: u64, tcp: &TcpOffsets) -> Option<(Flow, u16)> {
     Some((flow, family))
 }
 
+/// Chain entries looked at for a connection's timewait socket.
+const TIMEWAIT_SEARCH_DEPTH: usize = 4;
+
 /// What took over a connection leaving `FIN_WAIT2`/`CLOSING` for `CLOSE`:
 /// the `tw_substate` of its timewait socket, or 0 when none did (TIME_WAIT
 /// bucket overflow). `tcp_time_wait()` puts the timewait socket at the head
 /// of the connection's ehash bucket just before the transition. `lport` is
 /// the record's: by now `inet_put_port()` has zeroed the socket's `skc_num`.
-#[inline(always)]
+/// Its own BPF function: it runs only on the way to CLOSE, and inlined, its
+/// loop made LLVM spill a pointer in a way the verifier rejects.
+#[inline(never)]
 pub fn timewait_substate(sk: u64, net: u64, lport: u16, tcp: &TcpOffsets, sk_net: u16) -> u8 {
     if tcp.hashinfo_ehash == ABSENT || tcp.skc_nulls_node == ABSENT || tcp.tw_substate == ABSENT {
         return 0;
@@ -89,21 +94,51 @@ pub fn timewait_substate(sk: u64, net: u64, lport: u16, tcp: &TcpOffsets, sk_net
     let mask: u32 = read(hashinfo, tcp.hashinfo_ehash_mask);
     let hash: u32 = read(sk, tcp.skc_hash);
     // `struct inet_ehash_bucket` is one `hlist_nulls_head`: a pointer.
-    let first: u64 = read(ehash + u64::from(hash & mask) * 8, 0);
-    // An empty chain ends in a "nulls" marker with bit 0 set.
-    if first == 0 || first & 1 == 1 {
+    let mut node: u64 = read(ehash + u64::from(hash & mask) * 8, 0);
+    // The timewait socket went in at the head; other sockets hashing to
+    // this bucket (any namespace) may have been added since: look a few
+    // entries down.
+    for _ in 0..TIMEWAIT_SEARCH_DEPTH {
+        // A chain ends in a "nulls" marker with bit 0 set.
+        if node == 0 || node & 1 == 1 {
+            break;
+        }
+        let tw = node - u64::from(tcp.skc_nulls_node);
+        let same_connection = read::<u8>(tw, tcp.skc_state) == TIME_WAIT
+            && read::<u16>(tw, tcp.skc_portpair) == read::<u16>(sk, tcp.skc_portpair)
+            && read::<u16>(tw, tcp.skc_portpair + 2) == lport
+            && read::<u64>(tw, tcp.skc_addrpair) == read::<u64>(sk, tcp.skc_addrpair)
+            && read::<u64>(tw, sk_net) == net;
+        if same_connection {
+            return read(tw, tcp.tw_substate);
+        }
+        // `hlist_nulls_node.next` is its first member.
+        node = read(node, 0);
+    }
+    0
+}
+
+/// The socket's inode number (what `/proc/PID/fd` links name), or 0.
+#[inline(always)]
+pub fn inode(sk: u64, tcp: &TcpOffsets) -> u64 {
+    let socket: u64 = read(sk, tcp.sk_socket);
+    if socket == 0 || tcp.socket_alloc_inode == ABSENT {
         return 0;
     }
-    let tw = first - u64::from(tcp.skc_nulls_node);
-    let same_connection = read::<u8>(tw, tcp.skc_state) == TIME_WAIT
-        && read::<u16>(tw, tcp.skc_portpair) == read::<u16>(sk, tcp.skc_portpair)
-        && read::<u16>(tw, tcp.skc_portpair + 2) == lport
-        && read::<u64>(tw, tcp.skc_addrpair) == read::<u64>(sk, tcp.skc_addrpair)
-        && read::<u64>(tw, sk_net) == net;
-    if same_connection {
-        read(tw, tcp.tw_substate)
-    } else {
-        0
+    read(socket + u64::from(tcp.socket_alloc_inode), tcp.inode_ino)
+}
+
+/// What an event says about a socket's owner: the owner if known, else the
+/// socket's inode for userspace to look up.
+#[inline(always)]
+pub fn owner_or_inode<'a>(
+    sk: u64,
+    owner: Option<&'a Owner>,
+    tcp: &TcpOffsets,
+) -> (Option<&'a Owner>, u64) {
+    match owner.filter(|o| o.pid != 0) {
+        Some(owner) => (Some(owner), 0),
+        None => (None, inode(sk, tcp)),
     }
 }
 

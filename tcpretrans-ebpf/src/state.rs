@@ -27,9 +27,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
-    let fields = STATE_FIELDS.load();
-    let filter = FILTER.load();
-    let Some(hit) = Record::filtered(ctx, &fields.flow, &filter)? else {
+    let fields = STATE_FIELDS.get();
+    let filter = FILTER.get();
+    let Some(hit) = Record::filtered(ctx, &fields.flow, filter)? else {
         return Ok(());
     };
     let (record, skaddr) = (hit.record, hit.sk);
@@ -48,7 +48,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         _pad: 0,
     };
     let tracked = track(skaddr, old_state, new_state, now, &listener);
-    let tcp = TCP_OFFSETS.load();
+    let tcp = TCP_OFFSETS.get();
     let error = if new_state == CLOSE {
         read::<i32>(skaddr, tcp.sk_err)
     } else {
@@ -66,13 +66,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // itself never reports TIME_WAIT).
     let timewait = if new_state == CLOSE {
         if old_state == FIN_WAIT2 || old_state == CLOSING {
-            sock::timewait_substate(
-                skaddr,
-                hit.netns.net,
-                lport,
-                &tcp,
-                SOCK_OFFSETS.load().sk_net,
-            )
+            sock::timewait_substate(skaddr, hit.netns.net, lport, tcp, SOCK_OFFSETS.get().sk_net)
         } else {
             0
         }
@@ -86,21 +80,23 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: `event` points at a reserved slot of the event's size; every
     // field is written before submit.
     unsafe {
+        let (owner, sock_ino) = sock::owner_or_inode(skaddr, tracked.owner.as_ref(), tcp);
         hit.write_head(
             event_kind::STATE,
             now,
             skaddr,
+            sock_ino,
             &raw mut (*event).header,
             &raw mut (*event).flow,
         );
-        write_owner(&raw mut (*event).owner, tracked.owner.as_ref());
+        write_owner(&raw mut (*event).owner, owner);
         (&raw mut (*event).prev_state_ns).write(tracked.prev_state_ns);
         (&raw mut (*event).old_state).write(old_state);
         (&raw mut (*event).new_state).write(new_state);
         (&raw mut (*event).timewait).write(timewait);
         (&raw mut (*event).reset).write(tracked.reset);
         (&raw mut (*event).error).write(error);
-        (&raw mut (*event).orphan).write(sock::orphan(skaddr, &tcp));
+        (&raw mut (*event).orphan).write(sock::orphan(skaddr, tcp));
         (&raw mut (*event)._pad0).write(0);
         (&raw mut (*event)._pad1).write(0);
     }
@@ -120,6 +116,7 @@ fn report_connect_error(hit: &Hit, errno: i32, owner: Option<&Owner>, now: u64) 
             event_kind::CONNECT_ERROR,
             now,
             hit.sk,
+            0,
             &raw mut (*event).header,
             &raw mut (*event).flow,
         );

@@ -7,7 +7,7 @@ use crate::{
     maps::{FILTER, SOCKETS, SYNACK_FIELDS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
     record::Record,
-    sock::{read, read_bitfield},
+    sock::{self, read, read_bitfield},
 };
 
 /// `TCPHDR_SYN | TCPHDR_ACK`.
@@ -21,13 +21,13 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 }
 
 fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
-    let fields = SYNACK_FIELDS.load();
-    let Some(hit) = Record::filtered(ctx, &fields.flow, &FILTER.load())? else {
+    let fields = SYNACK_FIELDS.get();
+    let Some(hit) = Record::filtered(ctx, &fields.flow, FILTER.get())? else {
         return Ok(());
     };
     let listener = hit.sk;
     let req: u64 = hit.record.load(fields.req);
-    let tcp = TCP_OFFSETS.load();
+    let tcp = TCP_OFFSETS.get();
     // The timer that fired was armed for `timeout << num_timeout`.
     let num_timeout = read_bitfield(req, tcp.req_num_timeout);
     let timeout: u32 = read(req, tcp.req_timeout);
@@ -46,18 +46,18 @@ fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
     // field is written before submit.
     unsafe {
         let now = bpf_ktime_get_ns();
+        // Accepted connections belong to whoever listens.
+        let (owner, sock_ino) =
+            sock::owner_or_inode(listener, SOCKETS.get(listener).map(|info| &info.owner), tcp);
         hit.write_head(
             event_kind::SYNACK,
             now,
             req,
+            sock_ino,
             &raw mut (*event).header,
             &raw mut (*event).flow,
         );
-        // Accepted connections belong to whoever listens.
-        write_owner(
-            &raw mut (*event).owner,
-            SOCKETS.get(listener).map(|info| &info.owner),
-        );
+        write_owner(&raw mut (*event).owner, owner);
         (&raw mut (*event).state).write(SYN_RECV);
         (&raw mut (*event).ca_state).write(0);
         (&raw mut (*event).pending).write(0);

@@ -394,13 +394,16 @@ pub const FILE_PRIVATE_DATA: Member = member("file", &["private_data"]);
 pub const SOCKET_SK: Member = member("socket", &["sk"]);
 pub const SOCKET_FILE: Member = member("socket", &["file"]);
 pub const SK_PROTOCOL: Member = member("sock", &["sk_protocol"]);
+pub const SK_SOCKET: Member = member("sock", &["sk_socket"]);
+pub const SOCKET_ALLOC_INODE: Member = member("socket_alloc", &["vfs_inode"]);
+pub const INODE_INO: Member = member("inode", &["i_ino"]);
 pub const TW_SUBSTATE: Member = member("inet_timewait_sock", &["tw_substate"]);
 pub const NET_TW_HASHINFO: Member = member("net", &["ipv4", "tcp_death_row", "hashinfo"]);
 pub const HASHINFO_EHASH: Member = member("inet_hashinfo", &["ehash"]);
 pub const HASHINFO_EHASH_MASK: Member = member("inet_hashinfo", &["ehash_mask"]);
 
 /// Every member the kernel programs use.
-pub const MEMBERS: [Member; 49] = [
+pub const MEMBERS: [Member; 52] = [
     SK_NET,
     NET_INUM,
     SK_FLAGS,
@@ -446,6 +449,9 @@ pub const MEMBERS: [Member; 49] = [
     SOCKET_SK,
     SOCKET_FILE,
     SK_PROTOCOL,
+    SK_SOCKET,
+    SOCKET_ALLOC_INODE,
+    INODE_INO,
     TW_SUBSTATE,
     NET_TW_HASHINFO,
     HASHINFO_EHASH,
@@ -579,6 +585,9 @@ pub fn resolve(btf: &Btf) -> Resolved {
         socket_sk: byte(SOCKET_SK),
         socket_file: byte(SOCKET_FILE),
         sk_protocol: byte(SK_PROTOCOL),
+        sk_socket: byte(SK_SOCKET),
+        socket_alloc_inode: byte(SOCKET_ALLOC_INODE),
+        inode_ino: byte(INODE_INO),
         tw_substate: byte(TW_SUBSTATE),
         net_tw_hashinfo: byte(NET_TW_HASHINFO),
         hashinfo_ehash: byte(HASHINFO_EHASH),

@@ -147,6 +147,8 @@ pub struct Socket {
     pub netns: Option<u32>,
     pub skaddr: u64,
     pub owner: Option<Process>,
+    /// The socket's inode, when the kernel side did not know its owner.
+    pub inode: Option<u64>,
 }
 
 /// What triggered a retransmission.
@@ -620,6 +622,7 @@ fn socket(header: &EventHeader, flow: &Flow, owner: &Owner, clock: &Clock) -> So
         netns: (header.netns != 0).then_some(header.netns),
         skaddr: header.skaddr,
         owner: process(owner),
+        inode: (header.sock_ino != 0).then_some(header.sock_ino),
     }
 }
 
@@ -682,6 +685,7 @@ pub(crate) mod tests {
             netns: 4026532289,
             timestamp_ns: 2_000_000_123,
             skaddr: 0xffff_8880_1234_5678,
+            sock_ino: 0,
         }
     }
 
@@ -755,6 +759,9 @@ pub(crate) mod tests {
             socket_sk: 1,
             socket_file: 1,
             sk_protocol: 1,
+            sk_socket: 1,
+            socket_alloc_inode: 1,
+            inode_ino: 1,
             tw_substate: 1,
             net_tw_hashinfo: 1,
             hashinfo_ehash: 1,

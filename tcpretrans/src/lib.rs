@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod loader;
 pub mod netns;
 pub mod output;
+pub mod owners;
 pub mod summary;
 pub mod timewait;
 pub mod trace;

@@ -124,6 +124,7 @@ mod tests {
                 netns: Some(1),
                 skaddr: 0xffff,
                 owner: None,
+                inode: None,
             },
             old_state: Some(old),
             new_state: Some(new),

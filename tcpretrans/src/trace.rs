@@ -23,6 +23,7 @@ use crate::{
     loader::{LoadError, LostCounter, Plan, Tracer},
     netns,
     output::{self, Output},
+    owners::Owners,
     summary::Summary,
     timewait::TimeWaits,
     tracefs::{FormatError, Tracefs},
@@ -182,6 +183,7 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
 /// Drains the ring buffer into the output and keeps the session's counts.
 struct Consumer<'a> {
     decoder: Decoder,
+    owners: Owners,
     time_waits: TimeWaits,
     out: &'a mut dyn Output,
     summary: Summary,
@@ -191,7 +193,8 @@ impl Consumer<'_> {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         while let Some(record) = ring.next() {
             match self.decoder.decode(&record) {
-                Ok(event) => {
+                Ok(mut event) => {
+                    self.owners.resolve(&mut event);
                     self.summary.count(&event);
                     self.out.event(&event)?;
                     if let Some(reuse) = self.time_waits.observe(&event) {
@@ -255,6 +258,7 @@ async fn consume(
         .map_err(|e| TraceError::Poll(e.into()))?;
     let mut consumer = Consumer {
         decoder,
+        owners: Owners::default(),
         time_waits: TimeWaits::new(TIME_WAITS_REMEMBERED),
         out,
         summary: Summary::default(),

@@ -309,6 +309,7 @@ mod tests {
             netns: Some(4026532289),
             skaddr: 0xffff_8880_0abc_d000,
             owner,
+            inode: None,
         }
     }
 

@@ -253,6 +253,7 @@ mod tests {
             netns: Some(1),
             skaddr: 0xffff,
             owner,
+            inode: None,
         }
     }
 

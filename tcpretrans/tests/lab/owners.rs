@@ -1,13 +1,13 @@
 //! The right process for events that fire in softirq.
 use std::{
-    io::Read,
+    io::{Read, Write},
     net::TcpStream,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use crate::harness::{Netns, Tracer, drop_inbound_matching, of_kind};
+use crate::harness::{Netns, Tracer, connected, drop_inbound_matching, of_kind};
 
 /// A server in a process of its own: accepts one connection and sends it
 /// `bytes`, then exits.
@@ -92,5 +92,49 @@ fn server_retransmits_in_softirq_belong_to_the_server_process() {
     eprintln!(
         "server-side retransmits: {} events, all attributed to python3 pid {server_pid}",
         server_side.len()
+    );
+}
+
+/// The connection exists before the tracer: its owner comes from /proc.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn a_connection_older_than_the_tracer_is_attributed_through_proc() {
+    const BYTES: usize = 4 << 20;
+    let ns = Netns::new("older");
+    ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    let server: std::net::SocketAddr = "127.0.0.1:8301".parse().expect("address");
+    let (client, mut accepted) = connected(&ns, server);
+    let client_port = client.local_addr().expect("local").port();
+    let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
+    drop_inbound_matching(
+        &ns,
+        &format!("tcp dport {} numgen random mod 100 < 10", server.port()),
+    );
+    let reader = thread::spawn(move || {
+        accepted
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut total = 0;
+        let mut buf = vec![0; 64 * 1024];
+        while total < BYTES {
+            total += accepted.read(&mut buf).expect("read");
+        }
+        total
+    });
+    (&client).write_all(&vec![0x5a; BYTES]).expect("upload");
+    assert_eq!(reader.join().expect("reader"), BYTES);
+    let events = tracer.stop().events();
+    let mine: Vec<_> = of_kind(&events, "retransmit")
+        .into_iter()
+        .filter(|e| e["lport"] == client_port)
+        .collect();
+    assert!(!mine.is_empty(), "10% loss must make the client retransmit");
+    for event in &mine {
+        assert_eq!(event["pid"], std::process::id(), "{event}");
+    }
+    eprintln!(
+        "older connection: {} retransmits attributed to pid {} through /proc",
+        mine.len(),
+        std::process::id()
     );
 }
