@@ -13,7 +13,7 @@ use aya::{
 };
 use tcpretrans_common::{
     ConnectFields, Filter, ResetFields, RetransmitFields, SockOffsets, StateFields, SynackFields,
-    TcpOffsets, globals,
+    TcpOffsets, filter_flags, globals,
 };
 use thiserror::Error;
 
@@ -149,7 +149,13 @@ impl Tracer {
                 }
             })?;
 
-        for (program, category, name) in PROGRAMS {
+        let state_events = plan.filter.flags & filter_flags::STATE_EVENTS != 0;
+        // Resets only explain endings of state events: without them, two
+        // fewer programs to verify and attach (and to run on every reset).
+        let needed = PROGRAMS
+            .into_iter()
+            .filter(|(_, _, name)| state_events || !name.ends_with("_reset"));
+        for (program, category, name) in needed {
             let tracepoint: &mut TracePoint = ebpf
                 .program_mut(program)
                 .ok_or(LoadError::MissingProgram { program })?
