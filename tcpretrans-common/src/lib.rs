@@ -322,6 +322,60 @@ pub struct Filter {
     /// when it enters or leaves one of them. Only applies to state events.
     pub state_mask: u16,
     pub flags: u32,
+    /// Local and remote port (host order); 0 keeps all.
+    pub lport: u16,
+    pub rport: u16,
+    /// A port on either side; 0 keeps all.
+    pub port: u16,
+    pub _pad: u16,
+    /// Owner pid; 0 keeps all. Applied where the kernel side knows the
+    /// owner, by userspace elsewhere.
+    pub pid: u32,
+    pub laddr: AddrPrefix,
+    pub raddr: AddrPrefix,
+}
+
+/// An address prefix over the 16-byte form (IPv4 as IPv4-mapped IPv6, so
+/// an IPv4 `/n` is `/96+n`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrPrefix {
+    pub addr: [u8; 16],
+    /// Leading bits that must match; 0 matches everything.
+    pub bits: u16,
+    pub _pad: u16,
+}
+
+impl AddrPrefix {
+    pub const ANY: Self = Self {
+        addr: [0; 16],
+        bits: 0,
+        _pad: 0,
+    };
+
+    /// Whether `addr` (as 8 big-endian-in-memory words) lies in the prefix.
+    #[inline(always)]
+    pub fn contains(&self, words: &[u16; 8]) -> bool {
+        let mut remaining = self.bits;
+        let mut i = 0;
+        while i < 8 && remaining > 0 {
+            let prefix = u16::from_ne_bytes([self.addr[2 * i], self.addr[2 * i + 1]]);
+            // Compare in network order: the first bits are the word's high bits.
+            let (want, have) = (u16::from_be(prefix), u16::from_be(words[i]));
+            let take = if remaining >= 16 { 16 } else { remaining };
+            let mask = if take == 16 {
+                0xffff
+            } else {
+                !(0xffffu16 >> take)
+            };
+            if want & mask != have & mask {
+                return false;
+            }
+            remaining -= take;
+            i += 1;
+        }
+        true
+    }
 }
 
 /// Names of the kernel programs' load-time globals, and their types.
@@ -394,7 +448,41 @@ impl Filter {
         family: 0,
         state_mask: 0,
         flags: 0,
+        lport: 0,
+        rport: 0,
+        port: 0,
+        _pad: 0,
+        pid: 0,
+        laddr: AddrPrefix::ANY,
+        raddr: AddrPrefix::ANY,
     };
+
+    /// Whether a flow's ports pass the port filters.
+    #[inline(always)]
+    pub const fn keeps_ports(&self, lport: u16, rport: u16) -> bool {
+        (self.lport == 0 || self.lport == lport)
+            && (self.rport == 0 || self.rport == rport)
+            && (self.port == 0 || self.port == lport || self.port == rport)
+    }
+
+    /// Whether address filters are set (reading addresses costs).
+    #[inline(always)]
+    pub const fn filters_addresses(&self) -> bool {
+        self.laddr.bits != 0 || self.raddr.bits != 0
+    }
+
+    /// Whether a flow passes the port and address filters.
+    #[inline(always)]
+    pub fn keeps_flow(&self, lport: u16, rport: u16, laddr: &[u16; 8], raddr: &[u16; 8]) -> bool {
+        self.keeps_ports(lport, rport) && self.laddr.contains(laddr) && self.raddr.contains(raddr)
+    }
+
+    /// Whether an owner passes the pid filter (an unknown owner, pid 0, is
+    /// left to userspace).
+    #[inline(always)]
+    pub const fn keeps_owner(&self, pid: u32) -> bool {
+        self.pid == 0 || pid == 0 || self.pid == pid
+    }
 
     #[inline(always)]
     pub const fn keeps_family(&self, family: u16) -> bool {
@@ -641,7 +729,8 @@ const _: () = {
     assert!(size_of::<PendingConnect>() == 32);
     assert!(size_of::<StateFields>() == 20);
     assert!(size_of::<SockOffsets>() == 4);
-    assert!(size_of::<Filter>() == 12);
+    assert!(size_of::<Filter>() == 64);
+    assert!(size_of::<AddrPrefix>() == 20);
     assert!(size_of::<EventHeader>() == 32);
     assert!(size_of::<Flow>() == 36);
     assert!(size_of::<Owner>() == 24);
@@ -672,4 +761,77 @@ mod pod {
     unsafe impl aya::Pod for ConnectFields {}
     unsafe impl aya::Pod for ConnectErrorEvent {}
     unsafe impl aya::Pod for SockInfo {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(addr: [u8; 16]) -> [u16; 8] {
+        core::array::from_fn(|i| u16::from_ne_bytes([addr[2 * i], addr[2 * i + 1]]))
+    }
+
+    fn mapped(v4: [u8; 4]) -> [u8; 16] {
+        let mut a = [0; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        a[12..].copy_from_slice(&v4);
+        a
+    }
+
+    #[test]
+    fn prefixes_match_leading_bits() {
+        let net = AddrPrefix {
+            addr: mapped([10, 1, 0, 0]),
+            bits: 96 + 16,
+            _pad: 0,
+        };
+        assert!(net.contains(&words(mapped([10, 1, 200, 3]))));
+        assert!(!net.contains(&words(mapped([10, 2, 0, 1]))));
+        let odd = AddrPrefix {
+            addr: mapped([10, 0, 0, 128]),
+            bits: 96 + 25,
+            _pad: 0,
+        };
+        assert!(odd.contains(&words(mapped([10, 0, 0, 255]))));
+        assert!(!odd.contains(&words(mapped([10, 0, 0, 127]))));
+        assert!(AddrPrefix::ANY.contains(&words([7; 16])));
+        let host = AddrPrefix {
+            addr: [1; 16],
+            bits: 128,
+            _pad: 0,
+        };
+        assert!(host.contains(&words([1; 16])));
+        assert!(!host.contains(&words({
+            let mut a = [1; 16];
+            a[15] = 2;
+            a
+        })));
+    }
+
+    #[test]
+    fn ports_either_side() {
+        let filter = Filter {
+            port: 443,
+            ..Filter::KEEP_ALL
+        };
+        let any = [0; 8];
+        assert!(filter.keeps_flow(443, 5000, &any, &any));
+        assert!(filter.keeps_flow(5000, 443, &any, &any));
+        assert!(!filter.keeps_flow(5000, 80, &any, &any));
+        assert!(
+            Filter {
+                lport: 80,
+                ..Filter::KEEP_ALL
+            }
+            .keeps_flow(80, 1, &any, &any)
+        );
+        assert!(
+            !Filter {
+                rport: 80,
+                ..Filter::KEEP_ALL
+            }
+            .keeps_flow(80, 1, &any, &any)
+        );
+    }
 }

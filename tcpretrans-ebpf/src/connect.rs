@@ -76,10 +76,17 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
         // SAFETY: same size, any bit pattern is valid.
         unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(mapped) }
     };
+    let dport = u16::from_be_bytes([head[2], head[3]]);
+    // The caller is the owner; the local end is not bound yet: filters on
+    // it see port 0 and the unspecified address.
+    let caller = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !filter.keeps_owner(caller) || !filter.keeps_flow(0, dport, &[0; 8], &sock::words(&daddr)) {
+        return Ok(());
+    }
     let pending = PendingConnect {
         sk,
         daddr,
-        dport: u16::from_be_bytes([head[2], head[3]]),
+        dport,
         family,
         _pad: 0,
     };

@@ -71,6 +71,13 @@ impl Record {
         }
     }
 
+    /// A 16-byte address field as 8 words in memory order.
+    #[inline(always)]
+    fn words(&self, offset: u16) -> [u16; 8] {
+        let at = offset & !1;
+        core::array::from_fn(|i| self.load(at + 2 * i as u16))
+    }
+
     /// Copies a 16-byte address field (a `__u8[16]`, 2-aligned in every known
     /// layout) straight into an event.
     #[inline(always)]
@@ -102,6 +109,13 @@ impl Record {
         let Some(version) = family_version(family) else {
             return Ok(None);
         };
+        if !filter.keeps_ports(record.load(fields.sport), record.load(fields.dport))
+            || (filter.filters_addresses()
+                && !(filter.laddr.contains(&record.words(fields.saddr_v6))
+                    && filter.raddr.contains(&record.words(fields.daddr_v6))))
+        {
+            return Ok(None);
+        }
         let sk: u64 = record.load(fields.skaddr);
         let Some(netns) = sock::netns_passing(sk, SOCK_OFFSETS.get(), filter) else {
             return Ok(None);

@@ -9,7 +9,7 @@ use tcpretrans_common::{
 use crate::{
     maps::{FILTER, RESET_FIELDS, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
-    sock::{self, read},
+    sock::{self, read, words},
 };
 
 #[tracepoint]
@@ -60,8 +60,18 @@ fn try_reset(ctx: &TracePointContext, skaddr: u16, direction: u8) -> Result<(), 
         return Ok(());
     }
     // SAFETY (map value): copied at once, as for retransmissions.
-    let (owner, sock_ino) =
-        sock::owner_or_inode(sk, info.map(|info| unsafe { &(*info).owner }), tcp);
+    let known_owner = info.map(|info| unsafe { &(*info).owner });
+    if !filter.keeps_owner(known_owner.map_or(0, |o| o.pid))
+        || !filter.keeps_flow(
+            flow.sport,
+            flow.dport,
+            &words(&flow.saddr),
+            &words(&flow.daddr),
+        )
+    {
+        return Ok(());
+    }
+    let (owner, sock_ino) = sock::owner_or_inode(sk, known_owner, tcp);
     let Some(mut entry) = reserve::<ResetEvent>() else {
         return Ok(());
     };

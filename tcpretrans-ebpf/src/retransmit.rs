@@ -32,6 +32,11 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
     let skb: u64 = record.load(fields.skbaddr);
     let state = record.optional::<i32>(fields.state).unwrap_or(0) as u8;
     let tcp = TCP_OFFSETS.get();
+    // SAFETY: the owner is copied into the event at once.
+    let known_owner = unsafe { SOCKETS.get(sk) }.map(|info| &info.owner);
+    if !FILTER.get().keeps_owner(known_owner.map_or(0, |o| o.pid)) {
+        return Ok(());
+    }
     let (budget, budget_limit, syn_linear_timeouts) = retry_budget(sk, hit.netns.net, state, tcp);
 
     let Some(mut entry) = reserve::<RetransmitEvent>() else {
@@ -42,8 +47,7 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
     // field is written before submit.
     unsafe {
         let now = bpf_ktime_get_ns();
-        let (owner, sock_ino) =
-            sock::owner_or_inode(sk, SOCKETS.get(sk).map(|info| &info.owner), tcp);
+        let (owner, sock_ino) = sock::owner_or_inode(sk, known_owner, tcp);
         hit.write_head(
             event_kind::RETRANSMIT,
             now,

@@ -142,6 +142,12 @@ pub fn owner_or_inode<'a>(
     }
 }
 
+/// An address as 8 words in memory order, as the address filters take it.
+#[inline(always)]
+pub fn words(addr: &[u8; 16]) -> [u16; 8] {
+    core::array::from_fn(|i| u16::from_ne_bytes([addr[2 * i], addr[2 * i + 1]]))
+}
+
 /// Whether the owner has closed the socket (`SOCK_DEAD`).
 #[inline(always)]
 pub fn orphan(sk: u64, tcp: &TcpOffsets) -> u8 {

@@ -54,10 +54,14 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     } else {
         0
     };
+    // Socket tracking above sees every transition; what follows is output.
+    if !filter.keeps_owner(tracked.owner.pid) {
+        return Ok(());
+    }
     // A non-blocking connect() failed: reported in every mode, like the
     // blocking ones the connect program reports.
     if old_state == SYN_SENT && error != 0 && tracked.nonblocking_connect == 1 {
-        report_connect_error(&hit, error, tracked.owner.as_ref(), now);
+        report_connect_error(&hit, error, Some(&tracked.owner), now);
     }
     if !filter.keeps_transition(old_state, new_state) {
         return Ok(());
@@ -80,7 +84,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: `event` points at a reserved slot of the event's size; every
     // field is written before submit.
     unsafe {
-        let (owner, sock_ino) = sock::owner_or_inode(skaddr, tracked.owner.as_ref(), tcp);
+        let (owner, sock_ino) = sock::owner_or_inode(skaddr, Some(&tracked.owner), tcp);
         hit.write_head(
             event_kind::STATE,
             now,
@@ -130,7 +134,9 @@ fn report_connect_error(hit: &Hit, errno: i32, owner: Option<&Owner>, now: u64) 
 struct Tracked {
     /// Time in the old state, or `DURATION_UNKNOWN`.
     prev_state_ns: u64,
-    owner: Option<Owner>,
+    /// Pid 0 when unknown. Not an `Option`: a `None`'s undefined bytes let
+    /// LLVM spill stray registers, which the verifier rejects.
+    owner: Owner,
     /// A `reset_direction`.
     reset: u8,
     /// Its `connect()` returned EINPROGRESS.
@@ -159,7 +165,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
                 } else {
                     now.wrapping_sub(since)
                 },
-                owner: (info.owner.pid != 0).then_some(info.owner),
+                owner: info.owner,
                 reset: info.reset,
                 nonblocking_connect: info.nonblocking_connect,
             }
@@ -178,7 +184,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
             }
             Tracked {
                 prev_state_ns: DURATION_UNKNOWN,
-                owner: caller,
+                owner: caller.unwrap_or(Owner::UNKNOWN),
                 reset: reset_direction::NONE,
                 nonblocking_connect: 0,
             }

@@ -28,6 +28,11 @@ fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
     let listener = hit.sk;
     let req: u64 = hit.record.load(fields.req);
     let tcp = TCP_OFFSETS.get();
+    // SAFETY: the owner is copied into the event at once.
+    let known_owner = unsafe { SOCKETS.get(listener) }.map(|info| &info.owner);
+    if !FILTER.get().keeps_owner(known_owner.map_or(0, |o| o.pid)) {
+        return Ok(());
+    }
     // The timer that fired was armed for `timeout << num_timeout`.
     let num_timeout = read_bitfield(req, tcp.req_num_timeout);
     let timeout: u32 = read(req, tcp.req_timeout);
@@ -47,8 +52,7 @@ fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
     unsafe {
         let now = bpf_ktime_get_ns();
         // Accepted connections belong to whoever listens.
-        let (owner, sock_ino) =
-            sock::owner_or_inode(listener, SOCKETS.get(listener).map(|info| &info.owner), tcp);
+        let (owner, sock_ino) = sock::owner_or_inode(listener, known_owner, tcp);
         hit.write_head(
             event_kind::SYNACK,
             now,

@@ -2,9 +2,15 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Parser};
+use std::net::IpAddr;
 use tcpretrans_common::{AF_INET, AF_INET6, tcp_state};
 
-use crate::{decode::TcpState, output::Style};
+use tcpretrans_common::{AddrPrefix, Filter, filter_flags};
+
+use crate::{
+    decode::{Process, TcpState},
+    output::Style,
+};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -42,6 +48,34 @@ pub struct Args {
     #[arg(long, value_name = "INODE", value_parser = clap::value_parser!(u32).range(1..))]
     pub netns: Option<u32>,
 
+    /// Only sockets owned by this process.
+    #[arg(short = 'p', long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+
+    /// Only sockets owned by a process with this name (as in /proc/PID/comm).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Only connections with this port on either side.
+    #[arg(short = 'P', long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// Only connections with this local port.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub lport: Option<u16>,
+
+    /// Only connections with this remote port.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub rport: Option<u16>,
+
+    /// Only connections whose local address is in ADDR[/PREFIX].
+    #[arg(long, value_name = "ADDR[/PREFIX]", value_parser = parse_prefix)]
+    pub laddr: Option<AddrPrefix>,
+
+    /// Only connections whose remote address is in ADDR[/PREFIX].
+    #[arg(long, value_name = "ADDR[/PREFIX]", value_parser = parse_prefix)]
+    pub raddr: Option<AddrPrefix>,
+
     /// IPv4 only.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6", action = ArgAction::SetTrue)]
     pub ipv4: bool,
@@ -69,18 +103,6 @@ pub struct Args {
     pub check: bool,
 }
 
-/// What the kernel side is asked to keep, derived from the arguments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Selection {
-    /// `AF_INET`, `AF_INET6` or 0 for both.
-    pub family: u16,
-    pub netns: u32,
-    /// Report state transitions.
-    pub state_events: bool,
-    /// Bit `1 << state` per state of interest; 0 for all.
-    pub state_mask: u16,
-}
-
 /// Bit `1 << state` per selected TCP state; 0 selects all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateMask(pub u16);
@@ -94,19 +116,73 @@ impl Args {
         }
     }
 
-    pub fn selection(&self) -> Selection {
+    /// What the kernel side is asked to keep.
+    pub fn filter(&self) -> Filter {
         let family = match (self.ipv4, self.ipv6) {
             (true, _) => AF_INET,
             (_, true) => AF_INET6,
             _ => 0,
         };
-        Selection {
-            family,
+        Filter {
             netns: self.netns.unwrap_or(0),
-            state_events: self.state.is_some(),
+            family,
             state_mask: self.state.map_or(0, |m| m.0),
+            flags: if self.state.is_some() {
+                filter_flags::STATE_EVENTS
+            } else {
+                0
+            },
+            lport: self.lport.unwrap_or(0),
+            rport: self.rport.unwrap_or(0),
+            port: self.port.unwrap_or(0),
+            _pad: 0,
+            pid: self.pid.unwrap_or(0),
+            laddr: self.laddr.unwrap_or(AddrPrefix::ANY),
+            raddr: self.raddr.unwrap_or(AddrPrefix::ANY),
         }
     }
+
+    /// Whether an event's owner passes `-p`/`--comm`. The kernel side
+    /// already applied `-p` where it knew the owner; owners found in /proc
+    /// are checked here. An unknown owner cannot be shown to match.
+    pub fn keeps_owner(&self, owner: Option<&Process>) -> bool {
+        if self.pid.is_none() && self.comm.is_none() {
+            return true;
+        }
+        owner.is_some_and(|o| {
+            self.pid.is_none_or(|pid| pid == o.pid)
+                && self.comm.as_ref().is_none_or(|c| *c == o.comm)
+        })
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a single address.
+fn parse_prefix(s: &str) -> Result<AddrPrefix, String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr
+        .trim_matches(['[', ']'])
+        .parse()
+        .map_err(|_| format!("`{addr}` is not an IP address"))?;
+    let (bytes, max, offset) = match addr {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 32, 96),
+        IpAddr::V6(v6) => (v6.octets(), 128, 0),
+    };
+    let len: u16 = match len {
+        None => max,
+        Some(len) => len
+            .parse()
+            .ok()
+            .filter(|&l| l <= max)
+            .ok_or_else(|| format!("`/{len}` is not a prefix length from 0 to {max}"))?,
+    };
+    Ok(AddrPrefix {
+        addr: bytes,
+        bits: if len == 0 { 0 } else { offset + len },
+        _pad: 0,
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -188,20 +264,90 @@ mod tests {
 
     #[test]
     fn state_flag_without_list_selects_all() {
-        let sel = parse(&["--state"]).unwrap().selection();
-        assert!(sel.state_events);
+        let sel = parse(&["--state"]).unwrap().filter();
+        assert!(sel.flags & filter_flags::STATE_EVENTS != 0);
         assert_eq!(sel.state_mask, 0);
-        let sel = parse(&[]).unwrap().selection();
-        assert!(!sel.state_events);
-        let sel = parse(&["--state=fin_wait1"]).unwrap().selection();
+        let sel = parse(&[]).unwrap().filter();
+        assert!(!sel.flags & filter_flags::STATE_EVENTS != 0);
+        let sel = parse(&["--state=fin_wait1"]).unwrap().filter();
         assert_eq!(sel.state_mask, 1 << 4);
     }
 
     #[test]
     fn families_and_their_conflict() {
-        assert_eq!(parse(&["-4"]).unwrap().selection().family, AF_INET);
-        assert_eq!(parse(&["-6"]).unwrap().selection().family, AF_INET6);
+        assert_eq!(parse(&["-4"]).unwrap().filter().family, AF_INET);
+        assert_eq!(parse(&["-6"]).unwrap().filter().family, AF_INET6);
         assert!(parse(&["-4", "-6"]).is_err());
+    }
+
+    #[test]
+    fn address_prefixes() {
+        let v4 = parse_prefix("10.1.0.0/16").unwrap();
+        assert_eq!(
+            (v4.bits, &v4.addr[10..]),
+            (112, &[0xff, 0xff, 10, 1, 0, 0][..])
+        );
+        assert_eq!(parse_prefix("127.0.0.1").unwrap().bits, 128);
+        assert_eq!(parse_prefix("2001:db8::/32").unwrap().bits, 32);
+        assert_eq!(parse_prefix("[::1]").unwrap().bits, 128);
+        assert_eq!(parse_prefix("0.0.0.0/0").unwrap().bits, 0);
+        assert!(
+            parse_prefix("10.0.0.0/33")
+                .unwrap_err()
+                .contains("prefix length from 0 to 32")
+        );
+        assert!(parse_prefix("::/129").is_err());
+        assert!(
+            parse_prefix("10.0.0.300")
+                .unwrap_err()
+                .contains("not an IP address")
+        );
+        assert!(parse_prefix("10.0.0.0/x").is_err());
+    }
+
+    #[test]
+    fn filters_reach_the_kernel_side() {
+        let f = parse(&[
+            "-P",
+            "443",
+            "--lport",
+            "40000",
+            "--rport",
+            "80",
+            "-p",
+            "42",
+            "--raddr",
+            "10.0.0.0/8",
+        ])
+        .unwrap()
+        .filter();
+        assert_eq!(
+            (f.port, f.lport, f.rport, f.pid, f.raddr.bits),
+            (443, 40000, 80, 42, 104)
+        );
+        assert_eq!(f.laddr, AddrPrefix::ANY);
+        assert!(parse(&["-P", "0"]).is_err());
+        assert!(parse(&["-P", "65536"]).is_err());
+        assert!(parse(&["-p", "0"]).is_err());
+        assert!(parse(&["-p", "-5"]).is_err());
+        assert!(parse(&["--laddr", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn owners_only_match_when_known() {
+        let args = parse(&["-p", "42", "--comm", "nginx"]).unwrap();
+        let nginx = Process {
+            pid: 42,
+            uid: 0,
+            comm: "nginx".into(),
+        };
+        assert!(args.keeps_owner(Some(&nginx)));
+        assert!(!args.keeps_owner(Some(&Process {
+            comm: "curl".into(),
+            ..nginx.clone()
+        })));
+        assert!(!args.keeps_owner(None));
+        assert!(parse(&[]).unwrap().keeps_owner(None));
     }
 
     #[test]

@@ -314,6 +314,18 @@ pub enum Event {
 }
 
 impl Event {
+    /// The process the event is attributed to.
+    pub fn owner(&self) -> Option<&Process> {
+        match self {
+            Self::Retransmit(r) => r.socket.owner.as_ref(),
+            Self::State(change) => change.socket.owner.as_ref(),
+            Self::Reset { socket, .. }
+            | Self::ConnectError { socket, .. }
+            | Self::TimeWaitReuse { socket, .. } => socket.owner.as_ref(),
+            Self::Lost { .. } => None,
+        }
+    }
+
     /// The `event` name in JSON.
     pub fn name(&self) -> &'static str {
         match self {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tcpretrans_common::{ConnectFields, Filter, ResetFields, filter_flags};
+use tcpretrans_common::{ConnectFields, ResetFields};
 use thiserror::Error;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -117,17 +117,7 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
     let hz = kernel::hz()
         .inspect_err(|e| eprintln!("tcpretrans: {e}"))
         .ok();
-    let selection = args.selection();
-    let filter = Filter {
-        netns: selection.netns,
-        family: selection.family,
-        state_mask: selection.state_mask,
-        flags: if selection.state_events {
-            filter_flags::STATE_EVENTS
-        } else {
-            0
-        },
-    };
+    let filter = args.filter();
     let plan = Plan {
         retransmit,
         synack,
@@ -165,7 +155,7 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     let Setup { plan, decoder } = prepare(args, &tracefs)?;
     let tracer = Tracer::load(&plan)?;
     let mut out = output::new(args.style(), io::stdout());
-    let mut summary = consume(tracer, decoder, out.as_mut(), args.duration).await?;
+    let mut summary = consume(args, tracer, decoder, out.as_mut(), args.duration).await?;
     if args.state.is_some() && !summary.output_closed {
         summary.occupancy = summary
             .namespaces
@@ -182,6 +172,7 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
 
 /// Drains the ring buffer into the output and keeps the session's counts.
 struct Consumer<'a> {
+    args: &'a Args,
     decoder: Decoder,
     owners: Owners,
     time_waits: TimeWaits,
@@ -195,6 +186,9 @@ impl Consumer<'_> {
             match self.decoder.decode(&record) {
                 Ok(mut event) => {
                     self.owners.resolve(&mut event);
+                    if !self.args.keeps_owner(event.owner()) {
+                        continue;
+                    }
                     self.summary.count(&event);
                     self.out.event(&event)?;
                     if let Some(reuse) = self.time_waits.observe(&event) {
@@ -242,6 +236,7 @@ impl Consumer<'_> {
 }
 
 async fn consume(
+    args: &Args,
     tracer: Tracer,
     decoder: Decoder,
     out: &mut dyn Output,
@@ -257,6 +252,7 @@ async fn consume(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| TraceError::Poll(e.into()))?;
     let mut consumer = Consumer {
+        args,
         decoder,
         owners: Owners::default(),
         time_waits: TimeWaits::new(TIME_WAITS_REMEMBERED),

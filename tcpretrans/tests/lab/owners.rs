@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::{Netns, Tracer, connected, drop_inbound_matching, of_kind};
+use crate::harness::{Netns, Tracer, connected, drop_inbound_matching, of_kind, short_connection};
 
 /// A server in a process of its own: accepts one connection and sends it
 /// `bytes`, then exits.
@@ -138,3 +138,61 @@ fn a_connection_older_than_the_tracer_is_attributed_through_proc() {
         std::process::id()
     );
 }
+
+/// `-p` and `-P`: only that process's, or that port's, connections.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn pid_and_port_filters_keep_only_their_connections() {
+    let ns = Netns::new("filters");
+    let netns = ns.inode.to_string();
+    // Another process makes connections to port 8310 meanwhile.
+    let other = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c", OTHER_PROCESS])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let other_pid = other.id();
+    let by_pid = Tracer::start(&[
+        "--json",
+        "--state",
+        "--netns",
+        &netns,
+        "-p",
+        &std::process::id().to_string(),
+    ]);
+    let by_port = Tracer::start(&["--json", "--state", "--netns", &netns, "-P", "8311"]);
+    short_connection(&ns, "127.0.0.1:8311".parse().expect("address"));
+    let status = other.wait_with_output().expect("python3");
+    assert!(status.status.success());
+    let (by_pid, by_port) = (by_pid.stop().events(), by_port.stop().events());
+
+    assert!(!by_pid.is_empty());
+    assert!(
+        by_pid.iter().all(|e| e["pid"] == std::process::id()),
+        "only this process: {by_pid:?}"
+    );
+    assert!(
+        by_port
+            .iter()
+            .all(|e| e["lport"] == 8311 || e["rport"] == 8311),
+        "only port 8311: {by_port:?}"
+    );
+    assert!(
+        !by_port.iter().any(|e| e["pid"] == other_pid),
+        "{by_port:?}"
+    );
+    assert_eq!(
+        of_kind(&by_port, "state").len(),
+        12,
+        "listener, client and accepted socket"
+    );
+}
+
+/// Connects to its own listener on 8310 a few times, then exits.
+const OTHER_PROCESS: &str = "\
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', 8310)); s.listen()
+for _ in range(5):
+    c = socket.create_connection(('127.0.0.1', 8310)); a, _ = s.accept(); c.close(); a.close()
+";
