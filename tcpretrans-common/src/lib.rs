@@ -761,6 +761,9 @@ mod pod {
     unsafe impl aya::Pod for ConnectFields {}
     unsafe impl aya::Pod for ConnectErrorEvent {}
     unsafe impl aya::Pod for SockInfo {}
+    unsafe impl aya::Pod for Owner {}
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for PendingConnect {}
 }
 
 #[cfg(test)]

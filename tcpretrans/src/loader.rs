@@ -8,12 +8,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint},
 };
 use tcpretrans_common::{
-    ConnectFields, Filter, ResetFields, RetransmitFields, SockOffsets, StateFields, SynackFields,
-    TcpOffsets, filter_flags, globals,
+    ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
+    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags, globals,
 };
 use thiserror::Error;
 
@@ -84,6 +84,32 @@ pub struct Tracer {
     pub programs: Ebpf,
     pub ring: RingBuf<MapData>,
     pub lost: LostCounter,
+    pub census: Census,
+}
+
+/// The kernel side's per-socket state maps, to show what they hold.
+pub struct Census {
+    sockets: HashMap<MapData, u64, SockInfo>,
+    listeners: HashMap<MapData, ListenerKey, Owner>,
+    connects: HashMap<MapData, u32, PendingConnect>,
+}
+
+/// Entries in the kernel side's maps.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MapEntries {
+    pub sockets: usize,
+    pub listeners: usize,
+    pub connects: usize,
+}
+
+impl Census {
+    pub fn count(&self) -> MapEntries {
+        MapEntries {
+            sockets: self.sockets.keys().flatten().count(),
+            listeners: self.listeners.keys().flatten().count(),
+            connects: self.connects.keys().flatten().count(),
+        }
+    }
 }
 
 /// Events the kernel side lost: those it could not queue (per-CPU counter),
@@ -183,6 +209,11 @@ impl Tracer {
             .filter_map(|(_, program)| program.fd().ok())
             .map(|fd| PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())))
             .collect();
+        let census = Census {
+            sockets: take_map(&mut ebpf, "SOCKETS", HashMap::try_from)?,
+            listeners: take_map(&mut ebpf, "LISTENERS", HashMap::try_from)?,
+            connects: take_map(&mut ebpf, "CONNECTS", HashMap::try_from)?,
+        };
         let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
         let lost = take_map(&mut ebpf, "LOST", PerCpuArray::try_from)?;
         Ok(Self {
@@ -192,6 +223,7 @@ impl Tracer {
                 ring_full: lost,
                 fdinfo,
             },
+            census,
         })
     }
 }

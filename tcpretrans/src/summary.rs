@@ -4,6 +4,7 @@ use std::{collections::BTreeMap, fmt};
 
 use crate::{
     decode::{Event, TcpState},
+    loader::MapEntries,
     netns::Occupancy,
 };
 
@@ -22,6 +23,8 @@ pub struct Summary {
     pub namespaces: Vec<u32>,
     /// Their occupancy at exit (with `--state`), or why it could not be read.
     pub occupancy: Vec<Result<Occupancy, String>>,
+    /// What the kernel side's socket maps still hold at exit (with `--state`).
+    pub kernel_maps: Option<MapEntries>,
 }
 
 impl Summary {
@@ -60,6 +63,12 @@ impl Summary {
                 .map(|((old, new), n)| format!("{old}->{new} {n}"))
                 .collect();
             lines.push(format!("transitions: {}", counts.join(", ")));
+        }
+        if let Some(m) = self.kernel_maps {
+            lines.push(format!(
+                "kernel maps: {} sockets, {} listeners, {} connects tracked",
+                m.sockets, m.listeners, m.connects
+            ));
         }
         for occupancy in &self.occupancy {
             lines.push(match occupancy {

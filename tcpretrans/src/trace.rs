@@ -246,6 +246,7 @@ async fn consume(
         programs: _attached,
         ring,
         lost,
+        census,
     } = tracer;
     // SAFETY: the ring buffer owns its map fd, open and unchanged until the
     // `AsyncFd` (which owns the ring buffer) is dropped.
@@ -306,5 +307,8 @@ async fn consume(
     consumer.report_lost(&lost)?;
     let flushed = drained.and_then(|()| consumer.out.flush());
     consumer.keep_going(flushed)?;
+    if args.state.is_some() {
+        consumer.summary.kernel_maps = Some(census.count());
+    }
     Ok(consumer.summary)
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{Output, errno_name};
 use crate::decode::{Cause, Close, Event, Retransmit, Socket, TcpState};
-use crate::{netns::Occupancy, summary::Summary};
+use crate::{loader::MapEntries, netns::Occupancy, summary::Summary};
 
 pub struct Json<W: Write> {
     out: BufWriter<W>,
@@ -138,6 +138,7 @@ struct SummaryLine<'a> {
     lost: u64,
     transitions: Vec<Transition>,
     netns: Vec<&'a Occupancy>,
+    kernel_maps: Option<MapEntries>,
 }
 
 #[derive(Serialize)]
@@ -262,6 +263,7 @@ impl<W: Write> Output for Json<W> {
                 .iter()
                 .filter_map(|o| o.as_ref().ok())
                 .collect(),
+            kernel_maps: summary.kernel_maps,
         };
         serde_json::to_writer(&mut self.out, &line)?;
         self.out.write_all(b"\n")

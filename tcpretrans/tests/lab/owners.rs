@@ -196,3 +196,43 @@ s.bind(('127.0.0.1', 8310)); s.listen()
 for _ in range(5):
     c = socket.create_connection(('127.0.0.1', 8310)); a, _ = s.accept(); c.close(); a.close()
 ";
+
+/// Per-socket kernel state goes when the socket does: after thousands of
+/// short connections, nothing is left behind.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn kernel_maps_hold_nothing_after_thousands_of_connections() {
+    const CONNECTIONS: usize = 2000;
+    let ns = Netns::new("churn");
+    let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
+    let alive = ns
+        .enter(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:8320").expect("bind");
+            for _ in 0..CONNECTIONS {
+                let client = TcpStream::connect("127.0.0.1:8320").expect("connect");
+                let (accepted, _) = listener.accept().expect("accept");
+                drop(client);
+                drop(accepted);
+            }
+            // One connection and the listener stay open past the tracer.
+            let client = TcpStream::connect("127.0.0.1:8320").expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            (listener, client, accepted)
+        })
+        .join()
+        .expect("churn");
+    let output = tracer.stop();
+    drop(alive);
+    let events = output.events();
+    assert!(events.len() >= CONNECTIONS * 10, "{} events", events.len());
+    let maps = &output.summary()["kernel_maps"];
+    assert_eq!(
+        maps,
+        &serde_json::json!({"sockets": 3, "listeners": 1, "connects": 0}),
+        "only the live listener, client and accepted socket are tracked"
+    );
+    eprintln!(
+        "{CONNECTIONS} closed connections, {} events: kernel maps {maps}",
+        events.len()
+    );
+}
