@@ -9,7 +9,7 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
 use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
@@ -80,11 +80,27 @@ pub struct Plan {
 
 /// Loaded and attached programs with the maps userspace reads.
 pub struct Tracer {
-    /// Owns the programs and their links: dropping it detaches them.
+    /// Owns the programs (their links are in `links`).
     pub programs: Ebpf,
+    pub links: Links,
     pub ring: RingBuf<MapData>,
     pub lost: LostCounter,
     pub census: Census,
+}
+
+/// The programs' attachments: dropping them detaches the programs.
+pub struct Links(Vec<TracePointLink>);
+
+impl Drop for Links {
+    /// Each detach waits for an RCU grace period (50-80 ms here); side by
+    /// side they wait for the same ones instead of one after another.
+    fn drop(&mut self) {
+        std::thread::scope(|scope| {
+            for link in self.0.drain(..) {
+                scope.spawn(move || drop(link));
+            }
+        });
+    }
 }
 
 /// The kernel side's per-socket state maps, to show what they hold.
@@ -181,6 +197,7 @@ impl Tracer {
         let needed = PROGRAMS
             .into_iter()
             .filter(|(_, _, name)| state_events || !name.ends_with("_reset"));
+        let mut links = Links(Vec::with_capacity(PROGRAMS.len()));
         for (program, category, name) in needed {
             let tracepoint: &mut TracePoint = ebpf
                 .program_mut(program)
@@ -195,13 +212,15 @@ impl Tracer {
                 }
                 source => LoadError::Program { program, source },
             })?;
-            tracepoint
-                .attach(category, name)
-                .map_err(|source| LoadError::Attach {
-                    category,
-                    name,
-                    source,
-                })?;
+            let attach_error = |source| LoadError::Attach {
+                category,
+                name,
+                source,
+            };
+            let link = tracepoint.attach(category, name).map_err(attach_error)?;
+            links
+                .0
+                .push(tracepoint.take_link(link).map_err(attach_error)?);
         }
 
         let fdinfo = ebpf
@@ -218,6 +237,7 @@ impl Tracer {
         let lost = take_map(&mut ebpf, "LOST", PerCpuArray::try_from)?;
         Ok(Self {
             programs: ebpf,
+            links,
             ring,
             lost: LostCounter {
                 ring_full: lost,

@@ -32,6 +32,9 @@ use crate::{
 /// How often the ring buffer is drained when the kernel side did not force a
 /// wakeup: bounds the delay from event to printed line.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// How often the kernel side's loss counters are read (a syscall per CPU
+/// map and a procfs read per program: not worth doing on every drain).
+const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const RING_BYTES: u32 = 4 << 20;
 /// TIME_WAIT 4-tuples kept to recognize their reuse (the kernel's default
 /// `tcp_max_tw_buckets` is 2^18 per namespace; reuse matters when a few
@@ -243,7 +246,8 @@ async fn consume(
     duration: Option<Duration>,
 ) -> Result<Summary, TraceError> {
     let Tracer {
-        programs: _attached,
+        programs: _programs,
+        links,
         ring,
         lost,
         census,
@@ -262,6 +266,8 @@ async fn consume(
     };
     let mut tick = time::interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut lost_check = time::interval(LOST_CHECK_INTERVAL);
+    lost_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate()).map_err(TraceError::Poll)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(TraceError::Poll)?;
     let deadline = async {
@@ -292,9 +298,10 @@ async fn consume(
                 guard.clear_ready();
                 drained
             }
-            _ = tick.tick() => {
+            _ = tick.tick() => consumer.drain(ring.get_mut()),
+            _ = lost_check.tick() => {
                 consumer.report_lost(&lost)?;
-                consumer.drain(ring.get_mut())
+                Ok(())
             }
         };
         let flushed = drained.and_then(|()| consumer.out.flush());
@@ -302,7 +309,8 @@ async fn consume(
             return Ok(consumer.summary);
         }
     }
-    // What the kernel queued before we stopped still belongs to the session.
+    // Detach first: then the last drain sees everything the programs queued.
+    drop(links);
     let drained = consumer.drain(ring.get_mut());
     consumer.report_lost(&lost)?;
     let flushed = drained.and_then(|()| consumer.out.flush());

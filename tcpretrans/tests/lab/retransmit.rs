@@ -159,7 +159,8 @@ fn blackhole_rtos_double_until_the_kernel_gives_up() {
     );
     assert_eq!(
         sent_segments(&retransmits),
-        delta(&before, &after, "Tcp.RetransSegs")
+        delta(&before, &after, "Tcp.RetransSegs"),
+        "{retransmits:#?}"
     );
     // Every RTO expiry counts in TCPTimeouts; the last one ends the
     // connection instead of retransmitting.

@@ -102,6 +102,12 @@ fn sigterm_ends_cleanly_with_a_summary() {
     assert!(
         summary
             .next()
+            .is_some_and(|l| l.starts_with("tcpretrans: kernel maps: ")),
+        "{stderr}"
+    );
+    assert!(
+        summary
+            .next()
             .is_some_and(|l| l.starts_with("tcpretrans: netns ")),
         "{stderr}"
     );
