@@ -20,6 +20,7 @@ Examples:
   tcpretrans --json --netns 4026532289    # JSON Lines for one network namespace
   tcpretrans -4 --duration 60        # IPv4 only, stop after a minute
   tcpretrans -s                      # with sequence numbers and segment counts
+  tcpretrans -c -i 10 --top 20       # the 20 flows retransmitting most, every 10 s
   tcpretrans --check                 # what this kernel offers; exit 0 if it can trace";
 
 /// Trace TCP retransmissions and state changes, live, with eBPF.
@@ -88,6 +89,19 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// No line per event: a table of flows (connections) with their owner
+    /// and retransmits by cause, most first, at exit (and every --interval).
+    #[arg(short = 'c', long, conflicts_with_all = ["state", "sequence"])]
+    pub count: bool,
+
+    /// With -c: print the table every SECS seconds, counting afresh each time.
+    #[arg(short = 'i', long, value_name = "SECS", requires = "count", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+
+    /// With -c: only the N flows with the most retransmits.
+    #[arg(long, value_name = "N", requires = "count", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: Option<u32>,
+
     /// Add the SEQ and SEGS columns (sequence number and segment count of
     /// each retransmitted skb).
     #[arg(short = 's', long)]
@@ -113,6 +127,7 @@ impl Args {
             json: self.json,
             sequence: self.sequence,
             wide_endpoints: self.ipv6,
+            count: self.count,
         }
     }
 

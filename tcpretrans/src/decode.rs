@@ -151,6 +151,29 @@ pub struct Socket {
     pub inode: Option<u64>,
 }
 
+/// A connection's identity across its sockets (request socket, full
+/// socket, timewait socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FourTuple {
+    pub netns: Option<u32>,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+}
+
+impl Socket {
+    pub fn four_tuple(&self) -> FourTuple {
+        FourTuple {
+            netns: self.netns,
+            laddr: self.laddr,
+            lport: self.lport,
+            raddr: self.raddr,
+            rport: self.rport,
+        }
+    }
+}
+
 /// What triggered a retransmission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cause {
@@ -167,6 +190,9 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Every cause, in the order tables show them.
+    pub const ALL: [Self; 5] = [Self::Rto, Self::Fast, Self::Tlp, Self::Syn, Self::SynAck];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Syn => "SYN",
@@ -306,6 +332,8 @@ pub enum Event {
         /// Positive errno.
         errno: i32,
     },
+    /// A connection ended (with `--state`): what it went through.
+    SessionEnd(Box<SessionEnd>),
     /// Events the kernel side could not queue because the ring buffer was full.
     Lost {
         time: Timestamp,
@@ -313,17 +341,80 @@ pub enum Event {
     },
 }
 
+/// The end of a connection and its account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnd {
+    /// The transition that ended it.
+    pub change: StateChange,
+    /// When it began, if the tool saw it begin.
+    pub opened: Option<Timestamp>,
+    pub account: Account,
+}
+
+/// What a connection (or a flow, with `-c`) retransmitted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    /// Retransmissions by `Cause::ALL` index.
+    pub by_cause: [u64; Cause::ALL.len()],
+    /// Retransmissions whose cause this kernel could not tell.
+    pub unknown_cause: u64,
+    /// Segments sent again (what `TcpRetransSegs` counts).
+    pub segments: u64,
+    pub first: Option<Timestamp>,
+    pub last: Option<Timestamp>,
+    /// The largest retransmission timeout seen.
+    pub max_rto: Option<Duration>,
+}
+
+impl Account {
+    pub fn record(&mut self, r: &Retransmit) {
+        match r
+            .cause
+            .and_then(|c| Cause::ALL.iter().position(|&a| a == c))
+        {
+            Some(i) => self.by_cause[i] += 1,
+            None => self.unknown_cause += 1,
+        }
+        if r.sent() {
+            self.segments += u64::from(r.segs.unwrap_or(1));
+        }
+        self.first.get_or_insert(r.socket.time);
+        self.last = Some(r.socket.time);
+        self.max_rto = self.max_rto.max(r.rto);
+    }
+
+    pub fn retransmits(&self) -> u64 {
+        self.by_cause.iter().sum::<u64>() + self.unknown_cause
+    }
+
+    /// `(cause name, count)` for the causes seen.
+    pub fn causes(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Cause::ALL
+            .iter()
+            .zip(self.by_cause)
+            .map(|(c, n)| (c.name(), n))
+            .chain([("unknown", self.unknown_cause)])
+            .filter(|&(_, n)| n > 0)
+    }
+}
+
 impl Event {
-    /// The process the event is attributed to.
-    pub fn owner(&self) -> Option<&Process> {
+    /// The socket the event is about.
+    pub fn socket(&self) -> Option<&Socket> {
         match self {
-            Self::Retransmit(r) => r.socket.owner.as_ref(),
-            Self::State(change) => change.socket.owner.as_ref(),
+            Self::Retransmit(r) => Some(&r.socket),
+            Self::State(change) => Some(&change.socket),
+            Self::SessionEnd(end) => Some(&end.change.socket),
             Self::Reset { socket, .. }
             | Self::ConnectError { socket, .. }
-            | Self::TimeWaitReuse { socket, .. } => socket.owner.as_ref(),
+            | Self::TimeWaitReuse { socket, .. } => Some(socket),
             Self::Lost { .. } => None,
         }
+    }
+
+    /// The process the event is attributed to.
+    pub fn owner(&self) -> Option<&Process> {
+        self.socket().and_then(|s| s.owner.as_ref())
     }
 
     /// The `event` name in JSON.
@@ -337,6 +428,7 @@ impl Event {
             Self::Reset { .. } => "reset",
             Self::ConnectError { .. } => "connect_error",
             Self::TimeWaitReuse { .. } => "time_wait_reuse",
+            Self::SessionEnd(_) => "session_end",
             Self::Lost { .. } => "lost",
         }
     }

@@ -10,6 +10,7 @@ pub mod loader;
 pub mod netns;
 pub mod output;
 pub mod owners;
+pub mod sessions;
 pub mod summary;
 pub mod timewait;
 pub mod trace;

@@ -32,7 +32,10 @@ impl Owners {
             Event::Retransmit(r) => &mut r.socket,
             Event::State(change) => &mut change.socket,
             Event::Reset { socket, .. } => socket,
-            Event::ConnectError { .. } | Event::TimeWaitReuse { .. } | Event::Lost { .. } => return,
+            Event::ConnectError { .. }
+            | Event::TimeWaitReuse { .. }
+            | Event::SessionEnd(_)
+            | Event::Lost { .. } => return,
         };
         let (None, Some(inode)) = (&socket.owner, socket.inode) else {
             return;

@@ -31,22 +31,14 @@ impl Summary {
     /// Counts an event printed.
     pub fn count(&mut self, event: &Event) {
         self.events += 1;
-        let socket = match event {
-            Event::State(change) => {
-                let name = |s: Option<TcpState>| s.map_or("?", TcpState::name);
-                *self
-                    .transitions
-                    .entry((name(change.old_state), name(change.new_state)))
-                    .or_default() += 1;
-                Some(&change.socket)
-            }
-            Event::Retransmit(r) => Some(&r.socket),
-            Event::Reset { socket, .. }
-            | Event::ConnectError { socket, .. }
-            | Event::TimeWaitReuse { socket, .. } => Some(socket),
-            Event::Lost { .. } => None,
-        };
-        if let Some(netns) = socket.and_then(|s| s.netns)
+        if let Event::State(change) = event {
+            let name = |s: Option<TcpState>| s.map_or("?", TcpState::name);
+            *self
+                .transitions
+                .entry((name(change.old_state), name(change.new_state)))
+                .or_default() += 1;
+        }
+        if let Some(netns) = event.socket().and_then(|s| s.netns)
             && !self.namespaces.contains(&netns)
         {
             self.namespaces.push(netns);

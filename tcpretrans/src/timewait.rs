@@ -4,38 +4,15 @@
 //! for as long as TIME_WAIT lasts.
 use std::{
     collections::{HashMap, VecDeque},
-    net::IpAddr,
     time::Duration,
 };
 
 use jiff::Timestamp;
 
-use crate::decode::{Event, Socket, TcpState};
+use crate::decode::{Event, FourTuple, TcpState};
 
 /// `TCP_TIMEWAIT_LEN`: how long a timewait socket lives.
 const TIME_WAIT_LEN: Duration = Duration::from_secs(60);
-
-/// A connection's identity across sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FourTuple {
-    netns: Option<u32>,
-    laddr: IpAddr,
-    lport: u16,
-    raddr: IpAddr,
-    rport: u16,
-}
-
-impl FourTuple {
-    fn of(socket: &Socket) -> Self {
-        Self {
-            netns: socket.netns,
-            laddr: socket.laddr,
-            lport: socket.lport,
-            raddr: socket.raddr,
-            rport: socket.rport,
-        }
-    }
-}
 
 /// The TIME_WAIT entries seen, oldest first, bounded in number.
 #[derive(Debug)]
@@ -60,7 +37,7 @@ impl TimeWaits {
         let Event::State(change) = event else {
             return None;
         };
-        let tuple = FourTuple::of(&change.socket);
+        let tuple = change.socket.four_tuple();
         let now = change.socket.time;
         self.expire(now);
         match (change.old_state, change.new_state) {
@@ -107,10 +84,10 @@ impl TimeWaits {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::decode::StateChange;
+    use crate::decode::{Socket, StateChange};
 
     fn state(old: TcpState, new: TcpState, lport: u16, at_secs: i64) -> Event {
         Event::State(Box::new(StateChange {

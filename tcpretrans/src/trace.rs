@@ -24,6 +24,7 @@ use crate::{
     netns,
     output::{self, Output},
     owners::Owners,
+    sessions::Sessions,
     summary::Summary,
     timewait::TimeWaits,
     tracefs::{FormatError, Tracefs},
@@ -40,6 +41,9 @@ const RING_BYTES: u32 = 4 << 20;
 /// `tcp_max_tw_buckets` is 2^18 per namespace; reuse matters when a few
 /// ports are exhausted, so recent entries suffice).
 const TIME_WAITS_REMEMBERED: usize = 65_536;
+/// Connections accounted for at once (with `--state` they leave at their
+/// end; with `-c` at each table).
+const SESSIONS_TRACKED: usize = 65_536;
 
 #[derive(Debug, Error)]
 pub enum TraceError {
@@ -179,6 +183,9 @@ struct Consumer<'a> {
     decoder: Decoder,
     owners: Owners,
     time_waits: TimeWaits,
+    /// Connection accounts: for `session_end` with `--state`, for the flow
+    /// table with `-c`.
+    sessions: Option<Sessions>,
     out: &'a mut dyn Output,
     summary: Summary,
 }
@@ -193,10 +200,16 @@ impl Consumer<'_> {
                         continue;
                     }
                     self.summary.count(&event);
-                    self.out.event(&event)?;
-                    if let Some(reuse) = self.time_waits.observe(&event) {
-                        self.summary.count(&reuse);
-                        self.out.event(&reuse)?;
+                    if !self.args.count {
+                        self.out.event(&event)?;
+                    }
+                    let derived = [
+                        self.time_waits.observe(&event),
+                        self.sessions.as_mut().and_then(|s| s.observe(&event)),
+                    ];
+                    for event in derived.into_iter().flatten() {
+                        self.summary.count(&event);
+                        self.out.event(&event)?;
                     }
                 }
                 Err(err) => {
@@ -222,6 +235,20 @@ impl Consumer<'_> {
             self.out.event(&event).map_err(TraceError::Output)?;
         }
         Ok(())
+    }
+
+    /// With `-c`: the flow table of the interval that ends now.
+    fn print_flows(&mut self) -> io::Result<()> {
+        let Some(sessions) = self.sessions.as_mut() else {
+            return Ok(());
+        };
+        let flows = sessions.take();
+        let shown = self
+            .args
+            .top
+            .map_or(flows.len(), |n| flows.len().min(n as usize));
+        self.out
+            .flows(self.decoder.clock.now(), &flows[..shown], flows.len())
     }
 
     /// `Ok(true)` to go on, `Ok(false)` when the reader closed the pipe: the
@@ -261,6 +288,7 @@ async fn consume(
         decoder,
         owners: Owners::default(),
         time_waits: TimeWaits::new(TIME_WAITS_REMEMBERED),
+        sessions: (args.state.is_some() || args.count).then(|| Sessions::new(SESSIONS_TRACKED)),
         out,
         summary: Summary::default(),
     };
@@ -277,6 +305,13 @@ async fn consume(
         }
     };
     tokio::pin!(deadline);
+    let mut table_tick = args
+        .interval
+        .map(|every| time::interval_at(time::Instant::now() + every, every));
+    let table_due = async |tick: &mut Option<time::Interval>| match tick {
+        Some(tick) => tick.tick().await,
+        None => std::future::pending().await,
+    };
 
     // The header (text) or `start` event (JSON) tells people and scripts
     // that events are being captured from now on.
@@ -303,6 +338,9 @@ async fn consume(
                 consumer.report_lost(&lost)?;
                 Ok(())
             }
+            _ = table_due(&mut table_tick) => {
+                consumer.drain(ring.get_mut()).and_then(|()| consumer.print_flows())
+            }
         };
         let flushed = drained.and_then(|()| consumer.out.flush());
         if !consumer.keep_going(flushed)? {
@@ -313,7 +351,15 @@ async fn consume(
     drop(links);
     let drained = consumer.drain(ring.get_mut());
     consumer.report_lost(&lost)?;
-    let flushed = drained.and_then(|()| consumer.out.flush());
+    let flushed = drained
+        .and_then(|()| {
+            if args.count {
+                consumer.print_flows()
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| consumer.out.flush());
     consumer.keep_going(flushed)?;
     if args.state.is_some() {
         consumer.summary.kernel_maps = Some(census.count());

@@ -1,6 +1,7 @@
 //! JSON Lines: one object per event, one schema for all kinds. Field names
 //! are documented in the README and stable.
 use std::{
+    collections::BTreeMap,
     io::{self, BufWriter, Write},
     time::Duration,
 };
@@ -9,8 +10,8 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::{Output, errno_name};
-use crate::decode::{Cause, Close, Event, Retransmit, Socket, TcpState};
-use crate::{loader::MapEntries, netns::Occupancy, summary::Summary};
+use crate::decode::{Account, Cause, Close, Event, Retransmit, Socket, StateChange, TcpState};
+use crate::{loader::MapEntries, netns::Occupancy, sessions::Session, summary::Summary};
 
 pub struct Json<W: Write> {
     out: BufWriter<W>,
@@ -102,17 +103,93 @@ impl RetransmitFields {
     }
 }
 
+/// A connection's (or flow's) retransmissions.
+#[derive(Serialize)]
+struct AccountFields {
+    retransmits: u64,
+    /// Count by `type` name, only the causes seen.
+    by_type: BTreeMap<&'static str, u64>,
+    segments: u64,
+    max_rto_ms: Option<f64>,
+    first_retransmit: Option<String>,
+    last_retransmit: Option<String>,
+}
+
+impl AccountFields {
+    fn new(a: &Account) -> Self {
+        Self {
+            retransmits: a.retransmits(),
+            by_type: a.causes().collect(),
+            segments: a.segments,
+            max_rto_ms: a.max_rto.map(ms),
+            first_retransmit: a.first.map(time),
+            last_retransmit: a.last.map(time),
+        }
+    }
+}
+
+/// How a transition reads, in `state` and `session_end` lines.
+#[derive(Serialize)]
+struct TransitionFields {
+    old_state: Option<&'static str>,
+    new_state: Option<&'static str>,
+    close: Option<&'static str>,
+    error: Option<String>,
+    orphan: Option<bool>,
+}
+
+impl TransitionFields {
+    fn new(change: &StateChange) -> Self {
+        Self {
+            old_state: name(change.old_state),
+            new_state: name(change.new_state),
+            close: change.close.map(Close::name),
+            error: change.error.map(errno_name),
+            orphan: change.orphan,
+        }
+    }
+}
+
+/// With `-c`: one line per flow of the table.
+#[derive(Serialize)]
+struct FlowLine<'a> {
+    event: &'static str,
+    time: String,
+    /// 1 for the flow with the most retransmits.
+    rank: usize,
+    /// Flows in the table, including those `--top` left out.
+    flows: usize,
+    #[serde(flatten)]
+    socket: SocketFields<'a>,
+    #[serde(flatten)]
+    account: AccountFields,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1e3
+}
+
+fn time(t: Timestamp) -> String {
+    format!("{t:.6}")
+}
+
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Details {
     Retransmit(RetransmitFields),
     State {
-        old_state: Option<&'static str>,
-        new_state: Option<&'static str>,
+        #[serde(flatten)]
+        transition: TransitionFields,
         prev_state_ms: Option<f64>,
-        close: Option<&'static str>,
-        error: Option<String>,
-        orphan: Option<bool>,
+    },
+    SessionEnd {
+        #[serde(flatten)]
+        transition: TransitionFields,
+        /// When the connection began; `null` if before the tool started.
+        opened: Option<String>,
+        duration_ms: Option<f64>,
+        #[serde(flatten)]
+        account: AccountFields,
     },
     Reset {
         direction: &'static str,
@@ -172,7 +249,7 @@ fn name(state: Option<TcpState>) -> Option<&'static str> {
 
 impl<'a> Line<'a> {
     fn new(event: &'a Event) -> Self {
-        let (time, socket, details) = match event {
+        let (at, socket, details) = match event {
             Event::Retransmit(r) => (
                 r.socket.time,
                 Some(&r.socket),
@@ -182,19 +259,27 @@ impl<'a> Line<'a> {
                 change.socket.time,
                 Some(&change.socket),
                 Details::State {
-                    old_state: name(change.old_state),
-                    new_state: name(change.new_state),
-                    prev_state_ms: change.prev_state.map(|d| (d.as_micros() as f64) / 1e3),
-                    close: change.close.map(Close::name),
-                    error: change.error.map(errno_name),
-                    orphan: change.orphan,
+                    transition: TransitionFields::new(change),
+                    prev_state_ms: change.prev_state.map(ms),
+                },
+            ),
+            Event::SessionEnd(end) => (
+                end.change.socket.time,
+                Some(&end.change.socket),
+                Details::SessionEnd {
+                    transition: TransitionFields::new(&end.change),
+                    opened: end.opened.map(time),
+                    duration_ms: end
+                        .opened
+                        .map(|t| ms(end.change.socket.time.duration_since(t).unsigned_abs())),
+                    account: AccountFields::new(&end.account),
                 },
             ),
             Event::TimeWaitReuse { socket, time_wait } => (
                 socket.time,
                 Some(socket),
                 Details::TimeWaitReuse {
-                    time_wait_ms: time_wait.as_micros() as f64 / 1e3,
+                    time_wait_ms: ms(*time_wait),
                 },
             ),
             Event::ConnectError { socket, errno } => (
@@ -220,7 +305,7 @@ impl<'a> Line<'a> {
         };
         Self {
             event: event.name(),
-            time: format!("{time:.6}"),
+            time: time(at),
             socket: socket.map(SocketFields::new),
             details,
         }
@@ -228,10 +313,10 @@ impl<'a> Line<'a> {
 }
 
 impl<W: Write> Output for Json<W> {
-    fn header(&mut self, time: Timestamp) -> io::Result<()> {
+    fn header(&mut self, at: Timestamp) -> io::Result<()> {
         let start = Start {
             event: "start",
-            time: format!("{time:.6}"),
+            time: time(at),
             version: env!("CARGO_PKG_VERSION"),
         };
         serde_json::to_writer(&mut self.out, &start)?;
@@ -243,10 +328,26 @@ impl<W: Write> Output for Json<W> {
         self.out.write_all(b"\n")
     }
 
+    fn flows(&mut self, at: Timestamp, flows: &[Session], total: usize) -> io::Result<()> {
+        for (i, flow) in flows.iter().enumerate() {
+            let line = FlowLine {
+                event: "flow",
+                time: time(at),
+                rank: i + 1,
+                flows: total,
+                socket: SocketFields::new(&flow.socket),
+                account: AccountFields::new(&flow.account),
+            };
+            serde_json::to_writer(&mut self.out, &line)?;
+            self.out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         let line = SummaryLine {
             event: "summary",
-            time: format!("{:.6}", Timestamp::now()),
+            time: time(Timestamp::now()),
             events: summary.events,
             lost: summary.lost,
             transitions: summary

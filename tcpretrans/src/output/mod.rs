@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use jiff::Timestamp;
 
-use crate::{decode::Event, summary::Summary};
+use crate::{decode::Event, sessions::Session, summary::Summary};
 
 pub mod json;
 pub mod text;
@@ -16,6 +16,8 @@ pub trait Output {
     /// Once, when tracing has started: column headings, or a `start` event.
     fn header(&mut self, time: Timestamp) -> io::Result<()>;
     fn event(&mut self, event: &Event) -> io::Result<()>;
+    /// With `-c`: the flow table, `flows` the first of `total`.
+    fn flows(&mut self, time: Timestamp, flows: &[Session], total: usize) -> io::Result<()>;
     /// Once, at the end of a `--state` session (text prints it on stderr).
     fn summary(&mut self, _summary: &Summary) -> io::Result<()> {
         Ok(())
@@ -39,6 +41,8 @@ pub struct Style {
     pub sequence: bool,
     /// Text: endpoint columns wide enough for IPv6.
     pub wide_endpoints: bool,
+    /// `-c`: flow tables instead of event lines.
+    pub count: bool,
 }
 
 /// The output the arguments ask for, over `writer`.

@@ -9,7 +9,10 @@ use std::{
 use jiff::{Timestamp, tz::TimeZone};
 
 use super::{Output, Style, errno_name};
-use crate::decode::{Cause, Close, Event, Retransmit, Socket, StateChange, TcpState};
+use crate::{
+    decode::{Account, Cause, Close, Event, Retransmit, SessionEnd, Socket, StateChange, TcpState},
+    sessions::Session,
+};
 
 /// `255.255.255.255:65535`; an IPv6 endpoint widens its line unless `-6`
 /// asked for IPv6-wide columns.
@@ -23,6 +26,7 @@ pub struct Text<W: Write> {
     tz: TimeZone,
     line: String,
     sequence: bool,
+    count: bool,
     endpoint_width: usize,
 }
 
@@ -37,6 +41,7 @@ impl<W: Write> Text<W> {
             tz,
             line: String::with_capacity(256),
             sequence: style.sequence,
+            count: style.count,
             endpoint_width: if style.wide_endpoints {
                 ENDPOINT_WIDTH_V6
             } else {
@@ -64,10 +69,12 @@ impl<W: Write> Text<W> {
         );
     }
 
-    fn state_columns(&mut self, change: &StateChange) {
+    /// `old -> new`, with the time spent in `old` if `with_time_in_old`,
+    /// and why and how it closed.
+    fn state_columns(&mut self, change: &StateChange, with_time_in_old: bool) {
         let (old, new) = (state_name(change.old_state), state_name(change.new_state));
         let _ = write!(self.line, "{old} -> {new}");
-        if let Some(d) = change.prev_state {
+        if let Some(d) = change.prev_state.filter(|_| with_time_in_old) {
             let _ = write!(self.line, " ({} in {old})", human_duration(d));
         }
         let reason = match change.close {
@@ -83,6 +90,36 @@ impl<W: Write> Text<W> {
         }
         if change.orphan == Some(true) {
             self.line.push_str(" orphan");
+        }
+    }
+
+    /// `session ended after 4.12s: ESTABLISHED -> CLOSE ETIMEDOUT; 3
+    /// retransmits (RTO 3), 3 segments, max RTO 816ms`.
+    fn session_end_columns(&mut self, end: &SessionEnd) {
+        let lasted = end.opened.map_or_else(
+            || "(began before tracing)".to_owned(),
+            |t| {
+                let d = end.change.socket.time.duration_since(t).unsigned_abs();
+                format!("after {}", human_duration(d))
+            },
+        );
+        let _ = write!(self.line, "session ended {lasted}: ");
+        self.state_columns(&end.change, false);
+        let a = &end.account;
+        if a.retransmits() == 0 {
+            self.line.push_str("; no retransmits");
+            return;
+        }
+        let causes: Vec<String> = a.causes().map(|(c, n)| format!("{c} {n}")).collect();
+        let _ = write!(
+            self.line,
+            "; {} retransmits ({}), {} segments",
+            a.retransmits(),
+            causes.join(", "),
+            a.segments
+        );
+        if let Some(rto) = a.max_rto {
+            let _ = write!(self.line, ", max RTO {}", human_duration(rto));
         }
     }
 
@@ -123,6 +160,11 @@ impl<W: Write> Text<W> {
 
 impl<W: Write> Output for Text<W> {
     fn header(&mut self, _time: Timestamp) -> io::Result<()> {
+        if self.count {
+            // Tables come later, each with its own heading.
+            eprintln!("tcpretrans: counting retransmissions per flow");
+            return Ok(());
+        }
         let mut header = format!(
             "{:<12} {:<7} {:<COMM_WIDTH$} {:<2} {:<width$} T> {:<width$} {:<11} {:<6} {:<7} {:<8} {:<5} {:<7}",
             "TIME",
@@ -160,7 +202,11 @@ impl<W: Write> Output for Text<W> {
             }
             Event::State(change) => {
                 self.socket_columns(&change.socket, 'S');
-                self.state_columns(change);
+                self.state_columns(change, true);
+            }
+            Event::SessionEnd(end) => {
+                self.socket_columns(&end.change.socket, 'E');
+                self.session_end_columns(end);
             }
             Event::TimeWaitReuse { socket, time_wait } => {
                 self.socket_columns(socket, 'S');
@@ -198,8 +244,71 @@ impl<W: Write> Output for Text<W> {
         self.out.write_all(self.line.as_bytes())
     }
 
+    fn flows(&mut self, time: Timestamp, flows: &[Session], total: usize) -> io::Result<()> {
+        let time = time.to_zoned(self.tz.clone()).strftime("%H:%M:%S%.3f");
+        let shown = if flows.len() < total {
+            format!(", the top {}", flows.len())
+        } else {
+            String::new()
+        };
+        let flows_word = if total == 1 { "flow" } else { "flows" };
+        writeln!(
+            self.out,
+            "\n{time}: {total} {flows_word} retransmitted{shown}"
+        )?;
+        let causes: Vec<&str> = Cause::ALL.iter().map(|c| c.name()).collect();
+        self.line.clear();
+        let _ = write!(
+            self.line,
+            "{:<7} {:<COMM_WIDTH$} {:<2} {:<width$}    {:<width$} {:>7}",
+            "PID",
+            "COMM",
+            "IP",
+            "LADDR:LPORT",
+            "RADDR:RPORT",
+            "RETRANS",
+            width = self.endpoint_width,
+        );
+        for cause in &causes {
+            let _ = write!(self.line, " {cause:>6}");
+        }
+        let _ = write!(self.line, " {:>6} {:>7}", "SEGS", "MAX_RTO");
+        writeln!(self.out, "{}", self.line)?;
+        for flow in flows {
+            self.flow_row(&flow.socket, &flow.account);
+            self.out.write_all(self.line.as_bytes())?;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+impl<W: Write> Text<W> {
+    fn flow_row(&mut self, socket: &Socket, account: &Account) {
+        self.line.clear();
+        let (pid, comm) = match &socket.owner {
+            Some(p) => (p.pid.to_string(), p.comm.as_str()),
+            None => ("-".to_owned(), "-"),
+        };
+        let _ = write!(
+            self.line,
+            "{pid:<7} {comm:<COMM_WIDTH$} {family:<2} {local:<width$} -> {remote:<width$} {retrans:>7}",
+            family = socket.family,
+            local = endpoint(socket.laddr, socket.lport),
+            remote = endpoint(socket.raddr, socket.rport),
+            retrans = account.retransmits(),
+            width = self.endpoint_width,
+        );
+        for n in account.by_cause {
+            let _ = write!(self.line, " {n:>6}");
+        }
+        let max_rto = account
+            .max_rto
+            .map_or_else(|| "-".to_owned(), human_duration);
+        let _ = writeln!(self.line, " {:>6} {max_rto:>7}", account.segments);
     }
 }
 

@@ -258,6 +258,26 @@ impl Output {
         lines
     }
 
+    /// The `flow` lines of `-c --json`, each table's in rank order; checks
+    /// that the exit summary reports no loss.
+    pub fn flows(&self) -> Vec<Value> {
+        assert!(
+            self.stderr
+                .lines()
+                .any(|l| l.starts_with("tcpretrans: ") && l.ends_with(" events, 0 lost")),
+            "no loss-free summary in:\n{}",
+            self.stderr
+        );
+        let mut lines = self.json_lines();
+        assert_eq!(lines.remove(0)["event"], "start");
+        assert!(
+            lines.iter().all(|e| e["event"] == "flow"),
+            "{}",
+            self.stdout
+        );
+        lines
+    }
+
     /// The closing `summary` event (`--json --state`).
     pub fn summary(&self) -> Value {
         let lines = self.json_lines();

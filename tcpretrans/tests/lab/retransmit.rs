@@ -137,9 +137,12 @@ fn blackhole_rtos_double_until_the_kernel_gives_up() {
     client
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    let err = (&client)
-        .read(&mut [0; 16])
-        .expect_err("the connection must time out");
+    // A socket read with a timeout is not restarted after a signal or a
+    // stop/continue of the test process: EINTR is not the connection's end.
+    let err = std::iter::repeat_with(|| (&client).read(&mut [0; 16]))
+        .take(100)
+        .find_map(|read| read.err().filter(|e| e.kind() != ErrorKind::Interrupted))
+        .expect("the connection must time out");
     let gave_up_after = started.elapsed();
     let after = ns.counters();
     let events = tracer.stop().events();
@@ -190,6 +193,44 @@ fn blackhole_rtos_double_until_the_kernel_gives_up() {
         );
     }
     let rto_ms: Vec<f64> = rtos.iter().map(|e| ms(e, "rto_ms")).collect();
+    // The connection's session_end adds up what it went through.
+    let session = of_kind(&events, "session_end")
+        .into_iter()
+        .find(|e| e["lport"] == client_port)
+        .expect("the client's session_end");
+    let client_retransmits: Vec<&Value> = retransmits
+        .iter()
+        .copied()
+        .filter(|e| e["lport"] == client_port)
+        .collect();
+    assert_eq!(
+        (
+            &session["retransmits"],
+            &session["by_type"]["RTO"],
+            &session["segments"]
+        ),
+        (
+            &client_retransmits.len().into(),
+            &rtos.len().into(),
+            &sent_segments(&client_retransmits).into()
+        ),
+        "{session}"
+    );
+    assert_eq!(
+        (&session["close"], &session["error"]),
+        (&"error".into(), &"ETIMEDOUT".into()),
+        "{session}"
+    );
+    assert_eq!(
+        ms(session, "max_rto_ms"),
+        rto_ms.iter().copied().fold(0.0, f64::max),
+        "{session}"
+    );
+    // It began at connect(), before the write that started the clock.
+    assert!(
+        ms(session, "duration_ms") >= gave_up_after.as_secs_f64() * 1e3 - 20.0,
+        "{session} vs {gave_up_after:?}"
+    );
     let gaps_ms: Vec<f64> = rtos
         .windows(2)
         .map(|p| ((seconds(p[1]) - seconds(p[0])) * 1e3).round())

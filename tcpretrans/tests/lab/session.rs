@@ -85,12 +85,17 @@ fn sigterm_ends_cleanly_with_a_summary() {
         .expect("stderr");
     assert!(status.success(), "{status}: {stderr}");
     // Events queued before the signal are still printed: 12 transitions of
-    // listener, client and accepted socket.
-    assert_eq!(rest.lines().count(), 12, "{rest}");
+    // listener, client and accepted socket, and the two connections' ends.
+    assert_eq!(rest.lines().count(), 14, "{rest}");
+    assert_eq!(
+        rest.lines().filter(|l| l.contains(" E> ")).count(),
+        2,
+        "{rest}"
+    );
     let mut summary = stderr.lines();
     assert_eq!(
         summary.next(),
-        Some("tcpretrans: 12 events, 0 lost"),
+        Some("tcpretrans: 14 events, 0 lost"),
         "{stderr}"
     );
     assert!(

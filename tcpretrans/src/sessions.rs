@@ -1,0 +1,313 @@
+//! Per-connection accounting. A connection is its socket (the 4-tuple is
+//! not known before `connect` binds a port); the request socket that
+//! retransmits a SYN-ACK hands its account to the socket accepted from it.
+//!
+//! With `--state` a connection's account ends with it, in a `session_end`
+//! event; with `-c` the accounts are the flow table, taken at each interval.
+use std::{cmp::Reverse, collections::HashMap};
+
+use jiff::Timestamp;
+
+use crate::decode::{Account, Cause, Event, FourTuple, SessionEnd, Socket, StateChange, TcpState};
+
+/// A connection seen by the tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The socket of its latest event (its owner may have become known).
+    pub socket: Socket,
+    /// When it began, if the tool saw it begin.
+    pub opened: Option<Timestamp>,
+    pub account: Account,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    /// A full socket, by its kernel address.
+    Socket(u64),
+    /// A request socket (SYN-ACK retransmits) until its connection is accepted.
+    Request(FourTuple),
+}
+
+impl Key {
+    fn of(socket: &Socket, request: bool) -> Self {
+        if request {
+            Self::Request(socket.four_tuple())
+        } else {
+            Self::Socket(socket.skaddr)
+        }
+    }
+}
+
+/// Live connections, bounded in number: when full, the one quiet for the
+/// longest is forgotten.
+#[derive(Debug)]
+pub struct Sessions {
+    live: HashMap<Key, Session>,
+    capacity: usize,
+}
+
+impl Sessions {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            live: HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// Accounts for an event; returns a `SessionEnd` event when it ended a
+    /// connection.
+    pub fn observe(&mut self, event: &Event) -> Option<Event> {
+        match event {
+            Event::Retransmit(r) => {
+                let begins = matches!(r.state, Some(TcpState::SynSent | TcpState::SynRecv));
+                let key = Key::of(&r.socket, r.cause == Some(Cause::SynAck));
+                let session = self.session(key, &r.socket, begins);
+                session.account.record(r);
+                session.socket.clone_from(&r.socket);
+                None
+            }
+            Event::State(change) if !is_listener(change) => {
+                let begins = matches!(change.old_state, Some(TcpState::Close | TcpState::Listen));
+                let key = Key::of(&change.socket, false);
+                if change.old_state == Some(TcpState::Listen)
+                    && let Some(request) = self.live.remove(&Key::of(&change.socket, true))
+                {
+                    self.live.insert(key, request);
+                }
+                if ends(change) {
+                    let session = self.live.remove(&key);
+                    let (opened, account) = match session {
+                        Some(s) => (s.opened, s.account),
+                        None => (begins.then_some(change.socket.time), Account::default()),
+                    };
+                    return Some(Event::SessionEnd(Box::new(SessionEnd {
+                        change: (**change).clone(),
+                        opened,
+                        account,
+                    })));
+                }
+                let session = self.session(key, &change.socket, begins);
+                session.socket.clone_from(&change.socket);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The connections with their accounts, most retransmits first, and
+    /// forgets them: the flow table of one `-c` interval.
+    pub fn take(&mut self) -> Vec<Session> {
+        let mut sessions: Vec<Session> = self.live.drain().map(|(_, s)| s).collect();
+        sessions.sort_by_key(|s| {
+            (
+                Reverse(s.account.retransmits()),
+                Reverse(s.account.segments),
+                s.socket.four_tuple(),
+            )
+        });
+        sessions
+    }
+
+    fn session(&mut self, key: Key, socket: &Socket, begins: bool) -> &mut Session {
+        if self.live.len() >= self.capacity && !self.live.contains_key(&key) {
+            self.forget_quietest();
+        }
+        self.live.entry(key).or_insert_with(|| Session {
+            socket: socket.clone(),
+            opened: begins.then_some(socket.time),
+            account: Account::default(),
+        })
+    }
+
+    fn forget_quietest(&mut self) {
+        let quietest = self
+            .live
+            .iter()
+            .min_by_key(|(_, s)| s.socket.time)
+            .map(|(key, _)| *key);
+        if let Some(key) = quietest {
+            self.live.remove(&key);
+        }
+    }
+}
+
+/// A listening socket's transitions are not a connection's.
+fn is_listener(change: &StateChange) -> bool {
+    change.old_state == Some(TcpState::Listen) && change.new_state == Some(TcpState::Close)
+        || change.new_state == Some(TcpState::Listen)
+}
+
+/// Whether the full socket is done: closed, or handed to a timewait socket.
+fn ends(change: &StateChange) -> bool {
+    change.close.is_some() || change.new_state == Some(TcpState::Close)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{IpAddr, Ipv4Addr},
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::decode::{Cause, Close, Retransmit};
+
+    fn socket(lport: u16, at_ms: i64) -> Socket {
+        Socket {
+            time: Timestamp::from_millisecond(1_800_000_000_000 + at_ms).unwrap(),
+            family: 4,
+            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            lport,
+            raddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            rport: 80,
+            netns: Some(1),
+            skaddr: 0xffff_0000 + u64::from(lport),
+            owner: None,
+            inode: None,
+        }
+    }
+
+    fn state(old: TcpState, new: TcpState, lport: u16, at_ms: i64) -> Event {
+        Event::State(Box::new(StateChange {
+            socket: socket(lport, at_ms),
+            old_state: Some(old),
+            new_state: Some(new),
+            prev_state: None,
+            close: (new == TcpState::Close).then_some(Close::Error),
+            error: None,
+            orphan: None,
+        }))
+    }
+
+    fn retransmit(cause: Cause, rto_ms: u64, segs: u16, lport: u16, at_ms: i64) -> Event {
+        Event::Retransmit(Box::new(Retransmit {
+            socket: socket(lport, at_ms),
+            cause: Some(cause),
+            state: Some(TcpState::Established),
+            err: 0,
+            rto: Some(Duration::from_millis(rto_ms)),
+            backoff: None,
+            retries: None,
+            retry_limit: None,
+            total_retrans: None,
+            srtt: None,
+            rttvar: None,
+            cwnd: None,
+            ssthresh: None,
+            segs: Some(segs),
+            bytes: None,
+            seq: None,
+            orphan: None,
+        }))
+    }
+
+    #[test]
+    fn a_connection_ends_with_its_account() {
+        let mut sessions = Sessions::new(16);
+        let events = [
+            state(TcpState::Close, TcpState::SynSent, 40000, 0),
+            state(TcpState::SynSent, TcpState::Established, 40000, 1),
+            retransmit(Cause::Rto, 200, 1, 40000, 300),
+            retransmit(Cause::Rto, 400, 2, 40000, 700),
+            retransmit(Cause::Tlp, 200, 1, 40001, 710),
+        ];
+        for event in &events {
+            assert_eq!(sessions.observe(event), None);
+        }
+        let Some(Event::SessionEnd(end)) =
+            sessions.observe(&state(TcpState::Established, TcpState::Close, 40000, 1000))
+        else {
+            panic!("no session_end")
+        };
+        assert_eq!(
+            end.opened,
+            Some(Timestamp::from_millisecond(1_800_000_000_000).unwrap())
+        );
+        assert_eq!(end.account.retransmits(), 2);
+        assert_eq!(end.account.segments, 3);
+        assert_eq!(end.account.max_rto, Some(Duration::from_millis(400)));
+        assert_eq!(end.account.causes().collect::<Vec<_>>(), [("RTO", 2)]);
+        assert_eq!(sessions.live.len(), 1, "port 40001 lives on");
+    }
+
+    #[test]
+    fn a_connect_is_one_session_although_its_port_comes_later() {
+        let mut sessions = Sessions::new(16);
+        let mut connect = state(TcpState::Close, TcpState::SynSent, 40000, 0);
+        if let Event::State(change) = &mut connect {
+            change.socket.lport = 0;
+        }
+        sessions.observe(&connect);
+        sessions.observe(&retransmit(Cause::Syn, 1000, 1, 40000, 1000));
+        let Some(Event::SessionEnd(end)) =
+            sessions.observe(&state(TcpState::SynSent, TcpState::Close, 40000, 3000))
+        else {
+            panic!("no session_end")
+        };
+        assert!(end.opened.is_some());
+        assert_eq!(end.account.causes().collect::<Vec<_>>(), [("SYN", 1)]);
+    }
+
+    #[test]
+    fn an_accepted_connection_inherits_its_syn_ack_retransmits() {
+        let mut sessions = Sessions::new(16);
+        let mut synack = retransmit(Cause::SynAck, 1000, 1, 80, 0);
+        if let Event::Retransmit(r) = &mut synack {
+            r.socket.skaddr = 0xaaaa; // the request socket
+            r.state = Some(TcpState::SynRecv);
+        }
+        sessions.observe(&synack);
+        sessions.observe(&state(TcpState::Listen, TcpState::SynRecv, 80, 1000));
+        let Some(Event::SessionEnd(end)) =
+            sessions.observe(&state(TcpState::SynRecv, TcpState::Close, 80, 2000))
+        else {
+            panic!("no session_end")
+        };
+        assert_eq!(
+            end.opened,
+            Some(Timestamp::from_millisecond(1_800_000_000_000).unwrap())
+        );
+        assert_eq!(end.account.causes().collect::<Vec<_>>(), [("SYNACK", 1)]);
+        assert!(sessions.live.is_empty());
+    }
+
+    #[test]
+    fn a_connection_that_predates_the_tool_has_no_opening() {
+        let mut sessions = Sessions::new(16);
+        sessions.observe(&retransmit(Cause::Fast, 200, 1, 40000, 0));
+        let Some(Event::SessionEnd(end)) =
+            sessions.observe(&state(TcpState::Established, TcpState::Close, 40000, 5))
+        else {
+            panic!("no session_end")
+        };
+        assert_eq!((end.opened, end.account.retransmits()), (None, 1));
+    }
+
+    #[test]
+    fn listeners_are_not_connections() {
+        let mut sessions = Sessions::new(16);
+        assert_eq!(
+            sessions.observe(&state(TcpState::Close, TcpState::Listen, 80, 0)),
+            None
+        );
+        assert_eq!(
+            sessions.observe(&state(TcpState::Listen, TcpState::Close, 80, 1)),
+            None
+        );
+        assert!(sessions.live.is_empty());
+    }
+
+    #[test]
+    fn the_flow_table_is_sorted_and_bounded() {
+        let mut sessions = Sessions::new(2);
+        sessions.observe(&retransmit(Cause::Rto, 200, 1, 1, 0));
+        sessions.observe(&retransmit(Cause::Fast, 200, 1, 2, 1));
+        sessions.observe(&retransmit(Cause::Fast, 200, 1, 2, 2));
+        // Full: port 1, quiet the longest, is forgotten.
+        sessions.observe(&retransmit(Cause::Tlp, 200, 1, 3, 3));
+        let flows = sessions.take();
+        let ports: Vec<u16> = flows.iter().map(|s| s.socket.lport).collect();
+        assert_eq!(ports, [2, 3]);
+        assert!(sessions.take().is_empty(), "taken");
+    }
+}
