@@ -90,6 +90,17 @@ pub struct SockOffsets {
     pub sk_net: u16,
     /// `struct net` → `ns.inum`.
     pub net_inum: u16,
+    /// `struct sock` → `sk_cgrp_data.cgroup`: the cgroup (v2) whose process
+    /// created the socket (an accepted socket's: its listener's).
+    pub sk_cgroup: u16,
+    /// `struct cgroup` → `level` (0 at the root).
+    pub cgroup_level: u16,
+    /// `struct cgroup` → `ancestors`: `ancestors[l]` is its ancestor at level `l`.
+    pub cgroup_ancestors: u16,
+    /// `struct cgroup` → `kn`; `struct kernfs_node` → `id` (the directory's inode).
+    pub cgroup_kn: u16,
+    pub kn_id: u16,
+    pub _pad: u16,
 }
 
 /// Layouts of `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`: only the
@@ -296,10 +307,24 @@ impl SockOffsets {
     pub const UNKNOWN: Self = Self {
         sk_net: ABSENT,
         net_inum: ABSENT,
+        sk_cgroup: ABSENT,
+        cgroup_level: ABSENT,
+        cgroup_ancestors: ABSENT,
+        cgroup_kn: ABSENT,
+        kn_id: ABSENT,
+        _pad: 0,
     };
 
     pub const fn has_netns(&self) -> bool {
         self.sk_net != ABSENT && self.net_inum != ABSENT
+    }
+
+    pub const fn has_cgroup(&self) -> bool {
+        self.sk_cgroup != ABSENT
+            && self.cgroup_level != ABSENT
+            && self.cgroup_ancestors != ABSENT
+            && self.cgroup_kn != ABSENT
+            && self.kn_id != ABSENT
     }
 }
 
@@ -333,6 +358,11 @@ pub struct Filter {
     pub pid: u32,
     pub laddr: AddrPrefix,
     pub raddr: AddrPrefix,
+    /// Level of `cgroup_id` in the cgroup v2 hierarchy (0 is the root).
+    pub cgroup_level: u32,
+    pub _pad1: u32,
+    /// Keep sockets of this cgroup v2 and its descendants; 0 keeps all.
+    pub cgroup_id: u64,
 }
 
 /// An address prefix over the 16-byte form (IPv4 as IPv4-mapped IPv6, so
@@ -455,6 +485,9 @@ impl Filter {
         pid: 0,
         laddr: AddrPrefix::ANY,
         raddr: AddrPrefix::ANY,
+        cgroup_level: 0,
+        _pad1: 0,
+        cgroup_id: 0,
     };
 
     /// Whether a flow's ports pass the port filters.
@@ -728,8 +761,8 @@ const _: () = {
     assert!(size_of::<ConnectErrorEvent>() == 96);
     assert!(size_of::<PendingConnect>() == 32);
     assert!(size_of::<StateFields>() == 20);
-    assert!(size_of::<SockOffsets>() == 4);
-    assert!(size_of::<Filter>() == 64);
+    assert!(size_of::<SockOffsets>() == 16);
+    assert!(size_of::<Filter>() == 80);
     assert!(size_of::<AddrPrefix>() == 20);
     assert!(size_of::<EventHeader>() == 32);
     assert!(size_of::<Flow>() == 36);

@@ -60,7 +60,7 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let tcp = TCP_OFFSETS.get();
     let sk = tcp_socket_of_fd(fd, tcp);
-    if sk == 0 || sock::netns_passing(sk, SOCK_OFFSETS.get(), filter).is_none() {
+    if sk == 0 || sock::kept(sk, SOCK_OFFSETS.get(), filter).is_none() {
         return Ok(());
     }
     let daddr: [u8; 16] = if family == AF_INET6 {
@@ -122,8 +122,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
             return Ok(());
         }
     }
-    let netns =
-        sock::netns_passing(pending.sk, SOCK_OFFSETS.get(), FILTER.get()).map_or(0, |n| n.inum);
+    let netns = sock::kept(pending.sk, SOCK_OFFSETS.get(), FILTER.get()).map_or(0, |n| n.inum);
     let local = sock::flow(pending.sk, tcp).map(|(flow, _)| flow);
     let Some(mut entry) = reserve::<ConnectErrorEvent>() else {
         return Ok(());

@@ -117,7 +117,7 @@ impl Record {
             return Ok(None);
         }
         let sk: u64 = record.load(fields.skaddr);
-        let Some(netns) = sock::netns_passing(sk, SOCK_OFFSETS.get(), filter) else {
+        let Some(netns) = sock::kept(sk, SOCK_OFFSETS.get(), filter) else {
             return Ok(None);
         };
         Ok(Some(Hit {

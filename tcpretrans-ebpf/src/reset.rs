@@ -48,7 +48,7 @@ fn try_reset(ctx: &TracePointContext, skaddr: u16, direction: u8) -> Result<(), 
     if !filter.keeps_family(family) {
         return Ok(());
     }
-    let Some(netns) = sock::netns_passing(sk, SOCK_OFFSETS.get(), filter) else {
+    let Some(netns) = sock::kept(sk, SOCK_OFFSETS.get(), filter) else {
         return Ok(());
     };
     let info = SOCKETS.get_ptr_mut(sk);

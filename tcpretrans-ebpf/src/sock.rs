@@ -30,12 +30,32 @@ pub struct Netns {
     pub inum: u32,
 }
 
-/// The socket's namespace, if it passes the namespace filter.
+/// The socket's namespace, if the socket passes the namespace and cgroup
+/// filters.
 #[inline(always)]
-pub fn netns_passing(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> Option<Netns> {
+pub fn kept(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> Option<Netns> {
     let net: u64 = read(skaddr, offsets.sk_net);
     let inum: u32 = read(net, offsets.net_inum);
-    (filter.netns == 0 || filter.netns == inum).then_some(Netns { net, inum })
+    let kept = (filter.netns == 0 || filter.netns == inum)
+        && (filter.cgroup_id == 0 || in_cgroup(skaddr, offsets, filter));
+    kept.then_some(Netns { net, inum })
+}
+
+/// Whether the socket's cgroup is the filter's or below it: its ancestor at
+/// the filter's level has the filter's id.
+#[inline(always)]
+fn in_cgroup(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> bool {
+    let cgroup: u64 = read(skaddr, offsets.sk_cgroup);
+    let level: i32 = read(cgroup, offsets.cgroup_level);
+    if cgroup == 0 || level < 0 || (level as u32) < filter.cgroup_level {
+        return false;
+    }
+    // The level is bounded by the hierarchy's depth; userspace checked the
+    // offset is known.
+    let ancestor_slot = cgroup + u64::from(filter.cgroup_level) * 8;
+    let ancestor: u64 = read(ancestor_slot, offsets.cgroup_ancestors);
+    let kn: u64 = read(ancestor, offsets.cgroup_kn);
+    read::<u64>(kn, offsets.kn_id) == filter.cgroup_id
 }
 
 /// A socket's flow from its `sock_common` (full, request or timewait

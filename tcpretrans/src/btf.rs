@@ -342,6 +342,11 @@ const fn member(outer: &'static str, path: &'static [&'static str]) -> Member {
 
 pub const SK_NET: Member = member("sock", &["__sk_common", "skc_net", "net"]);
 pub const NET_INUM: Member = member("net", &["ns", "inum"]);
+pub const SK_CGROUP: Member = member("sock", &["sk_cgrp_data", "cgroup"]);
+pub const CGROUP_LEVEL: Member = member("cgroup", &["level"]);
+pub const CGROUP_ANCESTORS: Member = member("cgroup", &["ancestors"]);
+pub const CGROUP_KN: Member = member("cgroup", &["kn"]);
+pub const KERNFS_NODE_ID: Member = member("kernfs_node", &["id"]);
 /// `sk_flags` is a macro for this.
 pub const SK_FLAGS: Member = member("sock", &["__sk_common", "skc_flags"]);
 pub const ICSK_RTO: Member = member("inet_connection_sock", &["icsk_rto"]);
@@ -403,9 +408,14 @@ pub const HASHINFO_EHASH: Member = member("inet_hashinfo", &["ehash"]);
 pub const HASHINFO_EHASH_MASK: Member = member("inet_hashinfo", &["ehash_mask"]);
 
 /// Every member the kernel programs use.
-pub const MEMBERS: [Member; 52] = [
+pub const MEMBERS: [Member; 57] = [
     SK_NET,
     NET_INUM,
+    SK_CGROUP,
+    CGROUP_LEVEL,
+    CGROUP_ANCESTORS,
+    CGROUP_KN,
+    KERNFS_NODE_ID,
     SK_FLAGS,
     ICSK_RTO,
     ICSK_CA_STATE,
@@ -598,6 +608,12 @@ pub fn resolve(btf: &Btf) -> Resolved {
     let sock = SockOffsets {
         sk_net: byte(SK_NET),
         net_inum: byte(NET_INUM),
+        sk_cgroup: byte(SK_CGROUP),
+        cgroup_level: byte(CGROUP_LEVEL),
+        cgroup_ancestors: byte(CGROUP_ANCESTORS),
+        cgroup_kn: byte(CGROUP_KN),
+        kn_id: byte(KERNFS_NODE_ID),
+        _pad: 0,
     };
     Resolved { sock, tcp, members }
 }
@@ -756,7 +772,8 @@ mod tests {
             resolved.sock,
             SockOffsets {
                 sk_net: 48,
-                net_inum: 24
+                net_inum: 24,
+                ..SockOffsets::UNKNOWN
             }
         );
         let ca_state = resolved.tcp.icsk_ca_state;

@@ -8,6 +8,7 @@ use tcpretrans_common::{AF_INET, AF_INET6, tcp_state};
 use tcpretrans_common::{AddrPrefix, Filter, filter_flags};
 
 use crate::{
+    cgroup::{self, Cgroup},
     decode::{Process, TcpState},
     output::Style,
 };
@@ -76,6 +77,11 @@ pub struct Args {
     /// Only connections whose remote address is in ADDR[/PREFIX].
     #[arg(long, value_name = "ADDR[/PREFIX]", value_parser = parse_prefix)]
     pub raddr: Option<AddrPrefix>,
+
+    /// Only sockets created in this cgroup v2 directory or below it (an
+    /// accepted socket belongs to its listener's cgroup).
+    #[arg(long, value_name = "PATH", value_parser = cgroup::parse)]
+    pub cgroup: Option<Cgroup>,
 
     /// IPv4 only.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6", action = ArgAction::SetTrue)]
@@ -154,6 +160,9 @@ impl Args {
             pid: self.pid.unwrap_or(0),
             laddr: self.laddr.unwrap_or(AddrPrefix::ANY),
             raddr: self.raddr.unwrap_or(AddrPrefix::ANY),
+            cgroup_level: self.cgroup.map_or(0, |c| c.level),
+            _pad1: 0,
+            cgroup_id: self.cgroup.map_or(0, |c| c.id),
         }
     }
 

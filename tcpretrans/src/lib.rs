@@ -2,6 +2,7 @@
 //!
 //! The binary is a thin shell over this library; tests use it directly.
 pub mod btf;
+pub mod cgroup;
 pub mod check;
 pub mod cli;
 pub mod decode;

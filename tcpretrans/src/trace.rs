@@ -53,6 +53,8 @@ pub enum TraceError {
     Load(#[from] LoadError),
     #[error("--netns needs the kernel's BTF to read a socket's namespace, and {0}")]
     NetnsWithoutBtf(String),
+    #[error("--cgroup needs the kernel's BTF to read a socket's cgroup, and {0}")]
+    CgroupWithoutBtf(String),
     #[error("cannot watch the ring buffer: {0}")]
     Poll(#[source] io::Error),
     #[error("writing output failed: {0}")]
@@ -109,6 +111,9 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
             if args.netns.is_some() {
                 return Err(TraceError::NetnsWithoutBtf(describe_btf_error(&err)));
             }
+            if args.cgroup.is_some() {
+                return Err(TraceError::CgroupWithoutBtf(describe_btf_error(&err)));
+            }
             eprintln!(
                 "tcpretrans: {}; namespaces, timers, RTT, congestion and retry budgets are shown as unknown",
                 describe_btf_error(&err)
@@ -118,6 +123,11 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
     };
     if args.netns.is_some() && !resolved.sock.has_netns() {
         return Err(TraceError::NetnsWithoutBtf(
+            "this kernel's BTF lacks the members it needs".into(),
+        ));
+    }
+    if args.cgroup.is_some() && !resolved.sock.has_cgroup() {
+        return Err(TraceError::CgroupWithoutBtf(
             "this kernel's BTF lacks the members it needs".into(),
         ));
     }

@@ -2,6 +2,7 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
+    path::PathBuf,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -188,14 +189,107 @@ fn pid_and_port_filters_keep_only_their_connections() {
     );
 }
 
-/// Connects to its own listener on 8310 a few times, then exits.
+/// Connects to its own listener on 8310 a few times, then exits; with an
+/// argument, first waits for a line on stdin.
 const OTHER_PROCESS: &str = "\
-import socket
+import socket, sys
+if len(sys.argv) > 1:
+    sys.stdin.readline()
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('127.0.0.1', 8310)); s.listen()
 for _ in range(5):
     c = socket.create_connection(('127.0.0.1', 8310)); a, _ = s.accept(); c.close(); a.close()
 ";
+
+/// A cgroup v2 directory with a child, removed when dropped.
+struct LabCgroup {
+    parent: PathBuf,
+    child: PathBuf,
+}
+
+impl LabCgroup {
+    fn new() -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let fields: Vec<&str> = l.split(' ').collect();
+                (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+            })
+            .expect("a cgroup2 mount");
+        let parent = root.join(format!("tcpretrans-lab-{}", std::process::id()));
+        let child = parent.join("worker");
+        std::fs::create_dir_all(&child).expect("mkdir cgroup");
+        Self { parent, child }
+    }
+}
+
+impl Drop for LabCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.child);
+        let _ = std::fs::remove_dir(&self.parent);
+    }
+}
+
+/// `--cgroup`: only sockets created in that cgroup or below it, although
+/// the traffic shares the namespace and the port numbers.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn cgroup_filter_keeps_only_sockets_of_that_cgroup_tree() {
+    let ns = Netns::new("cgroup");
+    let cgroup = LabCgroup::new();
+    let tracer = Tracer::start(&[
+        "--json",
+        "--state",
+        "--netns",
+        &ns.inode.to_string(),
+        "--cgroup",
+        cgroup.parent.to_str().expect("path"),
+    ]);
+    // This process is not in the cgroup: its connection must not show.
+    short_connection(&ns, "127.0.0.1:8312".parse().expect("address"));
+    // `ip netns exec` mounts a sysfs of its own: the cgroup is joined from here.
+    let mut worker = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "python3",
+            "-c",
+            OTHER_PROCESS,
+            "wait",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::fs::write(cgroup.child.join("cgroup.procs"), worker.id().to_string())
+        .expect("joining the cgroup");
+    worker
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("go");
+    let worker = worker.wait_with_output().expect("python3");
+    assert!(
+        worker.status.success(),
+        "{}",
+        String::from_utf8_lossy(&worker.stderr)
+    );
+    let events = tracer.stop().events();
+    let states = of_kind(&events, "state");
+
+    // The listener's 2 transitions, and 5 connections of 5 each per side.
+    assert_eq!(states.len(), 2 + 5 * 10, "{states:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["comm"] == "python3" && (e["lport"] == 8310 || e["rport"] == 8310)),
+        "{events:?}"
+    );
+}
 
 /// Per-socket kernel state goes when the socket does: after thousands of
 /// short connections, nothing is left behind.
