@@ -96,6 +96,67 @@ fn server_retransmits_in_softirq_belong_to_the_server_process() {
     );
 }
 
+/// A client in a process of its own: uploads `bytes`, then exits.
+const CLIENT: &str = "\
+import socket, sys
+c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+c.sendall(b'x' * int(sys.argv[2])); c.close()
+";
+
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn client_retransmits_in_softirq_belong_to_the_client_process() {
+    const BYTES: usize = 4 << 20;
+    let ns = Netns::new("upowner");
+    ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    let port = 8301u16;
+    // Loss on the way to the server: the client retransmits, mostly from
+    // ACK processing and timers in softirq.
+    drop_inbound_matching(&ns, &format!("tcp dport {port} numgen random mod 100 < 10"));
+    let listener = ns
+        .enter(move || std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind"))
+        .join()
+        .expect("listener");
+    let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
+    let reader = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut sink = Vec::new();
+        conn.read_to_end(&mut sink).expect("read");
+        sink.len()
+    });
+    let client = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c", CLIENT])
+        .args([port.to_string(), BYTES.to_string()])
+        .spawn()
+        .expect("python3 client");
+    let client_pid = client.id();
+    let status = client.wait_with_output().expect("client").status;
+    assert!(status.success());
+    assert_eq!(reader.join().expect("reader"), BYTES);
+    thread::sleep(Duration::from_millis(50));
+    let events = tracer.stop().events();
+
+    let client_side: Vec<_> = of_kind(&events, "retransmit")
+        .into_iter()
+        .filter(|e| e["rport"] == port)
+        .collect();
+    assert!(
+        !client_side.is_empty(),
+        "10% loss toward the server must make the client retransmit"
+    );
+    for event in &client_side {
+        assert_eq!(
+            (&event["pid"], &event["comm"]),
+            (&client_pid.into(), &"python3".into()),
+            "{event}"
+        );
+    }
+    eprintln!(
+        "client-side retransmits: {} events, all attributed to python3 pid {client_pid}",
+        client_side.len()
+    );
+}
+
 /// The connection exists before the tracer: its owner comes from /proc.
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
