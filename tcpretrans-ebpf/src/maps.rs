@@ -65,7 +65,7 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// What we know about each socket between events, keyed by its address.
 /// Entries go when the socket reaches CLOSE; the LRU bounds what is never
-/// closed while we watch.
+/// closed while we watch. Userspace sets the size (`--max-sockets`).
 #[map]
 pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65_536, 0);
 

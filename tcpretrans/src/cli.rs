@@ -113,6 +113,13 @@ pub struct Args {
     #[arg(short = 's', long)]
     pub sequence: bool,
 
+    /// Sockets the kernel side keeps state for (owner, time in state, ...):
+    /// an LRU map, entries leave when their socket closes. Raise it on a
+    /// host with more open TCP sockets than this.
+    #[arg(long, value_name = "N", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(1024..=1 << 24))]
+    pub max_sockets: u32,
+
     /// Read kernel type information from FILE instead of /sys/kernel/btf/vmlinux.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
@@ -262,6 +269,24 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn socket_map_size_has_a_default_and_bounds() {
+        assert_eq!(parse(&[]).unwrap().max_sockets, 65_536);
+        assert_eq!(
+            parse(&["--max-sockets", "262144"]).unwrap().max_sockets,
+            262_144
+        );
+        assert!(parse(&["--max-sockets", "10"]).is_err());
+    }
+
+    #[test]
+    fn count_options_need_count_and_exclude_state() {
+        assert!(parse(&["-c", "-i", "5", "--top", "10"]).is_ok());
+        assert!(parse(&["-i", "5"]).is_err());
+        assert!(parse(&["--top", "3"]).is_err());
+        assert!(parse(&["-c", "--state"]).is_err());
     }
 
     #[test]

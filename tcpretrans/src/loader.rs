@@ -76,6 +76,8 @@ pub struct Plan {
     pub filter: Filter,
     /// Ring buffer size: a power of two, a multiple of the page size.
     pub ring_bytes: u32,
+    /// Entries of the per-socket state map.
+    pub max_sockets: u32,
 }
 
 /// Loaded and attached programs with the maps userspace reads.
@@ -173,6 +175,7 @@ impl Tracer {
             // kernel BTF (we resolve the offsets we need ourselves).
             .btf(None)
             .map_max_entries("EVENTS", plan.ring_bytes)
+            .map_max_entries("SOCKETS", plan.max_sockets)
             .override_global(globals::RETRANSMIT_FIELDS, &plan.retransmit, true)
             .override_global(globals::SYNACK_FIELDS, &plan.synack, true)
             .override_global(globals::STATE_FIELDS, &plan.state, true)

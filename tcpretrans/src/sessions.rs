@@ -1,6 +1,8 @@
-//! Per-connection accounting. A connection is its socket (the 4-tuple is
-//! not known before `connect` binds a port); the request socket that
-//! retransmits a SYN-ACK hands its account to the socket accepted from it.
+//! Per-connection accounting. A connection is its 4-tuple in its network
+//! namespace: the request socket that retransmits a SYN-ACK and the socket
+//! accepted from it are one connection, and a socket address the kernel
+//! reuses is not. A `connect()` reaches SYN_SENT before it has a port, so
+//! its start is remembered by socket address until the port is known.
 //!
 //! With `--state` a connection's account ends with it, in a `session_end`
 //! event; with `-c` the accounts are the flow table, taken at each interval.
@@ -8,7 +10,7 @@ use std::{cmp::Reverse, collections::HashMap};
 
 use jiff::Timestamp;
 
-use crate::decode::{Account, Cause, Event, FourTuple, SessionEnd, Socket, StateChange, TcpState};
+use crate::decode::{Account, Event, FourTuple, SessionEnd, Socket, StateChange, TcpState};
 
 /// A connection seen by the tool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,29 +22,13 @@ pub struct Session {
     pub account: Account,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Key {
-    /// A full socket, by its kernel address.
-    Socket(u64),
-    /// A request socket (SYN-ACK retransmits) until its connection is accepted.
-    Request(FourTuple),
-}
-
-impl Key {
-    fn of(socket: &Socket, request: bool) -> Self {
-        if request {
-            Self::Request(socket.four_tuple())
-        } else {
-            Self::Socket(socket.skaddr)
-        }
-    }
-}
-
 /// Live connections, bounded in number: when full, the one quiet for the
 /// longest is forgotten.
 #[derive(Debug)]
 pub struct Sessions {
-    live: HashMap<Key, Session>,
+    live: HashMap<FourTuple, Session>,
+    /// When each `connect()` still without a port began, by socket address.
+    connecting: HashMap<u64, Timestamp>,
     capacity: usize,
 }
 
@@ -50,6 +36,7 @@ impl Sessions {
     pub fn new(capacity: usize) -> Self {
         Self {
             live: HashMap::new(),
+            connecting: HashMap::new(),
             capacity,
         }
     }
@@ -60,25 +47,26 @@ impl Sessions {
         match event {
             Event::Retransmit(r) => {
                 let begins = matches!(r.state, Some(TcpState::SynSent | TcpState::SynRecv));
-                let key = Key::of(&r.socket, r.cause == Some(Cause::SynAck));
-                let session = self.session(key, &r.socket, begins);
+                let session = self.session(&r.socket, begins);
                 session.account.record(r);
                 session.socket.clone_from(&r.socket);
                 None
             }
             Event::State(change) if !is_listener(change) => {
+                let socket = &change.socket;
                 let begins = matches!(change.old_state, Some(TcpState::Close | TcpState::Listen));
-                let key = Key::of(&change.socket, false);
-                if change.old_state == Some(TcpState::Listen)
-                    && let Some(request) = self.live.remove(&Key::of(&change.socket, true))
-                {
-                    self.live.insert(key, request);
-                }
+                let unbound = socket.lport == 0;
                 if ends(change) {
-                    let session = self.live.remove(&key);
+                    let connect = self.connecting.remove(&socket.skaddr);
+                    let session = (!unbound)
+                        .then(|| self.live.remove(&socket.four_tuple()))
+                        .flatten();
                     let (opened, account) = match session {
-                        Some(s) => (s.opened, s.account),
-                        None => (begins.then_some(change.socket.time), Account::default()),
+                        Some(s) => (connect.or(s.opened), s.account),
+                        None => (
+                            connect.or(begins.then_some(socket.time)),
+                            Account::default(),
+                        ),
                     };
                     return Some(Event::SessionEnd(Box::new(SessionEnd {
                         change: (**change).clone(),
@@ -86,8 +74,19 @@ impl Sessions {
                         account,
                     })));
                 }
-                let session = self.session(key, &change.socket, begins);
-                session.socket.clone_from(&change.socket);
+                if unbound {
+                    if begins {
+                        if self.connecting.len() >= self.capacity {
+                            // Connects stay here for a round trip at most;
+                            // this many means their ends went unseen.
+                            self.connecting.clear();
+                        }
+                        self.connecting.insert(socket.skaddr, socket.time);
+                    }
+                    return None;
+                }
+                let session = self.session(socket, begins);
+                session.socket.clone_from(socket);
                 None
             }
             _ => None,
@@ -108,15 +107,21 @@ impl Sessions {
         sessions
     }
 
-    fn session(&mut self, key: Key, socket: &Socket, begins: bool) -> &mut Session {
-        if self.live.len() >= self.capacity && !self.live.contains_key(&key) {
+    fn session(&mut self, socket: &Socket, begins: bool) -> &mut Session {
+        let connect = self.connecting.remove(&socket.skaddr);
+        let tuple = socket.four_tuple();
+        if self.live.len() >= self.capacity && !self.live.contains_key(&tuple) {
             self.forget_quietest();
         }
-        self.live.entry(key).or_insert_with(|| Session {
+        let session = self.live.entry(tuple).or_insert_with(|| Session {
             socket: socket.clone(),
             opened: begins.then_some(socket.time),
             account: Account::default(),
-        })
+        });
+        if connect.is_some() {
+            session.opened = connect;
+        }
+        session
     }
 
     fn forget_quietest(&mut self) {
@@ -124,9 +129,9 @@ impl Sessions {
             .live
             .iter()
             .min_by_key(|(_, s)| s.socket.time)
-            .map(|(key, _)| *key);
-        if let Some(key) = quietest {
-            self.live.remove(&key);
+            .map(|(tuple, _)| *tuple);
+        if let Some(tuple) = quietest {
+            self.live.remove(&tuple);
         }
     }
 }
@@ -269,6 +274,21 @@ mod tests {
         );
         assert_eq!(end.account.causes().collect::<Vec<_>>(), [("SYNACK", 1)]);
         assert!(sessions.live.is_empty());
+    }
+
+    #[test]
+    fn a_reused_socket_address_is_another_connection() {
+        let mut sessions = Sessions::new(16);
+        let mut first = retransmit(Cause::Fast, 200, 1, 40000, 0);
+        let mut second = retransmit(Cause::Rto, 200, 1, 40001, 5);
+        for event in [&mut first, &mut second] {
+            if let Event::Retransmit(r) = event {
+                r.socket.skaddr = 0xbbbb;
+            }
+        }
+        sessions.observe(&first);
+        sessions.observe(&second);
+        assert_eq!(sessions.take().len(), 2);
     }
 
     #[test]

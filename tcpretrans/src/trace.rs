@@ -145,6 +145,7 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
         tcp: resolved.tcp,
         filter,
         ring_bytes: RING_BYTES,
+        max_sockets: args.max_sockets,
     };
     let decoder = Decoder {
         clock: Clock::new(),

@@ -59,10 +59,11 @@ fn count_table_totals_equal_the_per_event_counts() {
         })
         .collect();
 
-    assert_eq!(expected.len(), UPLOADS, "10% loss hits every upload");
     assert_eq!(counted, expected, "-c vs per-event lines");
     let kernel_segs = delta(&before, &after, "Tcp.RetransSegs");
     assert_eq!(counted.values().map(|t| t.1).sum::<i64>(), kernel_segs);
+    // 10% loss hits every upload (and the server side may retransmit too:
+    // a SYN-ACK whose ACK was dropped, a FIN).
     for client in &clients {
         assert!(counted.contains_key(&u64::from(client.port())), "{client}");
     }
@@ -85,7 +86,7 @@ fn count_table_totals_equal_the_per_event_counts() {
     assert_eq!(top.len(), 1, "{top:?}");
     assert_eq!(
         (&top[0]["rank"], &top[0]["flows"], &top[0]["retransmits"]),
-        (&1.into(), &UPLOADS.into(), &flows[0]["retransmits"]),
+        (&1.into(), &flows.len().into(), &flows[0]["retransmits"]),
     );
     eprintln!("flows: {counted:?}, Tcp.RetransSegs +{kernel_segs}");
 }
