@@ -159,8 +159,9 @@ impl Drop for Netns {
 /// The real tcpretrans binary, running until stopped.
 pub struct Tracer {
     child: Child,
-    stdout: thread::JoinHandle<String>,
-    stderr: thread::JoinHandle<String>,
+    /// Readers of its output; taken by `stop`.
+    stdout: Option<thread::JoinHandle<String>>,
+    stderr: Option<thread::JoinHandle<String>>,
     /// Time from spawn to the "tracing" notice: exec → attached.
     pub attach_time: Duration,
 }
@@ -197,14 +198,14 @@ impl Tracer {
         });
         let mut tracer = Self {
             child,
-            stdout,
-            stderr,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
             attach_time: Duration::ZERO,
         };
         if ready_rx.recv_timeout(PATIENCE).is_err() {
             let _ = tracer.child.kill();
             let _ = tracer.child.wait();
-            let stderr = tracer.stderr.join().unwrap_or_default();
+            let stderr = tracer.take_stderr();
             panic!(
                 "tcpretrans did not start tracing (this machine must load eBPF programs as root):\n{stderr}"
             );
@@ -224,13 +225,36 @@ impl Tracer {
             assert!(Instant::now() < deadline, "tcpretrans ignored SIGINT");
             thread::sleep(Duration::from_millis(10));
         };
-        let stdout = self.stdout.join().expect("stdout reader");
-        let stderr = self.stderr.join().expect("stderr reader");
+        let stdout = self
+            .stdout
+            .take()
+            .map(|reader| reader.join().expect("stdout reader"))
+            .unwrap_or_default();
+        let stderr = self.take_stderr();
         assert!(
             status.success(),
             "tcpretrans exited with {status}:\n{stderr}"
         );
         Output { stdout, stderr }
+    }
+}
+
+impl Tracer {
+    fn take_stderr(&mut self) -> String {
+        self.stderr
+            .take()
+            .map(|reader| reader.join().expect("stderr reader"))
+            .unwrap_or_default()
+    }
+}
+
+/// A test that fails before `stop` must not leave its tracer attached.
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
