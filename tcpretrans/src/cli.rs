@@ -113,6 +113,12 @@ pub struct Args {
     #[arg(short = 's', long)]
     pub sequence: bool,
 
+    /// Size of the ring buffer the kernel side queues events in, e.g.
+    /// `4M` (the default), `64K`, `16M`: a power of two, at least a page.
+    /// Events that find it full are counted as lost and reported.
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_size)]
+    pub ring_size: u32,
+
     /// Sockets the kernel side keeps state for (owner, time in state, ...):
     /// an LRU map, entries leave when their socket closes. Raise it on a
     /// host with more open TCP sockets than this.
@@ -216,6 +222,32 @@ fn parse_prefix(s: &str) -> Result<AddrPrefix, String> {
     })
 }
 
+/// `4096`, `64K`, `4M`, `1G`: a power of two from one page to 1 GiB.
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("`{s}` is not a size (e.g. 4096, 64K, 4M)")),
+    };
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_shl(shift).filter(|b| b >> shift == n))
+        .filter(|b| b.is_power_of_two() && *b >= page && *b <= 1 << 30)
+        .map(|b| b as u32)
+        .ok_or_else(|| format!("`{s}` must be a power of two from {page} bytes to 1G"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -269,6 +301,17 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_with_units() {
+        assert_eq!(parse(&[]).unwrap().ring_size, 4 << 20);
+        assert_eq!(parse_ring_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert_eq!(parse_ring_size("1g"), Ok(1 << 30));
+        for bad in ["3M", "2G", "1K", "", "M", "4X", "99999999999999999999K"] {
+            assert!(parse_ring_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,5 +1,9 @@
 use std::{io, process::ExitCode};
 
+/// The session ran, but the kernel side lost events (reported as they
+/// happened and in the summary): a runbook can tell this from a clean run.
+const EVENTS_LOST: u8 = 3;
+
 use clap::Parser as _;
 use tcpretrans::{check, cli::Args, trace};
 
@@ -34,7 +38,11 @@ fn main() -> ExitCode {
                     eprintln!("tcpretrans: {line}");
                 }
             }
-            ExitCode::SUCCESS
+            if summary.lost > 0 {
+                ExitCode::from(EVENTS_LOST)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(err) => {
             eprintln!("tcpretrans: {:#}", anyhow::Error::new(err));

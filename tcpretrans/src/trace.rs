@@ -36,7 +36,6 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// How often the kernel side's loss counters are read (a syscall per CPU
 /// map and a procfs read per program: not worth doing on every drain).
 const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-const RING_BYTES: u32 = 4 << 20;
 /// TIME_WAIT 4-tuples kept to recognize their reuse (the kernel's default
 /// `tcp_max_tw_buckets` is 2^18 per namespace; reuse matters when a few
 /// ports are exhausted, so recent entries suffice).
@@ -144,7 +143,7 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
         sock: resolved.sock,
         tcp: resolved.tcp,
         filter,
-        ring_bytes: RING_BYTES,
+        ring_bytes: args.ring_size,
         max_sockets: args.max_sockets,
     };
     let decoder = Decoder {

@@ -7,7 +7,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::unix::fs::MetadataExt,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
         mpsc,
@@ -214,8 +214,19 @@ impl Tracer {
         tracer
     }
 
-    /// Stops it like Ctrl-C and returns what it printed.
-    pub fn stop(mut self) -> Output {
+    /// Stops it like Ctrl-C and returns what it printed; it must exit 0.
+    pub fn stop(self) -> Output {
+        let (status, output) = self.stop_with_status();
+        assert!(
+            status.success(),
+            "tcpretrans exited with {status}:\n{}",
+            output.stderr
+        );
+        output
+    }
+
+    /// Stops it like Ctrl-C: how it exited, and what it printed.
+    pub fn stop_with_status(mut self) -> (ExitStatus, Output) {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).expect("SIGINT");
         let deadline = Instant::now() + PATIENCE;
         let status = loop {
@@ -231,11 +242,7 @@ impl Tracer {
             .map(|reader| reader.join().expect("stdout reader"))
             .unwrap_or_default();
         let stderr = self.take_stderr();
-        assert!(
-            status.success(),
-            "tcpretrans exited with {status}:\n{stderr}"
-        );
-        Output { stdout, stderr }
+        (status, Output { stdout, stderr })
     }
 }
 
@@ -310,7 +317,8 @@ impl Output {
         last
     }
 
-    fn json_lines(&self) -> Vec<Value> {
+    /// Every stdout line as JSON (fails on a line that is not).
+    pub fn json_lines(&self) -> Vec<Value> {
         self.stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

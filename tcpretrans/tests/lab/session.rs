@@ -1,6 +1,7 @@
-//! How a session ends: closed pipe, SIGTERM, `--duration`.
+//! How a session ends: closed pipe, SIGTERM, `--duration`, lost events.
 use std::{
     io::{BufRead, BufReader, Read},
+    net::{TcpListener, TcpStream},
     process::{Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
@@ -11,7 +12,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::harness::{Netns, short_connection};
+use crate::harness::{Netns, Tracer, short_connection};
 
 fn wait_with_deadline(child: &mut std::process::Child, limit: Duration) -> ExitStatus {
     let deadline = Instant::now() + limit;
@@ -137,4 +138,77 @@ fn duration_ends_the_session_on_time() {
         took >= Duration::from_millis(500) && took < Duration::from_secs(3),
         "{took:?}"
     );
+}
+
+/// A one-page ring buffer and a burst of transitions: events are lost, and
+/// every one is accounted for — `lost` events as it happens, the summary,
+/// exit status 3 — while none is printed twice or mangled.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn ring_overflow_is_counted_reported_and_in_the_exit_status() {
+    const CONNECTIONS: usize = 1000;
+    let ns = Netns::new("overflow");
+    let tracer = Tracer::start(&[
+        "--json",
+        "--state",
+        "--ring-size",
+        "4096",
+        "--netns",
+        &ns.inode.to_string(),
+    ]);
+    ns.enter(|| {
+        let listener = TcpListener::bind("127.0.0.1:8092").expect("bind");
+        for _ in 0..CONNECTIONS {
+            let client = TcpStream::connect("127.0.0.1:8092").expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            drop(client);
+            drop(accepted);
+        }
+    })
+    .join()
+    .expect("churn");
+    // Let the last closes finish (LAST_ACK -> CLOSE) before stopping.
+    thread::sleep(Duration::from_millis(100));
+    let (status, output) = tracer.stop_with_status();
+    let lines = output.json_lines();
+    let states = lines.iter().filter(|e| e["event"] == "state").count();
+    let reported: u64 = lines
+        .iter()
+        .filter(|e| e["event"] == "lost")
+        .map(|e| e["count"].as_u64().expect("count"))
+        .sum();
+    let summary = lines.last().expect("summary");
+    let transitions = 2 + CONNECTIONS * 10;
+
+    assert_eq!(status.code(), Some(3), "{}", output.stderr);
+    assert!(reported > 0, "a 4 KiB ring must overflow");
+    assert_eq!(summary["event"], "summary");
+    assert_eq!(summary["lost"], reported, "lost events vs the summary");
+    assert!(
+        output
+            .stderr
+            .lines()
+            .any(|l| l.ends_with(&format!(" events, {reported} lost"))),
+        "{}",
+        output.stderr
+    );
+    // What the kernel side could not queue plus what it did is every
+    // transition (a skipped program run of another namespace's socket would
+    // count as lost too, hence >=).
+    assert!(states < transitions, "{states} of {transitions}");
+    assert!(
+        states as u64 + reported >= transitions as u64,
+        "{states} printed + {reported} lost < {transitions}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for event in lines.iter().filter(|e| e["event"] == "state") {
+        let key = (
+            event["time"].to_string(),
+            event["skaddr"].to_string(),
+            event["new_state"].to_string(),
+        );
+        assert!(seen.insert(key), "printed twice: {event}");
+        assert_eq!(event["netns"], ns.inode, "{event}");
+    }
+    eprintln!("{transitions} transitions: {states} printed, {reported} lost");
 }
