@@ -10,6 +10,7 @@ use tcpretrans_common::{AddrPrefix, Filter, filter_flags};
 use crate::{
     cgroup::{self, Cgroup},
     decode::{Process, TcpState},
+    netns,
     output::Style,
 };
 
@@ -45,9 +46,9 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
-    /// Only sockets in the network namespace with this inode number
-    /// (as in `ls -Li /proc/PID/ns/net`).
-    #[arg(long, value_name = "INODE", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Only sockets in this network namespace: its inode number (as in
+    /// `ls -Li /proc/PID/ns/net`), its `ip netns` name, or a path to it.
+    #[arg(long, value_name = "NETNS", value_parser = netns::parse)]
     pub netns: Option<u32>,
 
     /// Only sockets owned by this process.
@@ -453,6 +454,16 @@ mod tests {
         );
         assert!(parse(&["--netns", "0"]).is_err());
         assert!(parse(&["--netns", "-1"]).is_err());
-        assert!(parse(&["--netns", "4026531840"]).is_ok());
+        assert!(parse(&["--netns", "4294967296"]).is_err());
+        // Our own namespace exists, by path and by number.
+        let own = parse(&["--netns", "/proc/self/ns/net"]).unwrap().netns;
+        assert!(own.is_some());
+        let own = own.unwrap().to_string();
+        assert_eq!(parse(&["--netns", &own]).unwrap().netns, own.parse().ok());
+        assert!(
+            parse(&["--netns", "1"]).is_err(),
+            "no namespace has inode 1"
+        );
+        assert!(parse(&["--netns", "no-such-namespace"]).is_err());
     }
 }

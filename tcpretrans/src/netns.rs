@@ -50,6 +50,31 @@ pub fn occupancy(inode: u32) -> Result<Occupancy, NetnsError> {
     .unwrap_or(Err(NetnsError::Gone(inode)))
 }
 
+/// `--netns`: an inode number, a name from `ip netns` (`/run/netns/NAME`),
+/// or a path such as `/proc/PID/ns/net`; the namespace must exist.
+pub fn parse(arg: &str) -> Result<u32, String> {
+    let inode = if arg.bytes().all(|b| b.is_ascii_digit()) {
+        arg.parse::<u32>()
+            .ok()
+            .filter(|&i| i > 0)
+            .ok_or_else(|| format!("`{arg}` is not a namespace inode number"))?
+    } else {
+        let path = if arg.contains('/') {
+            PathBuf::from(arg)
+        } else {
+            Path::new("/run/netns").join(arg)
+        };
+        let meta = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        u32::try_from(meta.ino()).map_err(|_| format!("{} is not a namespace", path.display()))?
+    };
+    find(inode).map(|_| inode).ok_or_else(|| {
+        format!(
+            "no network namespace with inode {inode} is visible here \
+             (see `ls -Li /proc/PID/ns/net` or `ip netns list`)"
+        )
+    })
+}
+
 /// A file that refers to the namespace: a bind mount from `ip netns`, or a
 /// process or thread living in it.
 fn find(inode: u32) -> Option<PathBuf> {

@@ -68,7 +68,12 @@ fn without_btf_fields_are_null_and_stderr_says_so_once() {
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn netns_filter_without_btf_is_refused() {
     let output = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
-        .args(["--netns", "4026531840", "--btf", "/nonexistent/vmlinux"])
+        .args([
+            "--netns",
+            "/proc/self/ns/net",
+            "--btf",
+            "/nonexistent/vmlinux",
+        ])
         .output()
         .expect("running tcpretrans");
     assert_eq!(output.status.code(), Some(1));
