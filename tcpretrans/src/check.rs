@@ -1,6 +1,5 @@
 //! `--check`: what this kernel offers the tool, and whether it can trace here.
 use std::{
-    fs,
     io::{self, Write},
     path::Path,
     time::Instant,
@@ -14,10 +13,6 @@ use crate::{
     trace::{self, Setup},
     tracefs::Tracefs,
 };
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
 
 /// Prints the report; `Ok(false)` when the tool cannot trace here (the
 /// reasons are in the report).
@@ -156,25 +151,16 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
 
 /// Prints the effective user and capabilities; whether they suffice.
 fn privileges(out: &mut dyn Write) -> io::Result<bool> {
-    let euid = nix::unistd::geteuid();
-    let caps = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        let hex = s
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))?
-            .trim()
-            .to_owned();
-        u64::from_str_radix(&hex, 16).ok()
-    });
-    let has = |cap: u32| caps.is_some_and(|c| c >> cap & 1 == 1);
-    let enough = euid.is_root() || has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    let p = kernel::Privileges::current();
     writeln!(
         out,
-        "privileges  uid {euid}, CAP_BPF {}, CAP_PERFMON {}, CAP_SYS_ADMIN {}",
-        yes_no(has(CAP_BPF)),
-        yes_no(has(CAP_PERFMON)),
-        yes_no(has(CAP_SYS_ADMIN))
+        "privileges  uid {}, CAP_BPF {}, CAP_PERFMON {}, CAP_SYS_ADMIN {}",
+        p.euid,
+        yes_no(p.cap_bpf),
+        yes_no(p.cap_perfmon),
+        yes_no(p.cap_sys_admin)
     )?;
-    Ok(enough)
+    Ok(p.suffice())
 }
 
 fn yes_no(b: bool) -> &'static str {

@@ -96,6 +96,46 @@ pub const TCP_SYSCTLS: [&str; 11] = [
     "net.ipv4.tcp_fin_timeout",
 ];
 
+/// The caller's privileges for loading and attaching tracing programs.
+#[derive(Debug, Clone, Copy)]
+pub struct Privileges {
+    pub euid: u32,
+    pub cap_bpf: bool,
+    pub cap_perfmon: bool,
+    pub cap_sys_admin: bool,
+}
+
+impl Privileges {
+    pub fn current() -> Self {
+        const CAP_SYS_ADMIN: u32 = 21;
+        const CAP_PERFMON: u32 = 38;
+        const CAP_BPF: u32 = 39;
+        let effective = fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let hex = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))?
+                    .trim()
+                    .to_owned();
+                u64::from_str_radix(&hex, 16).ok()
+            })
+            .unwrap_or(0);
+        let has = |cap: u32| effective >> cap & 1 == 1;
+        Self {
+            euid: nix::unistd::geteuid().as_raw(),
+            cap_bpf: has(CAP_BPF),
+            cap_perfmon: has(CAP_PERFMON),
+            cap_sys_admin: has(CAP_SYS_ADMIN),
+        }
+    }
+
+    /// Root, CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON.
+    pub fn suffice(&self) -> bool {
+        self.euid == 0 || self.cap_sys_admin || (self.cap_bpf && self.cap_perfmon)
+    }
+}
+
 /// A sysctl of the caller's network namespace; `Ok(None)` when this kernel
 /// does not have it.
 pub fn sysctl(name: &str) -> io::Result<Option<String>> {

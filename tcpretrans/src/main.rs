@@ -45,7 +45,8 @@ fn main() -> ExitCode {
             }
         }
         Err(err) => {
-            eprintln!("tcpretrans: {:#}", anyhow::Error::new(err));
+            // Each message already says what its cause was.
+            eprintln!("tcpretrans: {err}");
             ExitCode::FAILURE
         }
     }

@@ -168,6 +168,10 @@ fn describe_btf_error(err: &BtfError) -> String {
 /// output pipe. Events go to stdout; with `--json --state` a `summary` event
 /// ends them; the stderr summary is the caller's to print.
 pub async fn run(args: &Args) -> Result<Summary, TraceError> {
+    // Said first: without privileges everything after fails less clearly.
+    if !kernel::Privileges::current().suffice() {
+        return Err(LoadError::Permission.into());
+    }
     let tracefs = Tracefs::find_or_mount()?;
     let Setup { plan, decoder } = prepare(args, &tracefs)?;
     let tracer = Tracer::load(&plan)?;

@@ -64,6 +64,34 @@ fn without_btf_fields_are_null_and_stderr_says_so_once() {
     assert!(notes[0].contains("shown as unknown"), "{}", notes[0]);
 }
 
+/// Without root or CAP_BPF + CAP_PERFMON: one sentence that says what to do.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn an_unprivileged_user_is_told_to_use_root_or_capabilities() {
+    // A copy anyone can execute, wherever the checkout lives.
+    let binary =
+        std::env::temp_dir().join(format!("tcpretrans-unprivileged-{}", std::process::id()));
+    std::fs::copy(env!("CARGO_BIN_EXE_tcpretrans"), &binary).expect("copy");
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&binary)
+        .args(["--state", "--duration", "1"])
+        .output()
+        .expect("running setpriv");
+    let _ = std::fs::remove_file(&binary);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        "tcpretrans: permission denied loading eBPF programs: run as root, or with CAP_BPF and CAP_PERFMON"
+    );
+}
+
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn netns_filter_without_btf_is_refused() {
