@@ -109,6 +109,19 @@ pub struct Args {
     #[arg(long, value_name = "N", requires = "count", value_parser = clap::value_parser!(u32).range(1..))]
     pub top: Option<u32>,
 
+    /// TIME as seconds since tracing started (default: wall clock, -T).
+    #[arg(short = 't', long = "relative-time", conflicts_with = "wall_time")]
+    pub relative_time: bool,
+
+    /// TIME as wall clock, HH:MM:SS.mmm (the default).
+    #[arg(short = 'T', long = "wall-time")]
+    pub wall_time: bool,
+
+    /// No header and no exit summary: only events (and losses, which are
+    /// never silent).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
     /// Add the SEQ and SEGS columns (sequence number and segment count of
     /// each retransmitted skb).
     #[arg(short = 's', long)]
@@ -148,6 +161,8 @@ impl Args {
             sequence: self.sequence,
             wide_endpoints: self.ipv6,
             count: self.count,
+            relative_time: self.relative_time,
+            quiet: self.quiet,
         }
     }
 

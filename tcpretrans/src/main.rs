@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(trace::run(&args)) {
         Ok(summary) => {
-            if !summary.output_closed {
+            if !summary.output_closed && !args.quiet {
                 eprintln!("tcpretrans: {summary}");
                 for line in summary.details() {
                     eprintln!("tcpretrans: {line}");

@@ -177,7 +177,7 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     let tracer = Tracer::load(&plan)?;
     let mut out = output::new(args.style(), io::stdout());
     let mut summary = consume(args, tracer, decoder, out.as_mut(), args.duration).await?;
-    if args.state.is_some() && !summary.output_closed {
+    if args.state.is_some() && !summary.output_closed && !args.quiet {
         summary.occupancy = summary
             .namespaces
             .iter()

@@ -15,12 +15,15 @@ use crate::{loader::MapEntries, netns::Occupancy, sessions::Session, summary::Su
 
 pub struct Json<W: Write> {
     out: BufWriter<W>,
+    /// No `start` event.
+    quiet: bool,
 }
 
 impl<W: Write> Json<W> {
-    pub fn new(writer: W) -> Self {
+    pub fn new(writer: W, quiet: bool) -> Self {
         Self {
             out: BufWriter::with_capacity(64 * 1024, writer),
+            quiet,
         }
     }
 }
@@ -314,6 +317,9 @@ impl<'a> Line<'a> {
 
 impl<W: Write> Output for Json<W> {
     fn header(&mut self, at: Timestamp) -> io::Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
         let start = Start {
             event: "start",
             time: time(at),
@@ -387,7 +393,7 @@ mod tests {
     fn render(event: &Event) -> Value {
         let mut buf = Vec::new();
         {
-            let mut out = Json::new(&mut buf);
+            let mut out = Json::new(&mut buf, false);
             out.event(event).unwrap();
             out.flush().unwrap();
         }
@@ -524,7 +530,7 @@ mod tests {
     fn start_event_opens_the_stream() {
         let mut buf = Vec::new();
         {
-            let mut out = Json::new(&mut buf);
+            let mut out = Json::new(&mut buf, false);
             out.header("2026-11-22T10:11:12Z".parse().unwrap()).unwrap();
             out.flush().unwrap();
         }

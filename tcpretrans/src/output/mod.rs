@@ -43,12 +43,16 @@ pub struct Style {
     pub wide_endpoints: bool,
     /// `-c`: flow tables instead of event lines.
     pub count: bool,
+    /// Text: TIME in seconds since tracing started.
+    pub relative_time: bool,
+    /// No header line (text) or `start` event (JSON), no summary.
+    pub quiet: bool,
 }
 
 /// The output the arguments ask for, over `writer`.
 pub fn new<W: Write + 'static>(style: Style, writer: W) -> Box<dyn Output> {
     if style.json {
-        Box::new(json::Json::new(writer))
+        Box::new(json::Json::new(writer, style.quiet))
     } else {
         Box::new(text::Text::new(writer, style))
     }

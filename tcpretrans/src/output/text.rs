@@ -27,6 +27,10 @@ pub struct Text<W: Write> {
     line: String,
     sequence: bool,
     count: bool,
+    quiet: bool,
+    /// With `-t`: when tracing started; TIME counts from it.
+    relative_to: Option<Timestamp>,
+    relative_time: bool,
     endpoint_width: usize,
 }
 
@@ -42,6 +46,9 @@ impl<W: Write> Text<W> {
             line: String::with_capacity(256),
             sequence: style.sequence,
             count: style.count,
+            quiet: style.quiet,
+            relative_to: None,
+            relative_time: style.relative_time,
             endpoint_width: if style.wide_endpoints {
                 ENDPOINT_WIDTH_V6
             } else {
@@ -50,11 +57,19 @@ impl<W: Write> Text<W> {
         }
     }
 
+    /// `HH:MM:SS.mmm`, or with `-t` seconds since tracing started.
+    fn time_column(&self, time: Timestamp) -> String {
+        match self.relative_to {
+            Some(start) => format!("{:.6}", time.duration_since(start).as_secs_f64()),
+            None => time
+                .to_zoned(self.tz.clone())
+                .strftime("%H:%M:%S%.3f")
+                .to_string(),
+        }
+    }
+
     fn socket_columns(&mut self, socket: &Socket, kind: char) {
-        let time = socket
-            .time
-            .to_zoned(self.tz.clone())
-            .strftime("%H:%M:%S%.3f");
+        let time = self.time_column(socket.time);
         let (pid, comm) = match &socket.owner {
             Some(p) => (p.pid.to_string(), p.comm.as_str()),
             None => ("-".to_owned(), "-"),
@@ -159,7 +174,13 @@ impl<W: Write> Text<W> {
 }
 
 impl<W: Write> Output for Text<W> {
-    fn header(&mut self, _time: Timestamp) -> io::Result<()> {
+    fn header(&mut self, time: Timestamp) -> io::Result<()> {
+        if self.relative_time {
+            self.relative_to = Some(time);
+        }
+        if self.quiet {
+            return Ok(());
+        }
         if self.count {
             // Tables come later, each with its own heading.
             eprintln!("tcpretrans: counting retransmissions per flow");
@@ -245,7 +266,7 @@ impl<W: Write> Output for Text<W> {
     }
 
     fn flows(&mut self, time: Timestamp, flows: &[Session], total: usize) -> io::Result<()> {
-        let time = time.to_zoned(self.tz.clone()).strftime("%H:%M:%S%.3f");
+        let time = self.time_column(time);
         let shown = if flows.len() < total {
             format!(", the top {}", flows.len())
         } else {

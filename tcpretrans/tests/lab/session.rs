@@ -212,3 +212,42 @@ fn ring_overflow_is_counted_reported_and_in_the_exit_status() {
     }
     eprintln!("{transitions} transitions: {states} printed, {reported} lost");
 }
+
+/// `-q -t`: only event lines, TIME in seconds since the start, and nothing
+/// on stderr.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn quiet_relative_time_prints_only_events() {
+    let ns = Netns::new("quiet");
+    let child = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+        .args(["-q", "-t", "--state", "--duration", "1.5", "--netns"])
+        .arg(ns.inode.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tcpretrans");
+    // No header to wait for: give it ample time to attach.
+    thread::sleep(Duration::from_millis(700));
+    short_connection(&ns, "127.0.0.1:8093".parse().expect("address"));
+    let output = child.wait_with_output().expect("tcpretrans");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stderr, "", "quiet");
+    assert_eq!(
+        stdout.lines().count(),
+        14,
+        "12 transitions, 2 ends:\n{stdout}"
+    );
+    for line in stdout.lines() {
+        let seconds: f64 = line
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("TIME is not seconds: {line}"));
+        assert!((0.0..1.5).contains(&seconds), "{line}");
+    }
+}
