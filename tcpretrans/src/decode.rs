@@ -914,6 +914,36 @@ pub(crate) mod tests {
         }
     }
 
+    /// A loopback socket from `lport` to port 80, `at_ms` after a fixed
+    /// instant, with its own kernel address.
+    pub fn loopback_socket(lport: u16, at_ms: i64) -> Socket {
+        Socket {
+            time: Timestamp::from_millisecond(1_800_000_000_000 + at_ms).unwrap(),
+            family: 4,
+            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            lport,
+            raddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            rport: 80,
+            netns: Some(1),
+            skaddr: 0xffff_0000 + u64::from(lport),
+            owner: None,
+            inode: None,
+        }
+    }
+
+    /// Its transition from `old` to `new`; reaching CLOSE is an error close.
+    pub fn transition(old: TcpState, new: TcpState, lport: u16, at_ms: i64) -> Event {
+        Event::State(Box::new(StateChange {
+            socket: loopback_socket(lport, at_ms),
+            old_state: Some(old),
+            new_state: Some(new),
+            prev_state: None,
+            close: (new == TcpState::Close).then_some(Close::Error),
+            error: None,
+            orphan: None,
+        }))
+    }
+
     /// A decoded RTO retransmission on `socket`, for output tests.
     pub fn sample_retransmit(socket: Socket) -> Retransmit {
         Retransmit {

@@ -149,60 +149,20 @@ fn ends(change: &StateChange) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::{IpAddr, Ipv4Addr},
-        time::Duration,
-    };
+    use std::time::Duration;
 
     use super::*;
-    use crate::decode::{Cause, Close, Retransmit};
-
-    fn socket(lport: u16, at_ms: i64) -> Socket {
-        Socket {
-            time: Timestamp::from_millisecond(1_800_000_000_000 + at_ms).unwrap(),
-            family: 4,
-            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            lport,
-            raddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            rport: 80,
-            netns: Some(1),
-            skaddr: 0xffff_0000 + u64::from(lport),
-            owner: None,
-            inode: None,
-        }
-    }
-
-    fn state(old: TcpState, new: TcpState, lport: u16, at_ms: i64) -> Event {
-        Event::State(Box::new(StateChange {
-            socket: socket(lport, at_ms),
-            old_state: Some(old),
-            new_state: Some(new),
-            prev_state: None,
-            close: (new == TcpState::Close).then_some(Close::Error),
-            error: None,
-            orphan: None,
-        }))
-    }
+    use crate::decode::{
+        Cause, Retransmit,
+        tests::{loopback_socket as socket, sample_retransmit, transition as state},
+    };
 
     fn retransmit(cause: Cause, rto_ms: u64, segs: u16, lport: u16, at_ms: i64) -> Event {
         Event::Retransmit(Box::new(Retransmit {
-            socket: socket(lport, at_ms),
             cause: Some(cause),
-            state: Some(TcpState::Established),
-            err: 0,
             rto: Some(Duration::from_millis(rto_ms)),
-            backoff: None,
-            retries: None,
-            retry_limit: None,
-            total_retrans: None,
-            srtt: None,
-            rttvar: None,
-            cwnd: None,
-            ssthresh: None,
             segs: Some(segs),
-            bytes: None,
-            seq: None,
-            orphan: None,
+            ..sample_retransmit(socket(lport, at_ms))
         }))
     }
 

@@ -84,32 +84,11 @@ impl TimeWaits {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
-
     use super::*;
-    use crate::decode::{Socket, StateChange};
+    use crate::decode::tests::transition;
 
     fn state(old: TcpState, new: TcpState, lport: u16, at_secs: i64) -> Event {
-        Event::State(Box::new(StateChange {
-            socket: Socket {
-                time: Timestamp::from_second(1_800_000_000 + at_secs).unwrap(),
-                family: 4,
-                laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                lport,
-                raddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                rport: 80,
-                netns: Some(1),
-                skaddr: 0xffff,
-                owner: None,
-                inode: None,
-            },
-            old_state: Some(old),
-            new_state: Some(new),
-            prev_state: None,
-            close: None,
-            error: None,
-            orphan: None,
-        }))
+        transition(old, new, lport, at_secs * 1000)
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde_json::Value;
+
 use crate::harness::{Netns, Tracer, connected, drop_inbound_matching, of_kind, short_connection};
 
 /// A server in a process of its own: accepts one connection and sends it
@@ -75,24 +77,31 @@ fn server_retransmits_in_softirq_belong_to_the_server_process() {
     let events = tracer.stop().events();
     assert_eq!(received, BYTES);
 
-    let server_side: Vec<_> = of_kind(&events, "retransmit")
+    assert_retransmits_belong_to(&events, "lport", port, server_pid, "server");
+}
+
+/// Every retransmission of one side of `port` (`end`: `lport` for the
+/// server, `rport` for the client) is attributed to python3 `pid`; there
+/// must be some.
+fn assert_retransmits_belong_to(events: &[Value], end: &str, port: u16, pid: u32, side: &str) {
+    let retransmits: Vec<_> = of_kind(events, "retransmit")
         .into_iter()
-        .filter(|e| e["lport"] == port)
+        .filter(|e| e[end] == port)
         .collect();
     assert!(
-        !server_side.is_empty(),
-        "10% loss toward the client must make the server retransmit"
+        !retransmits.is_empty(),
+        "10% loss must make the {side} retransmit"
     );
-    for event in &server_side {
+    for event in &retransmits {
         assert_eq!(
             (&event["pid"], &event["comm"]),
-            (&server_pid.into(), &"python3".into()),
+            (&pid.into(), &"python3".into()),
             "{event}"
         );
     }
     eprintln!(
-        "server-side retransmits: {} events, all attributed to python3 pid {server_pid}",
-        server_side.len()
+        "{side}-side retransmits: {} events, all attributed to python3 pid {pid}",
+        retransmits.len()
     );
 }
 
@@ -136,25 +145,7 @@ fn client_retransmits_in_softirq_belong_to_the_client_process() {
     thread::sleep(Duration::from_millis(50));
     let events = tracer.stop().events();
 
-    let client_side: Vec<_> = of_kind(&events, "retransmit")
-        .into_iter()
-        .filter(|e| e["rport"] == port)
-        .collect();
-    assert!(
-        !client_side.is_empty(),
-        "10% loss toward the server must make the client retransmit"
-    );
-    for event in &client_side {
-        assert_eq!(
-            (&event["pid"], &event["comm"]),
-            (&client_pid.into(), &"python3".into()),
-            "{event}"
-        );
-    }
-    eprintln!(
-        "client-side retransmits: {} events, all attributed to python3 pid {client_pid}",
-        client_side.len()
-    );
+    assert_retransmits_belong_to(&events, "rport", port, client_pid, "client");
 }
 
 /// The connection exists before the tracer: its owner comes from /proc.
