@@ -64,6 +64,38 @@ fn without_btf_fields_are_null_and_stderr_says_so_once() {
     assert!(notes[0].contains("shown as unknown"), "{}", notes[0]);
 }
 
+/// A truncated or empty BTF file is not a failure: the tool runs degraded,
+/// names the file and what it cannot show, once.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn truncated_or_empty_btf_runs_degraded_and_says_why_once() {
+    let vmlinux = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+    for (name, bytes, why) in [
+        (
+            "truncated",
+            &vmlinux[..1000],
+            "sections extend past the end of the file",
+        ),
+        ("empty", &vmlinux[..0], "bad magic"),
+    ] {
+        let file =
+            std::env::temp_dir().join(format!("tcpretrans-{name}-{}.btf", std::process::id()));
+        std::fs::write(&file, bytes).expect("write");
+        let output = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+            .args(["--json", "--duration", "0.3", "--btf"])
+            .arg(&file)
+            .output()
+            .expect("running tcpretrans");
+        let _ = std::fs::remove_file(&file);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{name}: {stderr}");
+        let notes: Vec<&str> = stderr.lines().filter(|l| l.contains(why)).collect();
+        assert_eq!(notes.len(), 1, "{name}: {stderr}");
+        assert!(notes[0].contains("is not BTF data"), "{}", notes[0]);
+        assert!(notes[0].ends_with("shown as unknown"), "{}", notes[0]);
+    }
+}
+
 /// Without root or CAP_BPF + CAP_PERFMON: one sentence that says what to do.
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
