@@ -70,13 +70,20 @@ impl<W: Write> Text<W> {
 
     fn socket_columns(&mut self, socket: &Socket, kind: char) {
         let time = self.time_column(socket.time);
+        let _ = write!(self.line, "{time:<12} ");
+        self.owner_and_endpoints(socket, &format!("{kind}>"));
+        self.line.push(' ');
+    }
+
+    /// `PID COMM IP LADDR:LPORT <arrow> RADDR:RPORT`, aligned.
+    fn owner_and_endpoints(&mut self, socket: &Socket, arrow: &str) {
         let (pid, comm) = match &socket.owner {
             Some(p) => (p.pid.to_string(), p.comm.as_str()),
             None => ("-".to_owned(), "-"),
         };
         let _ = write!(
             self.line,
-            "{time:<12} {pid:<7} {comm:<COMM_WIDTH$} {family:<2} {local:<width$} {kind}> {remote:<width$} ",
+            "{pid:<7} {comm:<COMM_WIDTH$} {family:<2} {local:<width$} {arrow} {remote:<width$}",
             family = socket.family,
             local = endpoint(socket.laddr, socket.lport),
             remote = endpoint(socket.raddr, socket.rport),
@@ -310,19 +317,8 @@ impl<W: Write> Output for Text<W> {
 impl<W: Write> Text<W> {
     fn flow_row(&mut self, socket: &Socket, account: &Account) {
         self.line.clear();
-        let (pid, comm) = match &socket.owner {
-            Some(p) => (p.pid.to_string(), p.comm.as_str()),
-            None => ("-".to_owned(), "-"),
-        };
-        let _ = write!(
-            self.line,
-            "{pid:<7} {comm:<COMM_WIDTH$} {family:<2} {local:<width$} -> {remote:<width$} {retrans:>7}",
-            family = socket.family,
-            local = endpoint(socket.laddr, socket.lport),
-            remote = endpoint(socket.raddr, socket.rport),
-            retrans = account.retransmits(),
-            width = self.endpoint_width,
-        );
+        self.owner_and_endpoints(socket, "->");
+        let _ = write!(self.line, " {:>7}", account.retransmits());
         for n in account.by_cause {
             let _ = write!(self.line, " {n:>6}");
         }

@@ -96,11 +96,9 @@ fn truncated_or_empty_btf_runs_degraded_and_says_why_once() {
     }
 }
 
-/// Without root or CAP_BPF + CAP_PERFMON: one sentence that says what to do.
-#[test]
-#[ignore = "kernel lab: run `cargo xtask test` as root"]
-fn an_unprivileged_user_is_told_to_use_root_or_capabilities() {
-    // A copy anyone can execute, wherever the checkout lives.
+/// Runs tcpretrans as user nobody without capabilities, from a copy anyone
+/// can execute wherever the checkout lives.
+fn as_nobody(args: &[&str]) -> std::process::Output {
     let binary =
         std::env::temp_dir().join(format!("tcpretrans-unprivileged-{}", std::process::id()));
     std::fs::copy(env!("CARGO_BIN_EXE_tcpretrans"), &binary).expect("copy");
@@ -110,12 +108,21 @@ fn an_unprivileged_user_is_told_to_use_root_or_capabilities() {
             "--regid=65534",
             "--clear-groups",
             "--inh-caps=-all",
+            "--bounding-set=-all",
         ])
         .arg(&binary)
-        .args(["--state", "--duration", "1"])
+        .args(args)
         .output()
         .expect("running setpriv");
     let _ = std::fs::remove_file(&binary);
+    output
+}
+
+/// Without root or CAP_BPF + CAP_PERFMON: one sentence that says what to do.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn an_unprivileged_user_is_told_to_use_root_or_capabilities() {
+    let output = as_nobody(&["--state", "--duration", "1"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(output.stdout.is_empty());
     assert_eq!(
@@ -181,18 +188,7 @@ fn check_reports_what_this_kernel_offers() {
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn check_without_privileges_says_why_and_fails() {
-    let output = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(env!("CARGO_BIN_EXE_tcpretrans"))
-        .arg("--check")
-        .output()
-        .expect("running setpriv");
+    let output = as_nobody(&["--check"]);
     let report = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{report}");
     assert!(

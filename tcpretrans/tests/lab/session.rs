@@ -14,6 +14,17 @@ use nix::{
 
 use crate::harness::{Netns, Tracer, short_connection};
 
+fn read_stderr(child: &mut std::process::Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    stderr
+}
+
 fn wait_with_deadline(child: &mut std::process::Child, limit: Duration) -> ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
@@ -47,13 +58,7 @@ fn closed_pipe_ends_the_session_quietly() {
     // The reader is gone (dropped above); the next events hit a closed pipe.
     short_connection(&ns, "127.0.0.1:8090".parse().expect("address"));
     let status = wait_with_deadline(&mut child, Duration::from_secs(5));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("stderr");
+    let stderr = read_stderr(&mut child);
     assert!(status.success(), "{status}: {stderr}");
     assert_eq!(stderr, "", "nothing on stderr");
 }
@@ -77,13 +82,7 @@ fn sigterm_ends_cleanly_with_a_summary() {
     let status = wait_with_deadline(&mut child, Duration::from_secs(5));
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).expect("stdout");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("stderr");
+    let stderr = read_stderr(&mut child);
     assert!(status.success(), "{status}: {stderr}");
     // Events queued before the signal are still printed: 12 transitions of
     // listener, client and accepted socket, and the two connections' ends.
