@@ -1,8 +1,14 @@
 //! Command line.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    env,
+    ffi::OsStr,
+    io::{self, IsTerminal as _},
+    net::IpAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
-use clap::{ArgAction, Parser};
-use std::net::IpAddr;
+use clap::{ArgAction, Parser, ValueEnum};
 use tcpretrans_common::{AF_INET, AF_INET6, tcp_state};
 
 use tcpretrans_common::{AddrPrefix, Filter, filter_flags};
@@ -122,6 +128,11 @@ pub struct Args {
     #[arg(short = 'q', long)]
     pub quiet: bool,
 
+    /// Color causes and troubles in text output: `auto` when stdout is a
+    /// terminal and NO_COLOR is not set.
+    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    pub color: ColorWhen,
+
     /// Add the SEQ and SEGS columns (sequence number and segment count of
     /// each retransmitted skb).
     #[arg(short = 's', long)]
@@ -150,6 +161,26 @@ pub struct Args {
     pub check: bool,
 }
 
+/// When text output is colored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorWhen {
+    /// `auto` follows the terminal and the NO_COLOR convention (set and
+    /// not empty means no color); an explicit choice wins over both.
+    pub fn enabled(self, terminal: bool, no_color: Option<&OsStr>) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Auto => terminal && no_color.is_none_or(OsStr::is_empty),
+        }
+    }
+}
+
 /// Bit `1 << state` per selected TCP state; 0 selects all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateMask(pub u16);
@@ -163,6 +194,11 @@ impl Args {
             count: self.count,
             relative_time: self.relative_time,
             quiet: self.quiet,
+            color: !self.json
+                && self.color.enabled(
+                    io::stdout().is_terminal(),
+                    env::var_os("NO_COLOR").as_deref(),
+                ),
         }
     }
 
@@ -379,6 +415,22 @@ mod tests {
         assert!(!sel.flags & filter_flags::STATE_EVENTS != 0);
         let sel = parse(&["--state=fin_wait1"]).unwrap().filter();
         assert_eq!(sel.state_mask, 1 << 4);
+    }
+
+    #[test]
+    fn colors_follow_the_terminal_and_no_color_unless_told() {
+        let set = Some(OsStr::new("1"));
+        assert!(ColorWhen::Auto.enabled(true, None));
+        assert!(ColorWhen::Auto.enabled(true, Some(OsStr::new(""))));
+        assert!(!ColorWhen::Auto.enabled(true, set));
+        assert!(!ColorWhen::Auto.enabled(false, None));
+        assert!(ColorWhen::Always.enabled(false, set));
+        assert!(!ColorWhen::Never.enabled(true, None));
+        assert_eq!(parse(&[]).unwrap().color, ColorWhen::Auto);
+        assert!(parse(&["--color", "sometimes"]).is_err());
+        // Never in JSON, whatever was asked.
+        assert!(!parse(&["--json", "--color=always"]).unwrap().style().color);
+        assert!(parse(&["--color=always"]).unwrap().style().color);
     }
 
     #[test]

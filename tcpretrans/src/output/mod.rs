@@ -47,6 +47,8 @@ pub struct Style {
     pub relative_time: bool,
     /// No header line (text) or `start` event (JSON), no summary.
     pub quiet: bool,
+    /// Text: ANSI colors for causes and troubles (`--color`).
+    pub color: bool,
 }
 
 /// The output the arguments ask for, over `writer`.

@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use anstyle::{AnsiColor, Style as Paint};
 use jiff::{Timestamp, tz::TimeZone};
 
 use super::{Output, Style, errno_name};
@@ -21,6 +22,15 @@ const ENDPOINT_WIDTH: usize = 21;
 const ENDPOINT_WIDTH_V6: usize = 47;
 const COMM_WIDTH: usize = 15;
 
+/// With `--color`: what needs attention stands out, nothing else is painted.
+/// A timeout, failure, reset or loss.
+const TROUBLE: Paint = AnsiColor::Red.on_default();
+/// Recovered without a timeout: ACK-driven retransmits, TIME_WAIT reuse.
+const NOTICE: Paint = AnsiColor::Yellow.on_default();
+/// A tail loss probe: a cheap guess, often not a loss at all.
+const PROBE: Paint = AnsiColor::Cyan.on_default();
+const LOST: Paint = AnsiColor::Red.on_default().bold();
+
 pub struct Text<W: Write> {
     out: BufWriter<W>,
     tz: TimeZone,
@@ -32,6 +42,7 @@ pub struct Text<W: Write> {
     relative_to: Option<Timestamp>,
     relative_time: bool,
     endpoint_width: usize,
+    color: bool,
 }
 
 impl<W: Write> Text<W> {
@@ -54,7 +65,20 @@ impl<W: Write> Text<W> {
             } else {
                 ENDPOINT_WIDTH
             },
+            color: style.color,
         }
+    }
+
+    /// Appends `text` left-aligned in `width` columns, in `paint` when
+    /// colors are on (the padding stays outside the escapes).
+    fn push_painted(&mut self, paint: Paint, text: &str, width: usize) {
+        if self.color {
+            let _ = write!(self.line, "{paint}{text}{paint:#}");
+        } else {
+            self.line.push_str(text);
+        }
+        let pad = width.saturating_sub(text.chars().count());
+        self.line.extend(std::iter::repeat_n(' ', pad));
     }
 
     /// `HH:MM:SS.mmm`, or with `-t` seconds since tracing started.
@@ -106,9 +130,15 @@ impl<W: Write> Text<W> {
             Some(Close::ResetSent) => " reset sent",
             Some(Close::TimeWait | Close::Error | Close::Closed) | None => "",
         };
-        self.line.push_str(reason);
+        match change.close {
+            Some(Close::TimeWaitOverflow | Close::ResetReceived | Close::ResetSent) => {
+                self.push_painted(TROUBLE, reason, 0)
+            }
+            _ => self.line.push_str(reason),
+        }
         if let Some(errno) = change.error {
-            let _ = write!(self.line, " {}", errno_name(errno));
+            self.line.push(' ');
+            self.push_painted(TROUBLE, &errno_name(errno), 0);
         }
         if change.orphan == Some(true) {
             self.line.push_str(" orphan");
@@ -152,11 +182,17 @@ impl<W: Write> Text<W> {
             (Some(n), None) => format!("{n}/-"),
             _ => dash(),
         };
+        let _ = write!(self.line, "{:<11} ", state_name(r.state));
+        let cause = r.cause.map_or("-", Cause::name);
+        match r.cause {
+            Some(Cause::Rto | Cause::Syn | Cause::SynAck) => self.push_painted(TROUBLE, cause, 6),
+            Some(Cause::Fast) => self.push_painted(NOTICE, cause, 6),
+            Some(Cause::Tlp) => self.push_painted(PROBE, cause, 6),
+            None => self.push_painted(Paint::new(), cause, 6),
+        }
         let _ = write!(
             self.line,
-            "{state:<11} {cause:<6} {rto:<7} {srtt:<8} {cwnd:<5} {retry:<7}",
-            state = state_name(r.state),
-            cause = r.cause.map_or("-", Cause::name),
+            " {rto:<7} {srtt:<8} {cwnd:<5} {retry:<7}",
             rto = r.rto.map_or_else(dash, human_duration),
             srtt = r.srtt.map_or_else(dash, human_duration),
             cwnd = r.cwnd.map_or_else(dash, |c| c.to_string()),
@@ -170,7 +206,8 @@ impl<W: Write> Text<W> {
             );
         }
         if !r.sent() {
-            let _ = write!(self.line, " ERR=-{}", errno_name(-r.err));
+            self.line.push(' ');
+            self.push_painted(TROUBLE, &format!("ERR=-{}", errno_name(-r.err)), 0);
         }
         if r.orphan == Some(true) {
             self.line.push_str(" orphan");
@@ -238,15 +275,20 @@ impl<W: Write> Output for Text<W> {
             }
             Event::TimeWaitReuse { socket, time_wait } => {
                 self.socket_columns(socket, 'S');
+                self.push_painted(NOTICE, "TIME_WAIT reused", 0);
                 let _ = write!(
                     self.line,
-                    "TIME_WAIT reused ({} after it entered TIME_WAIT)",
+                    " ({} after it entered TIME_WAIT)",
                     human_duration(*time_wait)
                 );
             }
             Event::ConnectError { socket, errno } => {
                 self.socket_columns(socket, 'C');
-                let _ = write!(self.line, "connect failed: {}", errno_name(*errno));
+                self.push_painted(
+                    TROUBLE,
+                    &format!("connect failed: {}", errno_name(*errno)),
+                    0,
+                );
             }
             Event::Reset {
                 socket,
@@ -254,18 +296,18 @@ impl<W: Write> Output for Text<W> {
                 state,
             } => {
                 self.socket_columns(socket, 'X');
-                let _ = write!(
-                    self.line,
-                    "{} reset {}",
-                    state_name(*state),
-                    direction.name()
-                );
+                let _ = write!(self.line, "{} ", state_name(*state));
+                self.push_painted(TROUBLE, &format!("reset {}", direction.name()), 0);
             }
             Event::Lost { count, .. } => {
                 // Also on stderr: a person watching must not miss it, and it
                 // must not break a table piped into another tool.
                 eprintln!("tcpretrans: lost {count} events (ring buffer full)");
-                let _ = write!(self.line, "# lost {count} events (ring buffer full)");
+                self.push_painted(
+                    LOST,
+                    &format!("# lost {count} events (ring buffer full)"),
+                    0,
+                );
             }
         }
         self.line.push('\n');
@@ -533,6 +575,52 @@ mod tests {
             ]
         );
         assert!(out.lines().last().unwrap().contains(" X> "));
+    }
+
+    #[test]
+    fn colors_mark_causes_and_troubles_without_moving_columns() {
+        let events = [
+            Event::Retransmit(Box::new(retransmit(None))),
+            Event::Retransmit(Box::new(Retransmit {
+                cause: Some(Cause::Fast),
+                ..retransmit(None)
+            })),
+            Event::ConnectError {
+                socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), None),
+                errno: 99,
+            },
+        ];
+        let plain = render(Style::default(), &events);
+        let colored = render(
+            Style {
+                color: true,
+                ..Style::default()
+            },
+            &events,
+        );
+        assert!(!plain.contains('\x1b'));
+        let lines: Vec<&str> = colored.lines().collect();
+        assert!(
+            lines[1].contains("\x1b[31mRTO\x1b[0m    800ms"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains("\x1b[33mFAST\x1b[0m   800ms"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].ends_with("\x1b[31mconnect failed: EADDRNOTAVAIL\x1b[0m"),
+            "{}",
+            lines[3]
+        );
+        // Without the escapes, the same text.
+        let stripped = colored
+            .replace("\x1b[31m", "")
+            .replace("\x1b[33m", "")
+            .replace("\x1b[0m", "");
+        assert_eq!(stripped, plain);
     }
 
     #[test]
