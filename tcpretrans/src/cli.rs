@@ -16,29 +16,103 @@ use tcpretrans_common::{AddrPrefix, Filter, filter_flags};
 use crate::{
     cgroup::{self, Cgroup},
     decode::{Process, TcpState},
+    generate::Generated,
     netns,
     output::Style,
 };
 
-const EXAMPLES: &str = "\
-Examples:
-  tcpretrans                         # every TCP retransmission on the host
-  tcpretrans --state                 # ... and every TCP state transition
-  tcpretrans --state=fin_wait,time_wait   # only transitions into/out of these
-  tcpretrans --json --netns 4026532289    # JSON Lines for one network namespace
-  tcpretrans -4 --duration 60        # IPv4 only, stop after a minute
-  tcpretrans -s                      # with sequence numbers and segment counts
-  tcpretrans -c -i 10 --top 20       # the 20 flows retransmitting most, every 10 s
-  tcpretrans --check                 # what this kernel offers; exit 0 if it can trace";
+/// Shown at the end of `--help` and in the man page.
+pub const EXAMPLES: [(&str, &str); 9] = [
+    ("tcpretrans", "every TCP retransmission on the host"),
+    ("tcpretrans --state", "... and every TCP state transition"),
+    (
+        "tcpretrans --state=fin_wait,time_wait",
+        "only transitions into or out of these states",
+    ),
+    (
+        "tcpretrans --json --netns 4026532289",
+        "JSON Lines for one network namespace",
+    ),
+    (
+        "tcpretrans -p 1234 -P 443",
+        "one process's connections on port 443",
+    ),
+    (
+        "tcpretrans -4 --duration 60",
+        "IPv4 only, stop after a minute",
+    ),
+    ("tcpretrans -s", "with sequence numbers and segment counts"),
+    (
+        "tcpretrans -c -i 10 --top 20",
+        "the 20 flows retransmitting most, every 10 s",
+    ),
+    (
+        "tcpretrans --check",
+        "what this kernel offers; exit 0 if it can trace",
+    ),
+];
+
+// Option groups in --help and the man page.
+const EVENTS: &str = "Events";
+const FILTERS: &str = "Filters (in the kernel where possible)";
+const OUTPUT: &str = "Output";
+const SESSION: &str = "Session";
+
+/// Exit statuses, for runbooks: documented in `--help`, the man page and
+/// the README.
+pub mod exit_status {
+    pub const SUCCESS: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    /// clap's own status for usage errors.
+    pub const USAGE: u8 = 2;
+    /// The session ran, but the kernel side lost events (reported as they
+    /// happened and in the summary).
+    pub const EVENTS_LOST: u8 = 3;
+
+    pub const MEANINGS: [(u8, &str); 4] = [
+        (
+            SUCCESS,
+            "traced until stopped (Ctrl-C, SIGTERM, --duration, closed output) and lost nothing",
+        ),
+        (
+            FAILURE,
+            "could not trace: not privileged, kernel support missing, output failed",
+        ),
+        (USAGE, "bad arguments"),
+        (
+            EVENTS_LOST,
+            "traced, but events were lost (counted and reported)",
+        ),
+    ];
+}
+
+fn after_help() -> String {
+    let mut text = String::from("Examples:\n");
+    for (command, what) in EXAMPLES {
+        text.push_str(&format!("  {command:<40} # {what}\n"));
+    }
+    text.push_str("\nExit status:\n");
+    for (status, meaning) in exit_status::MEANINGS {
+        text.push_str(&format!("  {status}  {meaning}\n"));
+    }
+    text
+}
 
 /// Trace TCP retransmissions and state changes, live, with eBPF.
+///
+/// Every retransmission with its cause (RTO, fast retransmit, tail loss
+/// probe, SYN or SYN-ACK retry), the connection's RTO, RTT, cwnd and spent
+/// retry budget, and the process owning the socket. With --state, the
+/// connection lifecycle: state transitions, TIME_WAIT entry, overflow and
+/// reuse, resets, failed connects and how each connection ended.
 #[derive(Debug, Parser)]
-#[command(name = "tcpretrans", version, about, after_help = EXAMPLES)]
+#[command(name = "tcpretrans", version, about, long_about, after_help = after_help())]
 pub struct Args {
     /// Also show TCP state transitions; LIST (comma separated, e.g.
     /// `fin_wait1,time_wait`; `fin_wait` means both FIN_WAIT states) keeps
     /// only transitions entering or leaving those states.
     #[arg(
+        help_heading = EVENTS,
         long,
         value_name = "LIST",
         num_args = 0..=1,
@@ -48,117 +122,122 @@ pub struct Args {
     )]
     pub state: Option<StateMask>,
 
-    /// Print JSON Lines: one object per event.
-    #[arg(long)]
-    pub json: bool,
-
-    /// Only sockets in this network namespace: its inode number (as in
-    /// `ls -Li /proc/PID/ns/net`), its `ip netns` name, or a path to it.
-    #[arg(long, value_name = "NETNS", value_parser = netns::parse)]
-    pub netns: Option<u32>,
-
-    /// Only sockets owned by this process.
-    #[arg(short = 'p', long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
-    pub pid: Option<u32>,
-
-    /// Only sockets owned by a process with this name (as in /proc/PID/comm).
-    #[arg(long, value_name = "NAME")]
-    pub comm: Option<String>,
-
-    /// Only connections with this port on either side.
-    #[arg(short = 'P', long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: Option<u16>,
-
-    /// Only connections with this local port.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub lport: Option<u16>,
-
-    /// Only connections with this remote port.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub rport: Option<u16>,
-
-    /// Only connections whose local address is in ADDR[/PREFIX].
-    #[arg(long, value_name = "ADDR[/PREFIX]", value_parser = parse_prefix)]
-    pub laddr: Option<AddrPrefix>,
-
-    /// Only connections whose remote address is in ADDR[/PREFIX].
-    #[arg(long, value_name = "ADDR[/PREFIX]", value_parser = parse_prefix)]
-    pub raddr: Option<AddrPrefix>,
-
-    /// Only sockets created in this cgroup v2 directory or below it (an
-    /// accepted socket belongs to its listener's cgroup).
-    #[arg(long, value_name = "PATH", value_parser = cgroup::parse)]
-    pub cgroup: Option<Cgroup>,
-
-    /// IPv4 only.
-    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6", action = ArgAction::SetTrue)]
-    pub ipv4: bool,
-
-    /// IPv6 only.
-    #[arg(short = '6', long = "ipv6", action = ArgAction::SetTrue)]
-    pub ipv6: bool,
-
-    /// Stop after this many seconds.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
+    /// Add the SEQ and SEGS columns (sequence number and segment count of
+    /// each retransmitted skb).
+    #[arg(help_heading = EVENTS, short = 's', long)]
+    pub sequence: bool,
 
     /// No line per event: a table of flows (connections) with their owner
     /// and retransmits by cause, most first, at exit (and every --interval).
-    #[arg(short = 'c', long, conflicts_with_all = ["state", "sequence"])]
+    #[arg(help_heading = EVENTS, short = 'c', long, conflicts_with_all = ["state", "sequence"])]
     pub count: bool,
 
     /// With -c: print the table every SECS seconds, counting afresh each time.
-    #[arg(short = 'i', long, value_name = "SECS", requires = "count", value_parser = parse_duration)]
+    #[arg(help_heading = EVENTS, short = 'i', long, value_name = "SECS", requires = "count", value_parser = parse_duration)]
     pub interval: Option<Duration>,
 
     /// With -c: only the N flows with the most retransmits.
-    #[arg(long, value_name = "N", requires = "count", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(help_heading = EVENTS, long, value_name = "N", requires = "count", value_parser = clap::value_parser!(u32).range(1..))]
     pub top: Option<u32>,
 
+    /// Only sockets owned by this process.
+    #[arg(help_heading = FILTERS, short = 'p', long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+
+    /// Only sockets owned by a process with this name (as in /proc/PID/comm).
+    #[arg(help_heading = FILTERS, long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Only connections with this port on either side.
+    #[arg(help_heading = FILTERS, short = 'P', long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// Only connections with this local port.
+    #[arg(help_heading = FILTERS, long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub lport: Option<u16>,
+
+    /// Only connections with this remote port.
+    #[arg(help_heading = FILTERS, long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub rport: Option<u16>,
+
+    /// Only connections whose local address is in ADDR[/PREFIX].
+    #[arg(help_heading = FILTERS, long, value_name = "ADDR[/PREFIX]", value_parser = parse_prefix)]
+    pub laddr: Option<AddrPrefix>,
+
+    /// Only connections whose remote address is in ADDR[/PREFIX].
+    #[arg(help_heading = FILTERS, long, value_name = "ADDR[/PREFIX]", value_parser = parse_prefix)]
+    pub raddr: Option<AddrPrefix>,
+
+    /// IPv4 only.
+    #[arg(help_heading = FILTERS, short = '4', long = "ipv4", conflicts_with = "ipv6", action = ArgAction::SetTrue)]
+    pub ipv4: bool,
+
+    /// IPv6 only.
+    #[arg(help_heading = FILTERS, short = '6', long = "ipv6", action = ArgAction::SetTrue)]
+    pub ipv6: bool,
+
+    /// Only sockets in this network namespace: its inode number (as in
+    /// `ls -Li /proc/PID/ns/net`), its `ip netns` name, or a path to it.
+    #[arg(help_heading = FILTERS, long, value_name = "NETNS", value_parser = netns::parse)]
+    pub netns: Option<u32>,
+
+    /// Only sockets created in this cgroup v2 directory or below it (an
+    /// accepted socket belongs to its listener's cgroup).
+    #[arg(help_heading = FILTERS, long, value_name = "PATH", value_parser = cgroup::parse)]
+    pub cgroup: Option<Cgroup>,
+
+    /// Print JSON Lines: one object per event.
+    #[arg(help_heading = OUTPUT, long)]
+    pub json: bool,
+
     /// TIME as seconds since tracing started (default: wall clock, -T).
-    #[arg(short = 't', long = "relative-time", conflicts_with = "wall_time")]
+    #[arg(help_heading = OUTPUT, short = 't', long = "relative-time", conflicts_with = "wall_time")]
     pub relative_time: bool,
 
     /// TIME as wall clock, HH:MM:SS.mmm (the default).
-    #[arg(short = 'T', long = "wall-time")]
+    #[arg(help_heading = OUTPUT, short = 'T', long = "wall-time")]
     pub wall_time: bool,
 
     /// No header and no exit summary: only events (and losses, which are
     /// never silent).
-    #[arg(short = 'q', long)]
+    #[arg(help_heading = OUTPUT, short = 'q', long)]
     pub quiet: bool,
 
     /// Color causes and troubles in text output: `auto` when stdout is a
     /// terminal and NO_COLOR is not set.
-    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    #[arg(help_heading = OUTPUT, long, value_name = "WHEN", default_value = "auto")]
     pub color: ColorWhen,
 
-    /// Add the SEQ and SEGS columns (sequence number and segment count of
-    /// each retransmitted skb).
-    #[arg(short = 's', long)]
-    pub sequence: bool,
+    /// Stop after this many seconds.
+    #[arg(help_heading = SESSION, long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 
     /// Size of the ring buffer the kernel side queues events in, e.g.
     /// `4M` (the default), `64K`, `16M`: a power of two, at least a page.
     /// Events that find it full are counted as lost and reported.
-    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_size)]
+    #[arg(help_heading = SESSION, long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_size)]
     pub ring_size: u32,
 
     /// Sockets the kernel side keeps state for (owner, time in state, ...):
     /// an LRU map, entries leave when their socket closes. Raise it on a
     /// host with more open TCP sockets than this.
-    #[arg(long, value_name = "N", default_value_t = 65_536,
+    #[arg(help_heading = SESSION, long, value_name = "N", default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(1024..=1 << 24))]
     pub max_sockets: u32,
 
     /// Read kernel type information from FILE instead of /sys/kernel/btf/vmlinux.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = SESSION, long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
 
     /// Print what this kernel offers the tool (tracepoints, BTF members, HZ,
     /// privileges, TCP sysctls) and exit: 0 when it can trace here.
-    #[arg(long)]
+    #[arg(help_heading = SESSION, long)]
     pub check: bool,
+
+    /// Write the man page or a shell's completions to stdout and exit
+    /// (`cargo xtask dist` writes them all).
+    #[arg(help_heading = SESSION, long, value_name = "KIND", hide = true)]
+    pub generate: Option<Generated>,
 }
 
 /// When text output is colored.

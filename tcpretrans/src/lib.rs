@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod check;
 pub mod cli;
 pub mod decode;
+pub mod generate;
 pub mod kernel;
 pub mod loader;
 pub mod netns;

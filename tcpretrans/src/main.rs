@@ -1,15 +1,28 @@
-use std::{io, process::ExitCode};
-
-/// The session ran, but the kernel side lost events (reported as they
-/// happened and in the summary): a runbook can tell this from a clean run.
-const EVENTS_LOST: u8 = 3;
+use std::{
+    io::{self, ErrorKind},
+    process::ExitCode,
+};
 
 use clap::Parser as _;
-use tcpretrans::{check, cli::Args, trace};
+use tcpretrans::{
+    check,
+    cli::{Args, exit_status},
+    generate, trace,
+};
 
 fn main() -> ExitCode {
     // Usage errors exit with status 2 inside `parse`.
     let args = Args::parse();
+    if let Some(what) = args.generate {
+        return match generate::write(what, &mut io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) if err.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("tcpretrans: writing the {what:?} output failed: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.check {
         return match check::run(&args, &mut io::stdout().lock()) {
             Ok(true) => ExitCode::SUCCESS,
@@ -39,7 +52,7 @@ fn main() -> ExitCode {
                 }
             }
             if summary.lost > 0 {
-                ExitCode::from(EVENTS_LOST)
+                ExitCode::from(exit_status::EVENTS_LOST)
             } else {
                 ExitCode::SUCCESS
             }

@@ -89,3 +89,52 @@ fn cgroups_and_namespaces_that_do_not_exist() {
     assert!(line.contains("no network namespace with inode 1"), "{line}");
     refused(&["--netns", "no-such-namespace"]);
 }
+
+/// `--generate`: each shell accepts its completion script (checked by the
+/// shell's own parser; `cargo xtask setup` installs zsh and fish).
+#[test]
+fn completion_scripts_parse_in_their_shells() {
+    for (kind, shell, check) in [
+        ("complete-bash", "bash", "-n"),
+        ("complete-zsh", "zsh", "-n"),
+        ("complete-fish", "fish", "--no-execute"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+            .args(["--generate", kind])
+            .output()
+            .expect("running tcpretrans");
+        assert!(output.status.success(), "{kind}");
+        let script = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(script.path(), &output.stdout).unwrap();
+        let checked = Command::new(shell)
+            .arg(check)
+            .arg(script.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{shell} is needed to check {kind}: {e}"));
+        assert!(
+            checked.status.success(),
+            "{shell} rejects its completions: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+}
+
+/// `--generate man | head -1` ends quietly, like any filter.
+#[test]
+fn generated_output_into_a_closed_pipe_is_not_an_error() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+        .args(["--generate", "man"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running tcpretrans");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

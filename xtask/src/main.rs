@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | run | test`.
+//! Project tasks: `cargo xtask setup | run | test | dist`.
+mod dist;
 mod setup;
 
 use std::{
@@ -28,6 +29,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// The release binary, its man page and bash/zsh/fish completions, in
+    /// target/dist (the README says where to install them).
+    Dist,
     /// Every test: unit tests and the kernel lab (root, real kernel).
     Test {
         /// Extra arguments for the test harness, e.g. a test name filter.
@@ -40,6 +44,10 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().task {
         Task::Setup => setup::run(),
+        Task::Dist => {
+            setup::run()?;
+            dist::run(&root)
+        }
         Task::Run { args } => {
             setup::run()?;
             cargo(&root, &["build", "--release", "--package", "tcpretrans"])?;

@@ -4,14 +4,17 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, nftables and iproute2 for the lab.
-const APT_PACKAGES: [&str; 6] = [
+/// Debian packages: LLVM 22 for bpf-linker, nftables and iproute2 for the
+/// lab, zsh and fish to check the completion scripts with.
+const APT_PACKAGES: [&str; 8] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "nftables",
     "iproute2",
+    "zsh",
+    "fish",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
