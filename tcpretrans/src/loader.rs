@@ -1,7 +1,7 @@
 //! Loads the kernel programs with this kernel's layouts and the user's
 //! filters, and attaches them.
 use std::{
-    fs,
+    fs, io,
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
@@ -57,10 +57,38 @@ pub enum LoadError {
         name: &'static str,
         source: ProgramError,
     },
+    #[error(
+        "cannot create the {bytes} ring buffer the kernel side queues events in: {source}; \
+         try a smaller --ring-size, or raise this cgroup's memory limit"
+    )]
+    RingBuffer { bytes: Bytes, source: io::Error },
+    #[error(
+        "cannot create the kernel side's socket map ({entries} entries): {source}; \
+         try a smaller --max-sockets, or raise this cgroup's memory limit"
+    )]
+    SocketMap { entries: u32, source: io::Error },
+    #[error("cannot create the kernel side's map {map}: {source}")]
+    CreateMap { map: String, source: io::Error },
     #[error("map {map} is missing from the eBPF object")]
     MissingMap { map: &'static str },
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: MapError },
+}
+
+/// A power-of-two size, said as people write it: `64 KiB`, `1 GiB`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bytes(pub u32);
+
+impl std::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0;
+        match n.trailing_zeros() {
+            30.. => write!(f, "{} GiB", n >> 30),
+            20.. => write!(f, "{} MiB", n >> 20),
+            10.. => write!(f, "{} KiB", n >> 10),
+            _ => write!(f, "{n} bytes"),
+        }
+    }
 }
 
 /// Everything the kernel programs are configured with.
@@ -186,12 +214,25 @@ impl Tracer {
             .override_global(globals::FILTER, &plan.filter, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
             .load(OBJECT)
-            .map_err(|e| {
-                if is_permission_error(&e) {
-                    LoadError::Permission
-                } else {
-                    LoadError::Object(e)
+            .map_err(|e| match e {
+                _ if is_permission_error(&e) => LoadError::Permission,
+                EbpfError::MapError(MapError::CreateError { name, io_error }) => {
+                    match name.as_str() {
+                        "EVENTS" => LoadError::RingBuffer {
+                            bytes: Bytes(plan.ring_bytes),
+                            source: io_error,
+                        },
+                        "SOCKETS" => LoadError::SocketMap {
+                            entries: plan.max_sockets,
+                            source: io_error,
+                        },
+                        _ => LoadError::CreateMap {
+                            map: name,
+                            source: io_error,
+                        },
+                    }
                 }
+                e => LoadError::Object(e),
             })?;
 
         let state_events = plan.filter.flags & filter_flags::STATE_EVENTS != 0;

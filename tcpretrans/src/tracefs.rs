@@ -18,9 +18,16 @@ const MOUNT_POINTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/traci
 
 #[derive(Debug, Error)]
 pub enum FormatError {
-    #[error("tracefs is not mounted and mounting it at {path} failed: {source}")]
+    #[error(
+        "tracefs is not mounted, and mounting it at {path} failed ({source}): \
+         mount it (`mount -t tracefs tracefs {path}`) and run again"
+    )]
     Mount { path: String, source: nix::Error },
-    #[error("tracepoint {tracepoint} does not exist on this kernel ({path} is missing)")]
+    #[error(
+        "tracepoint {tracepoint} does not exist on this kernel ({path} is missing): \
+         tcpretrans needs Linux 4.16 or later, built with CONFIG_FTRACE_SYSCALLS; \
+         `tcpretrans --check` lists what this kernel offers"
+    )]
     MissingTracepoint { tracepoint: String, path: PathBuf },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },

@@ -1,6 +1,7 @@
 //! What the tool does when this machine offers less: no BTF, no privileges.
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
     process::Command,
 };
 
@@ -201,5 +202,153 @@ fn check_without_privileges_says_why_and_fails() {
             .last()
             .is_some_and(|l| l.starts_with("result      cannot trace here: not root")),
         "{report}"
+    );
+}
+
+/// Runs tcpretrans in a mount namespace of its own, after `setup` (shell)
+/// changed what it sees; the host's mounts are untouched.
+fn with_private_mounts(setup: &str, args: &[&str]) -> std::process::Output {
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-ec"])
+        .arg(format!("{setup}\nexec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_tcpretrans"))
+        .args(args)
+        .output()
+        .expect("running unshare")
+}
+
+/// Exit status 1, nothing on stdout, and exactly one line on stderr.
+fn the_one_error(output: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr.trim().to_owned()
+}
+
+/// No tracefs, and nowhere to mount it: /sys/kernel is an empty read-only
+/// directory here.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn tracefs_that_cannot_be_mounted_is_one_sentence_with_the_remedy() {
+    let output = with_private_mounts(
+        "mount -t tmpfs -o ro,size=4k tmpfs /sys/kernel",
+        &["--duration", "1"],
+    );
+    assert_eq!(
+        the_one_error(&output),
+        "tcpretrans: tracefs is not mounted, and mounting it at /sys/kernel/tracing failed \
+         (ENOENT: No such file or directory): mount it (`mount -t tracefs tracefs \
+         /sys/kernel/tracing`) and run again"
+    );
+}
+
+/// A kernel without one of the tracepoints: the 6.18 layouts with
+/// tcp_retransmit_synack removed stand in for tracefs.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn a_missing_tracepoint_is_named_with_what_to_do() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tracefs/6.18");
+    let tree = tempfile::tempdir().expect("tempdir");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(format!("{fixture}/events"))
+        .arg(tree.path())
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    std::fs::remove_dir_all(tree.path().join("events/tcp/tcp_retransmit_synack")).expect("rm");
+    let output = with_private_mounts(
+        &format!("mount --bind {} /sys/kernel/tracing", tree.path().display()),
+        &["--duration", "1"],
+    );
+    assert_eq!(
+        the_one_error(&output),
+        "tcpretrans: tracepoint tcp:tcp_retransmit_synack does not exist on this kernel \
+         (/sys/kernel/tracing/events/tcp/tcp_retransmit_synack/format is missing): tcpretrans \
+         needs Linux 4.16 or later, built with CONFIG_FTRACE_SYSCALLS; `tcpretrans --check` \
+         lists what this kernel offers"
+    );
+}
+
+/// A memory cgroup (v2 where its controller is enabled, else v1) holding
+/// at most `limit` bytes, removed when dropped.
+struct MemoryCgroup(PathBuf);
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> Self {
+        let name = format!("tcpretrans-lab-mem-{}", std::process::id());
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let mut v2 = None;
+        let mut v1 = None;
+        for line in mounts.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (dir, kind, options) = (PathBuf::from(fields[1]), fields[2], fields[3]);
+            if kind == "cgroup2"
+                && std::fs::read_to_string(dir.join("cgroup.subtree_control"))
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+            {
+                v2 = Some(dir);
+            } else if kind == "cgroup" && options.split(',').any(|o| o == "memory") {
+                v1 = Some(dir);
+            }
+        }
+        let (dir, limit_file) = match (v2, v1) {
+            (Some(root), _) => (root.join(name), "memory.max"),
+            (None, Some(root)) => (root.join(name), "memory.limit_in_bytes"),
+            (None, None) => panic!("this machine has no memory cgroup controller to limit with"),
+        };
+        std::fs::create_dir(&dir).expect("mkdir memory cgroup");
+        let cgroup = Self(dir);
+        std::fs::write(cgroup.0.join(limit_file), limit.to_string()).expect("memory limit");
+        cgroup
+    }
+
+    /// Runs tcpretrans inside it.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("sh")
+            .arg("-ec")
+            .arg("echo $$ > \"$1\"; shift; exec \"$@\"")
+            .arg("sh")
+            .arg(self.0.join("cgroup.procs"))
+            .arg(env!("CARGO_BIN_EXE_tcpretrans"))
+            .args(args)
+            .output()
+            .expect("running in the cgroup")
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The kernel refuses the ring buffer or the socket map (a 64 MiB memory
+/// cgroup): one sentence naming the option to change.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn maps_the_kernel_cannot_create_name_the_option_to_change() {
+    let cgroup = MemoryCgroup::new(64 << 20);
+    let ring = cgroup.run(&["--ring-size", "1G", "--duration", "1"]);
+    assert_eq!(
+        the_one_error(&ring),
+        "tcpretrans: cannot create the 1 GiB ring buffer the kernel side queues events in: \
+         Cannot allocate memory (os error 12); try a smaller --ring-size, or raise this \
+         cgroup's memory limit"
+    );
+    let sockets = cgroup.run(&["--max-sockets", "16777216", "--duration", "1"]);
+    assert_eq!(
+        the_one_error(&sockets),
+        "tcpretrans: cannot create the kernel side's socket map (16777216 entries): Cannot \
+         allocate memory (os error 12); try a smaller --max-sockets, or raise this cgroup's \
+         memory limit"
+    );
+    // The defaults fit in the same cgroup.
+    let fits = cgroup.run(&["--duration", "0.3"]);
+    assert!(
+        fits.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fits.stderr)
     );
 }
