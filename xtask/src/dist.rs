@@ -13,8 +13,7 @@ const GENERATED: [(&str, &str); 4] = [
 ];
 
 pub fn run(root: &Path) -> Result<()> {
-    crate::cargo(root, &["build", "--release", "--package", "tcpretrans"])?;
-    let binary = root.join("target/release/tcpretrans");
+    let binary = crate::release_binary(root)?;
     let dist = root.join("target/dist");
     fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
     fs::copy(&binary, dist.join("tcpretrans")).context("copying the binary")?;

@@ -1,6 +1,9 @@
-//! Project tasks: `cargo xtask setup | run | test | dist`.
+//! Project tasks: `cargo xtask setup | run | test | dist | soak`.
 mod dist;
+mod proc;
 mod setup;
+mod soak;
+mod tracer;
 
 use std::{
     ffi::OsString,
@@ -32,6 +35,13 @@ enum Task {
     /// The release binary, its man page and bash/zsh/fish completions, in
     /// target/dist (the README says where to install them).
     Dist,
+    /// The tracer attached to churn and lossy transfers in a lab namespace
+    /// for MINUTES (root; not part of the tests): memory over time, CPU,
+    /// events seen and lost.
+    Soak {
+        #[arg(default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Every test: unit tests and the kernel lab (root, real kernel).
     Test {
         /// Extra arguments for the test harness, e.g. a test name filter.
@@ -44,14 +54,18 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().task {
         Task::Setup => setup::run(),
+        Task::Soak { minutes } => {
+            setup::run()?;
+            require_root("the soak")?;
+            soak::run(&release_binary(&root)?, minutes)
+        }
         Task::Dist => {
             setup::run()?;
             dist::run(&root)
         }
         Task::Run { args } => {
             setup::run()?;
-            cargo(&root, &["build", "--release", "--package", "tcpretrans"])?;
-            let binary = root.join("target/release/tcpretrans");
+            let binary = release_binary(&root)?;
             let mut command = if setup::is_root() {
                 Command::new(&binary)
             } else {
@@ -64,11 +78,7 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             setup::run()?;
-            if !setup::is_root() {
-                bail!(
-                    "the kernel lab loads eBPF programs and creates network namespaces: run `cargo xtask test` as root"
-                );
-            }
+            require_root("the kernel lab")?;
             // Unit tests, then every ignored-by-default kernel lab test, one
             // at a time: the kernel skips a classic tracepoint program that
             // fires in a softirq interrupting any BPF program on that CPU
@@ -91,6 +101,19 @@ fn main() -> Result<()> {
             cargo(&root, &lab)
         }
     }
+}
+
+/// Builds the release binary; its path.
+fn release_binary(root: &Path) -> Result<PathBuf> {
+    cargo(root, &["build", "--release", "--package", "tcpretrans"])?;
+    Ok(root.join("target/release/tcpretrans"))
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !setup::is_root() {
+        bail!("{what} loads eBPF programs and creates network namespaces: run it as root");
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

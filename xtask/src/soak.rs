@@ -1,0 +1,135 @@
+//! `cargo xtask soak [MINUTES]`: the tracer attached for a long time to
+//! bounded connection churn plus lossy transfers in a lab namespace;
+//! reports its memory over time (flat after warm-up), CPU, events seen and
+//! lost, and checks every state transition made was delivered.
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, ensure};
+use tcpretrans_lab::{BULK_UPLOAD_TRANSITIONS, Netns, bulk_upload, churn::Churn, drop_inbound};
+
+use crate::{proc::Usage, tracer::Tracer};
+
+/// Connections per second: 10 state events each.
+const CHURN_RATE: u32 = 1_000;
+const CHURN_CLIENTS: u16 = 4;
+const SAMPLE_EVERY: Duration = Duration::from_secs(30);
+const UPLOAD_PORT: u16 = 7000;
+const UPLOAD_BYTES: usize = 2 << 20;
+const UPLOAD_LOSS_PERCENT: u32 = 5;
+/// RSS growth after the first sample that still counts as flat.
+const RSS_SLACK_KIB: u64 = 2 * 1024;
+
+pub fn run(binary: &Path, minutes: f64) -> Result<()> {
+    let duration = Duration::from_secs_f64(minutes * 60.0);
+    let ns = Netns::new("soak");
+    Churn::tune(&ns);
+    drop_inbound(&ns, UPLOAD_PORT, UPLOAD_LOSS_PERCENT);
+    let tracer = Tracer::start(binary, &["--state".into(), format!("--netns={}", ns.inode)])?;
+    println!(
+        "soak: {minutes} min of {CHURN_RATE} connections/s and {} MiB uploads at \
+         {UPLOAD_LOSS_PERCENT}% loss; tracer pid {}",
+        UPLOAD_BYTES >> 20,
+        tracer.pid()
+    );
+    let started = Instant::now();
+    let churn = Churn {
+        rate: Some(CHURN_RATE),
+        duration,
+        clients: CHURN_CLIENTS,
+        base_port: 6000,
+    };
+    let uploads = AtomicU64::new(0);
+    let (report, rss) = thread::scope(|scope| {
+        let churning = scope.spawn(|| churn.run(&ns));
+        scope.spawn(|| {
+            let server: SocketAddr = ([127, 0, 0, 1], UPLOAD_PORT).into();
+            while started.elapsed() < duration {
+                bulk_upload(&ns, server, UPLOAD_BYTES);
+                uploads.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let rss = sample(&tracer, started, duration);
+        (churning.join().expect("churn"), rss)
+    });
+    // Let the last closes reach the ring buffer and a drain.
+    thread::sleep(Duration::from_millis(500));
+    let elapsed = started.elapsed();
+    let cpu = Usage::of(tracer.pid()).unwrap_or_default().cpu;
+    let ended = tracer.stop()?;
+    let uploads = uploads.into_inner();
+    let made = report.transitions(CHURN_CLIENTS) + uploads * BULK_UPLOAD_TRANSITIONS;
+    let state = ended.seen.kind("state");
+    println!(
+        "churn: {} connections ({:.0}/s), {} failed; uploads: {uploads}",
+        report.connections,
+        report.per_second(),
+        report.failures
+    );
+    println!(
+        "events: {} ({state} state of {made} transitions made, {} retransmit, {} session_end), lost {}",
+        ended.seen.total(),
+        ended.seen.kind("retransmit"),
+        ended.seen.kind("session_end"),
+        ended.seen.lost
+    );
+    println!(
+        "tracer CPU: {:.1} s in {:.0} s ({:.2}% of a core); {}",
+        cpu.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0,
+        ended.status
+    );
+    let warm = rss.first().copied().unwrap_or_default();
+    let peak = rss.iter().copied().max().unwrap_or_default();
+    println!(
+        "RSS: {warm} KiB at the first sample, peak {peak} KiB, growth {} KiB",
+        peak - warm
+    );
+    print!("{}", ended.stderr);
+    ensure!(ended.seen.lost == 0, "the tracer lost events");
+    ensure!(
+        state == made && report.failures == 0,
+        "{state} state events for {made} transitions made"
+    );
+    ensure!(
+        peak - warm <= RSS_SLACK_KIB,
+        "RSS grew by {} KiB",
+        peak - warm
+    );
+    Ok(())
+}
+
+/// A line every SAMPLE_EVERY until `duration` has passed; the RSS samples.
+fn sample(tracer: &Tracer, started: Instant, duration: Duration) -> Vec<u64> {
+    println!(
+        "{:>7} {:>9} {:>6} {:>11} {:>9} {:>5}",
+        "minute", "RSS_KiB", "CPU%", "events", "events/s", "lost"
+    );
+    let mut rss = Vec::new();
+    let mut last = (Duration::ZERO, Usage::default(), 0u64);
+    while started.elapsed() < duration {
+        thread::sleep(SAMPLE_EVERY.min(duration.saturating_sub(started.elapsed())));
+        let at = started.elapsed();
+        let usage = Usage::of(tracer.pid()).unwrap_or_default();
+        let seen = tracer.seen();
+        let span = (at - last.0).as_secs_f64();
+        println!(
+            "{:>7.1} {:>9} {:>6.2} {:>11} {:>9.0} {:>5}",
+            at.as_secs_f64() / 60.0,
+            usage.rss_kib,
+            (usage.cpu.saturating_sub(last.1.cpu)).as_secs_f64() / span * 100.0,
+            seen.total(),
+            (seen.total() - last.2) as f64 / span,
+            seen.lost
+        );
+        rss.push(usage.rss_kib);
+        last = (at, usage, seen.total());
+    }
+    rss
+}
