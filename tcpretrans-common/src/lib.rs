@@ -301,6 +301,19 @@ impl TcpOffsets {
         sock_dead_bit: 0,
         _pad0: 0,
     };
+
+    /// Whether a socket's flow, protocol and state can be read from it:
+    /// what the raw tracepoint programs need instead of a record.
+    pub const fn reads_flows(&self) -> bool {
+        self.skc_family != ABSENT
+            && self.skc_state != ABSENT
+            && self.skc_addrpair != ABSENT
+            && self.skc_portpair != ABSENT
+            && self.skc_v6_daddr != ABSENT
+            && self.skc_v6_rcv_saddr != ABSENT
+            && self.inet_sport != ABSENT
+            && self.sk_protocol != ABSENT
+    }
 }
 
 impl SockOffsets {
@@ -531,6 +544,19 @@ impl Filter {
         let touched = 1 << (old_state & 15) | 1 << (new_state & 15);
         self.state_mask == 0 || self.state_mask & touched != 0
     }
+}
+
+/// Slots of the per-CPU `LOST` counter, one per program that reports: a
+/// raw tracepoint program may interrupt another on its CPU, but never
+/// itself, so no two writers ever share a slot.
+pub mod lost_slot {
+    pub const RETRANSMIT: u32 = 0;
+    pub const SYNACK: u32 = 1;
+    pub const STATE: u32 = 2;
+    pub const RESET_SENT: u32 = 3;
+    pub const RESET_RECEIVED: u32 = 4;
+    pub const CONNECT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Event kinds, the first byte of every ring-buffer record.

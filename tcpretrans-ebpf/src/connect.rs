@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use tcpretrans_common::{
     ABSENT, AF_INET, AF_INET6, ConnectErrorEvent, EventHeader, Flow, PendingConnect, TcpOffsets,
-    event_kind,
+    event_kind, lost_slot,
 };
 
 use crate::{
@@ -124,7 +124,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let netns = sock::kept(pending.sk, SOCK_OFFSETS.get(), FILTER.get()).map_or(0, |n| n.inum);
     let local = sock::flow(pending.sk, tcp).map(|(flow, _)| flow);
-    let Some(mut entry) = reserve::<ConnectErrorEvent>() else {
+    let Some(mut entry) = reserve::<ConnectErrorEvent>(lost_slot::CONNECT) else {
         return Ok(());
     };
     let event = entry.as_mut_ptr();

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
-    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets,
+    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, lost_slot,
 };
 
 /// A value userspace writes at load time (`EbpfLoader::override_global`,
@@ -59,9 +59,10 @@ pub static WAKEUP_BYTES: Config<u32> = Config::new(0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Events dropped because the ring buffer was full, per CPU.
+/// Events dropped because the ring buffer was full, per CPU and program
+/// (`lost_slot`).
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost_slot::COUNT, 0);
 
 /// What we know about each socket between events, keyed by its address.
 /// Entries go when the socket reaches CLOSE; the LRU bounds what is never
@@ -69,7 +70,8 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65_536, 0);
 
-/// Each CPU's copy of the tracepoint record being handled.
+/// Each CPU's copy of the tracepoint record being handled (classic
+/// tracepoint programs only: they never nest on one CPU).
 #[map]
 pub static RECORDS: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
 
@@ -82,14 +84,16 @@ pub static LISTENERS: LruHashMap<ListenerKey, Owner> = LruHashMap::with_max_entr
 #[map]
 pub static CONNECTS: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(4096, 0);
 
-/// Reserves space for one event, counting the event as lost when there is none.
+/// Reserves space for one event, counting the event as lost in the
+/// program's `lost_slot` when there is none.
 #[inline(always)]
-pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+pub fn reserve<T: 'static>(slot: u32) -> Option<RingBufEntry<T>> {
     let entry = EVENTS.reserve::<T>(0);
     if entry.is_none()
-        && let Some(lost) = LOST.get_ptr_mut(0)
+        && let Some(lost) = LOST.get_ptr_mut(slot)
     {
-        // SAFETY: this CPU's slot; these programs do not nest on one CPU.
+        // SAFETY: this CPU's counter of this program, which does not run
+        // nested on one CPU.
         unsafe { *lost += 1 };
     }
     entry

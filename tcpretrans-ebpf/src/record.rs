@@ -1,5 +1,8 @@
-//! Tracepoint records, read once and decoded with the field offsets that
-//! userspace found in the running kernel's tracefs `format` files.
+//! What every program starts from: the socket an event is about and its
+//! flow, filtered. Classic tracepoints' records are read once and decoded
+//! with the field offsets userspace found in the running kernel's tracefs
+//! `format` files; raw tracepoints read the socket's `sock_common` at BTF
+//! offsets.
 use core::mem::size_of;
 
 use aya_ebpf::{EbpfContext as _, helpers::generated, programs::TracePointContext};
@@ -8,7 +11,7 @@ use tcpretrans_common::{
 };
 
 use crate::{
-    maps::{RECORDS, SOCK_OFFSETS},
+    maps::{RECORDS, SOCK_OFFSETS, TCP_OFFSETS},
     sock::{self, Netns},
 };
 
@@ -71,13 +74,6 @@ impl Record {
         }
     }
 
-    /// A 16-byte address field as 8 words in memory order.
-    #[inline(always)]
-    fn words(&self, offset: u16) -> [u16; 8] {
-        let at = offset & !1;
-        core::array::from_fn(|i| self.load(at + 2 * i as u16))
-    }
-
     /// Copies a 16-byte address field (a `__u8[16]`, 2-aligned in every known
     /// layout) straight into an event.
     #[inline(always)]
@@ -89,52 +85,28 @@ impl Record {
         }
     }
 
-    /// Reads the record and keeps it if its socket passes the family and
-    /// namespace filters: the prologue of every program.
+    /// The record's flow and family: the same as the socket's, as the
+    /// kernel copied it when the tracepoint fired.
     #[inline(always)]
-    pub fn filtered(
-        ctx: &TracePointContext,
-        fields: &FlowFields,
-        filter: &Filter,
-    ) -> Result<Option<Hit>, i64> {
-        if fields.skaddr == ABSENT {
-            // Not configured by userspace.
-            return Ok(None);
-        }
-        let record = Self::read(ctx)?;
-        let family = record.family(fields);
-        if !filter.keeps_family(family) {
-            return Ok(None);
-        }
-        let Some(version) = family_version(family) else {
-            return Ok(None);
+    fn flow(&self, fields: &FlowFields) -> (Flow, u16) {
+        let mut flow = Flow {
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: self.load(fields.sport),
+            dport: self.load(fields.dport),
         };
-        if !filter.keeps_ports(record.load(fields.sport), record.load(fields.dport))
-            || (filter.filters_addresses()
-                && !(filter.laddr.contains(&record.words(fields.saddr_v6))
-                    && filter.raddr.contains(&record.words(fields.daddr_v6))))
-        {
-            return Ok(None);
-        }
-        let sk: u64 = record.load(fields.skaddr);
-        let Some(netns) = sock::kept(sk, SOCK_OFFSETS.get(), filter) else {
-            return Ok(None);
-        };
-        Ok(Some(Hit {
-            record,
-            fields: *fields,
-            sk,
-            netns,
-            version,
-        }))
+        self.copy_addr(fields.saddr_v6, &mut flow.saddr);
+        self.copy_addr(fields.daddr_v6, &mut flow.daddr);
+        (flow, self.family(fields))
     }
 }
 
-/// A tracepoint hit whose socket passed the filters.
+/// A tracepoint hit whose socket passed the filters: the prologue of every
+/// program, from a classic tracepoint's record or from a raw tracepoint's
+/// socket.
 pub struct Hit {
-    pub record: &'static Record,
-    fields: FlowFields,
-    /// The record's `skaddr`.
+    pub flow: Flow,
+    /// The socket the event is about (for SYN-ACKs, the listener).
     pub sk: u64,
     pub netns: Netns,
     /// 4 or 6.
@@ -142,6 +114,62 @@ pub struct Hit {
 }
 
 impl Hit {
+    /// Copies a classic tracepoint's record once and keeps it if its socket
+    /// passes the filters.
+    #[inline(always)]
+    pub fn from_record(
+        ctx: &TracePointContext,
+        fields: &FlowFields,
+        filter: &Filter,
+    ) -> Result<Option<(Self, &'static Record)>, i64> {
+        if fields.skaddr == ABSENT {
+            // Not configured by userspace.
+            return Ok(None);
+        }
+        let record = Record::read(ctx)?;
+        let (flow, family) = record.flow(fields);
+        Ok(
+            Self::filtered(flow, family, record.load(fields.skaddr), filter)
+                .map(|hit| (hit, record)),
+        )
+    }
+
+    /// The flow of `flow_sk` (a full or request socket) from its
+    /// `sock_common`, for an event about `sk`, if they pass the filters.
+    #[inline(always)]
+    pub fn from_sock(flow_sk: u64, sk: u64, filter: &Filter) -> Option<Self> {
+        let (flow, family) = sock::flow(flow_sk, TCP_OFFSETS.get())?;
+        Self::filtered(flow, family, sk, filter)
+    }
+
+    /// Family, ports and addresses first (they are at hand), then the
+    /// namespace and cgroup (pointer chases).
+    #[inline(always)]
+    fn filtered(flow: Flow, family: u16, sk: u64, filter: &Filter) -> Option<Self> {
+        if !filter.keeps_family(family) {
+            return None;
+        }
+        let version = family_version(family)?;
+        if !filter.keeps_ports(flow.sport, flow.dport)
+            || (filter.filters_addresses()
+                && !filter.keeps_flow(
+                    flow.sport,
+                    flow.dport,
+                    &sock::words(&flow.saddr),
+                    &sock::words(&flow.daddr),
+                ))
+        {
+            return None;
+        }
+        let netns = sock::kept(sk, SOCK_OFFSETS.get(), filter)?;
+        Some(Self {
+            flow,
+            sk,
+            netns,
+            version,
+        })
+    }
+
     /// Fills the header and flow every event starts with.
     ///
     /// # Safety
@@ -168,11 +196,7 @@ impl Hit {
                 skaddr,
                 sock_ino,
             });
-            let flow = &mut *flow;
-            self.record.copy_addr(self.fields.saddr_v6, &mut flow.saddr);
-            self.record.copy_addr(self.fields.daddr_v6, &mut flow.daddr);
-            flow.sport = self.record.load(self.fields.sport);
-            flow.dport = self.record.load(self.fields.dport);
+            flow.write(self.flow);
         }
     }
 }

@@ -1,9 +1,14 @@
 //! `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`: the two directions of
 //! one hook. The reset is remembered on the socket, so that the `CLOSE` it
 //! causes says why, and reported when state events are on.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tcpretrans_common::{
-    ABSENT, AF_INET, AF_INET6, EventHeader, ResetEvent, event_kind, filter_flags, reset_direction,
+    ABSENT, AF_INET, AF_INET6, EventHeader, ResetEvent, event_kind, filter_flags, lost_slot,
+    reset_direction,
 };
 
 use crate::{
@@ -12,30 +17,52 @@ use crate::{
     sock::{self, read, words},
 };
 
+/// The classic tracepoints: the socket from their records (used when BTF
+/// lacks what the raw ones need).
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    match try_reset(&ctx, RESET_FIELDS.get().send_skaddr, reset_direction::SENT) {
-        Ok(()) | Err(_) => 0,
+    match record_socket(&ctx, RESET_FIELDS.get().send_skaddr) {
+        Ok(sk) => reset(sk, reset_direction::SENT),
+        Err(_) => 0,
     }
 }
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    match try_reset(
-        &ctx,
-        RESET_FIELDS.get().receive_skaddr,
-        reset_direction::RECEIVED,
-    ) {
+    match record_socket(&ctx, RESET_FIELDS.get().receive_skaddr) {
+        Ok(sk) => reset(sk, reset_direction::RECEIVED),
+        Err(_) => 0,
+    }
+}
+
+/// `TP_PROTO(const struct sock *sk, const struct sk_buff *skb, ...)`.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset_raw(ctx: RawTracePointContext) -> u32 {
+    reset(ctx.arg(0), reset_direction::SENT)
+}
+
+/// `TP_PROTO(struct sock *sk)`.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset_raw(ctx: RawTracePointContext) -> u32 {
+    reset(ctx.arg(0), reset_direction::RECEIVED)
+}
+
+/// The record's `skaddr` (0 when userspace found none).
+fn record_socket(ctx: &TracePointContext, skaddr: u16) -> Result<u64, i64> {
+    if skaddr == ABSENT {
+        return Ok(0);
+    }
+    // SAFETY: the offset lies within the record (checked by userspace).
+    unsafe { ctx.read_at(usize::from(skaddr)) }.map_err(i64::from)
+}
+
+fn reset(sk: u64, direction: u8) -> u32 {
+    match try_reset(sk, direction) {
         Ok(()) | Err(_) => 0,
     }
 }
 
-fn try_reset(ctx: &TracePointContext, skaddr: u16, direction: u8) -> Result<(), i64> {
-    if skaddr == ABSENT {
-        return Ok(());
-    }
-    // SAFETY: the offset lies within the record (checked by userspace).
-    let sk: u64 = unsafe { ctx.read_at(usize::from(skaddr)) }?;
+fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
     // Resets answering packets for no socket have none to attribute.
     if sk == 0 {
         return Ok(());
@@ -72,7 +99,11 @@ fn try_reset(ctx: &TracePointContext, skaddr: u16, direction: u8) -> Result<(), 
         return Ok(());
     }
     let (owner, sock_ino) = sock::owner_or_inode(sk, known_owner, tcp);
-    let Some(mut entry) = reserve::<ResetEvent>() else {
+    let Some(mut entry) = reserve::<ResetEvent>(if direction == reset_direction::SENT {
+        lost_slot::RESET_SENT
+    } else {
+        lost_slot::RESET_RECEIVED
+    }) else {
         return Ok(());
     };
     let event = entry.as_mut_ptr();

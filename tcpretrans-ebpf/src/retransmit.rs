@@ -2,20 +2,22 @@
 //! socket's timers, RTT, congestion state and retry budget at that moment.
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tcpretrans_common::{
-    ABSENT, RetransmitEvent, TcpOffsets, event_kind, retry_budget, tcp_state::SYN_SENT,
+    ABSENT, RetransmitEvent, TcpOffsets, event_kind, lost_slot, retry_budget, tcp_state::SYN_SENT,
 };
 
 use crate::{
     maps::{FILTER, RETRANSMIT_FIELDS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
-    record::Record,
+    record::Hit,
     sock::{self, read, read_bitfield},
 };
 
+/// The classic tracepoint: its record (used when BTF lacks what the raw
+/// one needs).
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     match try_tcp_retransmit_skb(&ctx) {
@@ -25,12 +27,44 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
     let fields = RETRANSMIT_FIELDS.get();
-    let Some(hit) = Record::filtered(ctx, &fields.flow, FILTER.get())? else {
+    let Some((hit, record)) = Hit::from_record(ctx, &fields.flow, FILTER.get())? else {
         return Ok(());
     };
-    let (record, sk) = (hit.record, hit.sk);
-    let skb: u64 = record.load(fields.skbaddr);
-    let state = record.optional::<i32>(fields.state).unwrap_or(0) as u8;
+    retransmit(
+        &hit,
+        record.load(fields.skbaddr),
+        record.optional::<i32>(fields.state).unwrap_or(0) as u8,
+        record.optional(fields.err).unwrap_or(0),
+    )
+}
+
+/// The raw tracepoint: `TP_PROTO(const struct sock *sk, const struct
+/// sk_buff *skb)`, and `int err` since 6.17 (when the record has it).
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_raw(ctx: RawTracePointContext) -> u32 {
+    match try_tcp_retransmit_skb_raw(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_tcp_retransmit_skb_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let sk: u64 = ctx.arg(0);
+    let Some(hit) = Hit::from_sock(sk, sk, FILTER.get()) else {
+        return Ok(());
+    };
+    let err = if RETRANSMIT_FIELDS.get().err == ABSENT {
+        0
+    } else {
+        ctx.arg::<i32>(2)
+    };
+    retransmit(&hit, ctx.arg(1), read(sk, TCP_OFFSETS.get().skc_state), err)
+}
+
+/// Reports one retransmission of `skb` (attempted; `err` non-zero when it
+/// could not be sent).
+#[inline(always)]
+fn retransmit(hit: &Hit, skb: u64, state: u8, err: i32) -> Result<(), i64> {
+    let sk = hit.sk;
     let tcp = TCP_OFFSETS.get();
     // SAFETY: the owner is copied into the event at once.
     let known_owner = unsafe { SOCKETS.get(sk) }.map(|info| &info.owner);
@@ -39,7 +73,7 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let (budget, budget_limit, syn_linear_timeouts) = retry_budget(sk, hit.netns.net, state, tcp);
 
-    let Some(mut entry) = reserve::<RetransmitEvent>() else {
+    let Some(mut entry) = reserve::<RetransmitEvent>(lost_slot::RETRANSMIT) else {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
@@ -62,7 +96,7 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i64> {
         (&raw mut (*event).pending).write(read(sk, tcp.icsk_pending));
         (&raw mut (*event).timer_due).write(timer_due(sk, tcp));
         (&raw mut (*event).backoff).write(read(sk, tcp.icsk_backoff));
-        (&raw mut (*event).err).write(record.optional(fields.err).unwrap_or(0));
+        (&raw mut (*event).err).write(err);
         (&raw mut (*event).retransmits).write(read(sk, tcp.icsk_retransmits));
         (&raw mut (*event).tcp_flags).write(read(skb, tcp.skb_tcp_flags));
         (&raw mut (*event).segs).write(read(skb, tcp.skb_gso_segs));

@@ -1,9 +1,13 @@
 //! `sock:inet_sock_set_state` for TCP: tracks each socket's time in its state
 //! and its owner, and reports the transitions userspace asked for.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tcpretrans_common::{
     ConnectErrorEvent, DURATION_UNKNOWN, ListenerKey, Owner, SockInfo, StateEvent, event_kind,
-    reset_direction,
+    lost_slot, reset_direction,
     tcp_state::{
         CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
         SYN_SENT,
@@ -13,12 +17,14 @@ use tcpretrans_common::{
 use crate::{
     maps::{FILTER, LISTENERS, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, TCP_OFFSETS, reserve, submit},
     owner::{self, write_owner},
-    record::{Hit, Record},
+    record::Hit,
     sock::{self, read},
 };
 
-const IPPROTO_TCP: u16 = 6;
+const IPPROTO_TCP: u8 = 6;
 
+/// The classic tracepoint: its record (used when BTF lacks what the raw
+/// one needs).
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     match try_inet_sock_set_state(&ctx) {
@@ -28,20 +34,47 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let fields = STATE_FIELDS.get();
-    let filter = FILTER.get();
-    let Some(hit) = Record::filtered(ctx, &fields.flow, filter)? else {
+    let Some((hit, record)) = Hit::from_record(ctx, &fields.flow, FILTER.get())? else {
         return Ok(());
     };
-    let (record, skaddr) = (hit.record, hit.sk);
-    if record.load::<u16>(fields.protocol) != IPPROTO_TCP {
+    if record.load::<u16>(fields.protocol) != u16::from(IPPROTO_TCP) {
         return Ok(());
     }
-    let old_state = record.load::<i32>(fields.oldstate) as u8;
-    let new_state = record.load::<i32>(fields.newstate) as u8;
+    transition(
+        &hit,
+        record.load::<i32>(fields.oldstate) as u8,
+        record.load::<i32>(fields.newstate) as u8,
+    )
+}
+
+/// The raw tracepoint: `TP_PROTO(const struct sock *sk, const int oldstate,
+/// const int newstate)`, the flow read from the socket.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
+    match try_inet_sock_set_state_raw(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_inet_sock_set_state_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let sk: u64 = ctx.arg(0);
+    if read::<u8>(sk, TCP_OFFSETS.get().sk_protocol) != IPPROTO_TCP {
+        return Ok(());
+    }
+    let Some(hit) = Hit::from_sock(sk, sk, FILTER.get()) else {
+        return Ok(());
+    };
+    transition(&hit, ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8)
+}
+
+/// Tracks the socket and reports the transition.
+#[inline(always)]
+fn transition(hit: &Hit, old_state: u8, new_state: u8) -> Result<(), i64> {
+    let (filter, skaddr) = (FILTER.get(), hit.sk);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    let lport: u16 = record.load(fields.flow.sport);
+    let lport = hit.flow.sport;
     let listener = ListenerKey {
         netns: hit.netns.inum,
         port: lport,
@@ -61,7 +94,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     // A non-blocking connect() failed: reported in every mode, like the
     // blocking ones the connect program reports.
     if old_state == SYN_SENT && error != 0 && tracked.nonblocking_connect == 1 {
-        report_connect_error(&hit, error, Some(&tracked.owner), now);
+        report_connect_error(hit, error, Some(&tracked.owner), now);
     }
     if !filter.keeps_transition(old_state, new_state) {
         return Ok(());
@@ -77,7 +110,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     } else {
         0
     };
-    let Some(mut entry) = reserve::<StateEvent>() else {
+    let Some(mut entry) = reserve::<StateEvent>(lost_slot::STATE) else {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
@@ -109,7 +142,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 fn report_connect_error(hit: &Hit, errno: i32, owner: Option<&Owner>, now: u64) {
-    let Some(mut entry) = reserve::<ConnectErrorEvent>() else {
+    let Some(mut entry) = reserve::<ConnectErrorEvent>(lost_slot::STATE) else {
         return;
     };
     let event = entry.as_mut_ptr();

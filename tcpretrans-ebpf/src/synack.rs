@@ -1,18 +1,26 @@
 //! `tcp:tcp_retransmit_synack`: the passive side's SYN-ACK retransmissions,
 //! reported as retransmission events of the request socket.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tcpretrans_common::{RetransmitEvent, event_kind, retry_budget, tcp_state::SYN_RECV};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use tcpretrans_common::{
+    RetransmitEvent, event_kind, lost_slot, retry_budget, tcp_state::SYN_RECV,
+};
 
 use crate::{
     maps::{FILTER, SOCKETS, SYNACK_FIELDS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
-    record::Record,
+    record::Hit,
     sock::{self, read, read_bitfield},
 };
 
 /// `TCPHDR_SYN | TCPHDR_ACK`.
 const SYN_ACK_FLAGS: u8 = 0x12;
 
+/// The classic tracepoint: its record (used when BTF lacks what the raw
+/// one needs).
 #[tracepoint]
 pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
     match try_tcp_retransmit_synack(&ctx) {
@@ -22,11 +30,33 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
     let fields = SYNACK_FIELDS.get();
-    let Some(hit) = Record::filtered(ctx, &fields.flow, FILTER.get())? else {
+    let Some((hit, record)) = Hit::from_record(ctx, &fields.flow, FILTER.get())? else {
         return Ok(());
     };
+    synack(&hit, record.load(fields.req))
+}
+
+/// The raw tracepoint: `TP_PROTO(const struct sock *sk, const struct
+/// request_sock *req)`; the flow is the request socket's.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack_raw(ctx: RawTracePointContext) -> u32 {
+    match try_tcp_retransmit_synack_raw(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_tcp_retransmit_synack_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let (listener, req): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    let Some(hit) = Hit::from_sock(req, listener, FILTER.get()) else {
+        return Ok(());
+    };
+    synack(&hit, req)
+}
+
+/// Reports the SYN-ACK retransmission of request `req` of listener `hit.sk`.
+#[inline(always)]
+fn synack(hit: &Hit, req: u64) -> Result<(), i64> {
     let listener = hit.sk;
-    let req: u64 = hit.record.load(fields.req);
     let tcp = TCP_OFFSETS.get();
     // SAFETY: the owner is copied into the event at once.
     let known_owner = unsafe { SOCKETS.get(listener) }.map(|info| &info.owner);
@@ -43,7 +73,7 @@ fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
         read(hit.netns.net, tcp.net_synack_retries)
     };
 
-    let Some(mut entry) = reserve::<RetransmitEvent>() else {
+    let Some(mut entry) = reserve::<RetransmitEvent>(lost_slot::SYNACK) else {
         return Ok(());
     };
     let event = entry.as_mut_ptr();

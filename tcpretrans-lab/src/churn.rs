@@ -7,7 +7,7 @@ use std::{
     os::fd::AsRawFd as _,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -64,13 +64,19 @@ impl Churn {
 
     /// Runs the churn in `ns` and waits for it to end.
     pub fn run(self, ns: &Netns) -> ChurnReport {
+        self.run_until(ns, &Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Runs the churn until its duration has passed or `stop` is set.
+    pub fn run_until(self, ns: &Netns, stop: &Arc<AtomicBool>) -> ChurnReport {
         let connections = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let clients: Vec<_> = (0..self.clients)
             .map(|i| {
                 let (connections, failures) = (connections.clone(), failures.clone());
-                ns.enter(move || self.client(i, &connections, &failures))
+                let stop = stop.clone();
+                ns.enter(move || self.client(i, &connections, &failures, &stop))
             })
             .collect();
         for client in clients {
@@ -85,7 +91,7 @@ impl Churn {
 
     /// One client and its server: connections in sequence, paced to this
     /// client's share of the rate.
-    fn client(self, index: u16, connections: &AtomicU64, failures: &AtomicU64) {
+    fn client(self, index: u16, connections: &AtomicU64, failures: &AtomicU64, stop: &AtomicBool) {
         let server = SocketAddr::from((Ipv4Addr::LOCALHOST, self.base_port + index));
         let listener = TcpListener::bind(server).expect("bind churn listener");
         let listening = listener.as_raw_fd();
@@ -100,7 +106,7 @@ impl Churn {
         let started = Instant::now();
         let mut opened = 0u32;
         let mut connected = 0u64;
-        while started.elapsed() < self.duration {
+        while started.elapsed() < self.duration && !stop.load(Ordering::Relaxed) {
             if let Some(interval) = interval {
                 let due = started + interval * opened;
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {

@@ -43,7 +43,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
         }
     };
     if let Some(tracefs) = &tracefs {
-        for (_, category, name) in PROGRAMS {
+        for hook in PROGRAMS {
+            let (category, name) = (hook.category, hook.name);
             let layout = tracefs.format(category, name).and_then(|f| {
                 match name {
                     "tcp_retransmit_skb" => f.retransmit_fields().map(drop),
@@ -130,11 +131,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
             .map_err(|e| e.to_string())
             .and_then(|Setup { plan, .. }| Tracer::load(&plan).map_err(|e| e.to_string()));
         match loaded {
-            Ok(_) => writeln!(
-                out,
-                "programs    load, verify and attach: ok ({:.1?})",
-                started.elapsed()
-            )?,
+            Ok(tracer) => {
+                let (raw, all) = tracer.links.count();
+                writeln!(
+                    out,
+                    "programs    load, verify and attach: ok ({:.1?}; {raw} of {all} on raw tracepoints)",
+                    started.elapsed(),
+                )?
+            }
             Err(e) => {
                 writeln!(out, "programs    {e}")?;
                 problems.push(e);

@@ -9,11 +9,14 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint, trace_point::TracePointLink},
+    programs::{
+        Program, ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLink,
+        trace_point::TracePointLink,
+    },
 };
 use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
-    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags, globals,
+    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags, globals, lost_slot,
 };
 use thiserror::Error;
 
@@ -21,15 +24,39 @@ use thiserror::Error;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpretrans"));
 
 /// Programs, and the tracepoints they attach to.
-pub const PROGRAMS: [(&str, &str, &str); 7] = [
-    ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
-    ("tcp_retransmit_synack", "tcp", "tcp_retransmit_synack"),
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("tcp_send_reset", "tcp", "tcp_send_reset"),
-    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
-    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+/// The hooks: tracepoint category and name, and the program for its raw
+/// tracepoint when there is one. Raw tracepoints cost less and are guarded
+/// against recursion per program, where a classic tracepoint program is
+/// skipped whenever any other one runs on its CPU (a softirq interrupting
+/// it); they need BTF to read the socket. System calls have no raw
+/// tracepoint of their own.
+pub const PROGRAMS: [Hook; 7] = [
+    Hook::new("tcp", "tcp_retransmit_skb", true),
+    Hook::new("tcp", "tcp_retransmit_synack", true),
+    Hook::new("sock", "inet_sock_set_state", true),
+    Hook::new("tcp", "tcp_send_reset", true),
+    Hook::new("tcp", "tcp_receive_reset", true),
+    Hook::new("syscalls", "sys_enter_connect", false),
+    Hook::new("syscalls", "sys_exit_connect", false),
 ];
+
+/// A tracepoint and its programs: `NAME` (classic) and `NAME_raw`.
+#[derive(Debug, Clone, Copy)]
+pub struct Hook {
+    pub category: &'static str,
+    pub name: &'static str,
+    raw: bool,
+}
+
+impl Hook {
+    const fn new(category: &'static str, name: &'static str, raw: bool) -> Self {
+        Self {
+            category,
+            name,
+            raw,
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -45,10 +72,10 @@ pub enum LoadError {
     #[error("loading the eBPF object failed: {0}")]
     Object(#[source] EbpfError),
     #[error("program {program} is missing from the eBPF object")]
-    MissingProgram { program: &'static str },
+    MissingProgram { program: String },
     #[error("loading program {program} into the kernel failed: {source}")]
     Program {
-        program: &'static str,
+        program: String,
         source: ProgramError,
     },
     #[error("attaching to tracepoint {category}:{name} failed: {source}")]
@@ -119,15 +146,35 @@ pub struct Tracer {
 }
 
 /// The programs' attachments: dropping them detaches the programs.
-pub struct Links(Vec<TracePointLink>);
+pub struct Links(Vec<Attachment>);
+
+impl Links {
+    /// Programs attached: to raw tracepoints, and in all.
+    pub fn count(&self) -> (usize, usize) {
+        let raw = self
+            .0
+            .iter()
+            .filter(|a| matches!(a, Attachment::Raw(_)))
+            .count();
+        (raw, self.0.len())
+    }
+}
+
+enum Attachment {
+    Classic(TracePointLink),
+    Raw(RawTracePointLink),
+}
 
 impl Drop for Links {
     /// Each detach waits for an RCU grace period (50-80 ms here); side by
     /// side they wait for the same ones instead of one after another.
     fn drop(&mut self) {
         std::thread::scope(|scope| {
-            for link in self.0.drain(..) {
-                scope.spawn(move || drop(link));
+            for attachment in self.0.drain(..) {
+                scope.spawn(move || match attachment {
+                    Attachment::Classic(link) => drop(link),
+                    Attachment::Raw(link) => drop(link),
+                });
             }
         });
     }
@@ -170,12 +217,19 @@ pub struct LostCounter {
 impl LostCounter {
     /// Events lost since load.
     pub fn total(&self) -> Result<u64, LoadError> {
-        let per_cpu = self.ring_full.get(&0, 0).map_err(|source| LoadError::Map {
-            map: "LOST",
-            source,
-        })?;
+        let mut ring_full = 0;
+        for slot in 0..lost_slot::COUNT {
+            let per_cpu = self
+                .ring_full
+                .get(&slot, 0)
+                .map_err(|source| LoadError::Map {
+                    map: "LOST",
+                    source,
+                })?;
+            ring_full += per_cpu.iter().sum::<u64>();
+        }
         let skipped: u64 = self.fdinfo.iter().map(|path| recursion_misses(path)).sum();
-        Ok(per_cpu.iter().sum::<u64>() + skipped)
+        Ok(ring_full + skipped)
     }
 }
 
@@ -238,33 +292,31 @@ impl Tracer {
         let state_events = plan.filter.flags & filter_flags::STATE_EVENTS != 0;
         // Resets only explain endings of state events: without them, two
         // fewer programs to verify and attach (and to run on every reset).
+        let raw = plan.tcp.reads_flows();
         let needed = PROGRAMS
             .into_iter()
-            .filter(|(_, _, name)| state_events || !name.ends_with("_reset"));
+            .filter(|hook| state_events || !hook.name.ends_with("_reset"));
         let mut links = Links(Vec::with_capacity(PROGRAMS.len()));
-        for (program, category, name) in needed {
-            let tracepoint: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(LoadError::MissingProgram { program })?
-                .try_into()
-                .map_err(|source| LoadError::Program { program, source })?;
-            tracepoint.load().map_err(|source| match source {
-                ProgramError::SyscallError(ref e)
-                    if e.io_error.raw_os_error() == Some(libc_eperm()) =>
-                {
-                    LoadError::Permission
-                }
-                source => LoadError::Program { program, source },
-            })?;
+        for hook in needed {
+            let (category, name) = (hook.category, hook.name);
             let attach_error = |source| LoadError::Attach {
                 category,
                 name,
                 source,
             };
-            let link = tracepoint.attach(category, name).map_err(attach_error)?;
-            links
-                .0
-                .push(tracepoint.take_link(link).map_err(attach_error)?);
+            let attachment = if raw && hook.raw {
+                let program = format!("{name}_raw");
+                let tracepoint: &mut RawTracePoint = program_mut(&mut ebpf, &program)?;
+                tracepoint.load().map_err(load_error(&program))?;
+                let link = tracepoint.attach(name).map_err(attach_error)?;
+                Attachment::Raw(tracepoint.take_link(link).map_err(attach_error)?)
+            } else {
+                let tracepoint: &mut TracePoint = program_mut(&mut ebpf, name)?;
+                tracepoint.load().map_err(load_error(name))?;
+                let link = tracepoint.attach(category, name).map_err(attach_error)?;
+                Attachment::Classic(tracepoint.take_link(link).map_err(attach_error)?)
+            };
+            links.0.push(attachment);
         }
 
         let fdinfo = ebpf
@@ -303,6 +355,35 @@ fn take_map<T>(
 
 const fn libc_eperm() -> i32 {
     nix::errno::Errno::EPERM as i32
+}
+
+/// The object's program `name` as a `P`.
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| LoadError::MissingProgram {
+            program: name.to_owned(),
+        })?
+        .try_into()
+        .map_err(|source| LoadError::Program {
+            program: name.to_owned(),
+            source,
+        })
+}
+
+/// Why the kernel refused to load `program`: most often, privileges.
+fn load_error(program: &str) -> impl Fn(ProgramError) -> LoadError + '_ {
+    move |source| match source {
+        ProgramError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(libc_eperm()) => {
+            LoadError::Permission
+        }
+        source => LoadError::Program {
+            program: program.to_owned(),
+            source,
+        },
+    }
 }
 
 fn is_permission_error(e: &EbpfError) -> bool {

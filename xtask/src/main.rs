@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | run | test | dist | soak`.
+//! Project tasks: `cargo xtask setup | run | test | dist | soak | bench`.
+mod bench;
 mod dist;
 mod proc;
 mod setup;
@@ -42,6 +43,9 @@ enum Task {
         #[arg(default_value_t = 10.0)]
         minutes: f64,
     },
+    /// tcpretrans against libbpf-tools tcpstates and bpftrace on the same
+    /// loopback workloads, interleaved (root; not part of the tests).
+    Bench(bench::Options),
     /// Every test: unit tests and the kernel lab (root, real kernel).
     Test {
         /// Extra arguments for the test harness, e.g. a test name filter.
@@ -58,6 +62,12 @@ fn main() -> Result<()> {
             setup::run()?;
             require_root("the soak")?;
             soak::run(&release_binary(&root)?, minutes)
+        }
+        Task::Bench(options) => {
+            setup::run()?;
+            setup::bench_packages()?;
+            require_root("the benchmark")?;
+            bench::run(&release_binary(&root)?, &root, options)
         }
         Task::Dist => {
             setup::run()?;

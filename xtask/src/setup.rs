@@ -30,9 +30,21 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// The peers `cargo xtask bench` measures against.
+const BENCH_PACKAGES: [&str; 2] = ["libbpf-tools", "bpftrace"];
+
+pub fn bench_packages() -> Result<()> {
+    apt_install(&BENCH_PACKAGES)
+}
+
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .into_iter()
+    apt_install(&APT_PACKAGES)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
         .filter(|p| !dpkg_installed(p))
         .collect();
     if missing.is_empty() {

@@ -5,7 +5,7 @@ use std::{
     process::Command,
 };
 
-use crate::harness::{Netns, Tracer, drop_inbound_matching, of_kind};
+use crate::harness::{Netns, Tracer, drop_inbound_matching, of_kind, transitions};
 
 /// Without BTF the tool still traces; what needs BTF is null, and stderr
 /// says so once.
@@ -22,7 +22,9 @@ fn without_btf_fields_are_null_and_stderr_says_so_once() {
         &format!("tcp dport {port} tcp flags & (syn | ack) == syn"),
     );
     // No namespace filter without BTF: this test's events are told apart by port.
-    let tracer = Tracer::start(&["--json", "-4", "--btf", "/nonexistent/vmlinux"]);
+    // Without BTF the classic tracepoints' records are read instead of the
+    // socket: state transitions too.
+    let tracer = Tracer::start(&["--json", "-4", "--state", "--btf", "/nonexistent/vmlinux"]);
     ns.enter(move || {
         let _listener = TcpListener::bind(server).expect("bind");
         TcpStream::connect(server).expect_err("SYNs are dropped")
@@ -31,6 +33,20 @@ fn without_btf_fields_are_null_and_stderr_says_so_once() {
     .expect("connect");
     let output = tracer.stop();
     let events = output.events();
+    let client: Vec<(String, String)> = transitions(
+        &of_kind(&events, "state")
+            .into_iter()
+            .filter(|e| e["rport"] == port)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        client,
+        [
+            ("CLOSE".into(), "SYN_SENT".into()),
+            ("SYN_SENT".into(), "CLOSE".into())
+        ],
+        "the connect's transitions, from the records"
+    );
     let syns: Vec<_> = of_kind(&events, "retransmit")
         .into_iter()
         .filter(|e| e["rport"] == port)
@@ -171,6 +187,9 @@ fn check_reports_what_this_kernel_offers() {
         "net.ipv4.tcp_syn_linear_timeouts",
         "net.ipv4.ip_local_port_range",
         "programs    load, verify and attach: ok",
+        // Without --state, no reset hooks; every hook but the two system
+        // calls has a raw tracepoint.
+        "3 of 5 on raw tracepoints)",
         "result      tcpretrans can trace here",
     ] {
         assert!(

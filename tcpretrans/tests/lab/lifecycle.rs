@@ -192,19 +192,24 @@ fn active_closes_enter_time_wait_as_ss_counts_them() {
     let ports = closed_by_client(&ns, server, CONNECTIONS);
     let held = time_wait_sockets(&ns);
     let events = tracer.stop().events();
+    // Handed to a timewait socket: in TIME_WAIT, or still in FIN_WAIT2 when
+    // the client's close was done before the server's ACK came (the
+    // timewait socket moves on to TIME_WAIT when the server's FIN arrives,
+    // without a tracepoint; `ss` then counts it).
     let entries: Vec<&Value> = endings(&of_kind(&events, "state"))
         .into_iter()
-        .filter(|e| e["new_state"] == "TIME_WAIT")
+        .filter(|e| {
+            matches!(
+                e["close"].as_str(),
+                Some("time_wait" | "fin_wait2_timewait")
+            )
+        })
         .collect();
 
     assert_eq!(held, CONNECTIONS, "ss");
     assert_eq!(entries.len(), held, "TIME_WAIT entries: tool vs ss");
     for (event, port) in entries.iter().zip(&ports) {
-        assert_eq!(
-            (&event["lport"], &event["close"]),
-            (&(*port).into(), &"time_wait".into()),
-            "{event}"
-        );
+        assert_eq!(event["lport"], *port, "{event}");
     }
     assert!(of_kind(&events, "time_wait_overflow").is_empty());
     eprintln!("TIME_WAIT entries: tool {} = ss {held}", entries.len());

@@ -1,0 +1,684 @@
+//! `cargo xtask bench`: tcpretrans against the tools users would otherwise
+//! run, on the same work in the same run, interleaved (A B C A B C ...).
+//!
+//! Workloads run in a lab namespace on loopback; every tool's output goes to
+//! a file whose lines are counted afterwards (events delivered vs the
+//! transitions the churn made); costs come from /proc (CPU, RSS) and the
+//! kernel's BPF run-time statistics of each tool's own programs.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use tcpretrans_lab::{Netns, bulk_upload, churn::Churn, drop_inbound};
+
+use crate::proc::Usage;
+
+/// Churn rate of the fixed-rate workload: 50,000 state events/s.
+const FIXED_RATE: u32 = 5_000;
+const CHURN_CLIENTS: u16 = 4;
+const CHURN_PORT: u16 = 6000;
+const UPLOAD_PORT: u16 = 7000;
+const UPLOAD_LOSS_PERCENT: u32 = 5;
+const UPLOAD_BYTES: usize = 4 << 20;
+/// exec -> first event samples per tool.
+const START_SAMPLES: usize = 10;
+
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Options {
+    /// Rounds of every (workload, tool) pair; medians over them.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seconds each workload runs per tool and round.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Seconds of the sustained-rate check (max churn, tcpretrans to a file).
+    #[arg(long, default_value_t = 60)]
+    pub sustained: u64,
+}
+
+/// A traced (or untraced) configuration.
+#[derive(Debug, Clone)]
+struct Tool {
+    label: &'static str,
+    /// argv; empty: no tracer (the workload alone).
+    command: Vec<String>,
+    /// Output to /dev/null instead of a file (its events are not counted).
+    discard: bool,
+    /// Output lines before the first event (headers, "Attaching ...",
+    /// tcpretrans' `start`): printed once attached.
+    preamble: usize,
+    /// Tracepoints it attaches to: with output discarded, it is ready
+    /// when it holds that many perf events.
+    attaches: usize,
+    /// Prints state transitions: counted in its output, and timed from
+    /// exec to the first one.
+    reports_states: bool,
+    /// Counts an output line (after the preamble) as a state event.
+    is_state: fn(&str) -> bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Workload {
+    Idle,
+    ChurnFixed,
+    ChurnMax,
+    Lossy,
+}
+
+impl Workload {
+    const ALL: [Self; 4] = [Self::Idle, Self::ChurnFixed, Self::ChurnMax, Self::Lossy];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::ChurnFixed => "churn 5k conn/s",
+            Self::ChurnMax => "churn max",
+            Self::Lossy => "lossy bulk",
+        }
+    }
+}
+
+/// One (workload, tool, round) measurement.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    /// Connections/s (churn), MiB/s (bulk).
+    throughput: f64,
+    /// State transitions the workload made (churn only).
+    made: u64,
+    /// State events in the tool's output (when written to a file).
+    delivered: Option<u64>,
+    cpu: Duration,
+    elapsed: Duration,
+    peak_rss_kib: u64,
+    rss_kib: u64,
+    /// Per program: (name, runs, ns).
+    programs: Vec<(String, u64, u64)>,
+}
+
+pub fn run(binary: &Path, root: &Path, options: Options) -> Result<()> {
+    let out_dir = root.join("target/bench");
+    fs::create_dir_all(&out_dir)?;
+    let tools = tools(binary, &root.join("xtask/bench"));
+    let _stats = BpfStats::enable()?;
+    let ns = Netns::new("bench");
+    Churn::tune(&ns);
+    drop_inbound(&ns, UPLOAD_PORT, UPLOAD_LOSS_PERCENT);
+
+    let mut runs: BTreeMap<(Workload, usize), Vec<Run>> = BTreeMap::new();
+    for round in 0..options.rounds {
+        for workload in Workload::ALL {
+            for (index, tool) in tools.iter().enumerate() {
+                if tool.command.is_empty() && workload == Workload::Idle {
+                    continue;
+                }
+                let run = measure(&ns, tool, workload, options.seconds, &out_dir)?;
+                eprintln!(
+                    "bench: round {} {:<16} {:<28} {:>9.0}/s made {:>8} delivered {:>8} cpu {:>6.2}s",
+                    round + 1,
+                    workload.name(),
+                    tool.label,
+                    run.throughput,
+                    run.made,
+                    run.delivered.map_or("-".into(), |d| d.to_string()),
+                    run.cpu.as_secs_f64()
+                );
+                runs.entry((workload, index)).or_default().push(run);
+            }
+        }
+    }
+    let starts = start_times(&ns, &tools, &out_dir)?;
+    let sustained = sustained(&ns, &tools[1], options.sustained, &out_dir)?;
+    let sizes: Vec<Option<u64>> = tools.iter().map(binary_size).collect();
+    print!(
+        "{}",
+        report(&tools, &runs, &starts, &sizes, &sustained, options)
+    );
+    Ok(())
+}
+
+fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
+    let ours = |args: &[&str]| {
+        let mut command = vec![binary.display().to_string(), "--json".into()];
+        command.extend(args.iter().map(|a| a.to_string()));
+        command
+    };
+    let json_state: fn(&str) -> bool = |l| l.starts_with("{\"event\":\"state\"");
+    let any_line: fn(&str) -> bool = |_| true;
+    let bpftrace = |script: &str| {
+        vec![
+            "bpftrace".into(),
+            scripts.join(script).display().to_string(),
+        ]
+    };
+    vec![
+        Tool {
+            label: "none",
+            reports_states: false,
+            command: vec![],
+            discard: true,
+            preamble: 0,
+            attaches: 0,
+            is_state: any_line,
+        },
+        Tool {
+            label: "tcpretrans --state > file",
+            reports_states: true,
+            command: ours(&["--state"]),
+            discard: false,
+            preamble: 1,
+            attaches: 7,
+            is_state: json_state,
+        },
+        Tool {
+            label: "tcpretrans --state > null",
+            reports_states: true,
+            command: ours(&["--state"]),
+            discard: true,
+            preamble: 1,
+            attaches: 7,
+            is_state: json_state,
+        },
+        Tool {
+            label: "tcpretrans (default)",
+            reports_states: false,
+            command: ours(&[]),
+            discard: false,
+            preamble: 1,
+            attaches: 5,
+            is_state: json_state,
+        },
+        Tool {
+            label: "libbpf-tools tcpstates",
+            reports_states: true,
+            attaches: 1,
+            command: vec!["tcpstates".into()],
+            discard: false,
+            preamble: 1,
+            is_state: any_line,
+        },
+        Tool {
+            label: "bpftrace tcpstates.bt",
+            reports_states: true,
+            attaches: 1,
+            command: bpftrace("tcpstates.bt"),
+            discard: false,
+            preamble: 1,
+            is_state: any_line,
+        },
+        Tool {
+            label: "bpftrace tcpretrans.bt",
+            reports_states: false,
+            attaches: 1,
+            command: bpftrace("tcpretrans.bt"),
+            discard: false,
+            preamble: 1,
+            is_state: |_| false,
+        },
+        Tool {
+            label: "bpftrace empty program",
+            reports_states: false,
+            attaches: 1,
+            command: bpftrace("empty.bt"),
+            discard: false,
+            preamble: 1,
+            is_state: |_| false,
+        },
+    ]
+}
+
+/// `kernel.bpf_stats_enabled` on for the benchmark, restored after.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Result<Self> {
+        let before = fs::read_to_string(Self::PATH).context("reading bpf_stats_enabled")?;
+        fs::write(Self::PATH, "1").context("enabling bpf_stats")?;
+        Ok(Self(before.trim().to_owned()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// A running tool, its output in a file.
+struct Traced {
+    child: Child,
+    output: PathBuf,
+    programs: BTreeSet<u32>,
+    started: Instant,
+}
+
+impl Traced {
+    /// Starts `tool` and waits until it has printed its preamble (or, for
+    /// tools without one, until its programs are loaded and it wrote a line).
+    fn start(tool: &Tool, out_dir: &Path) -> Result<Self> {
+        let before = program_ids();
+        let output = out_dir.join(format!("{}.out", tool.label.replace([' ', '/', '>'], "_")));
+        let stdout = if tool.discard {
+            Stdio::null()
+        } else {
+            fs::File::create(&output)?.into()
+        };
+        let started = Instant::now();
+        let child = Command::new(&tool.command[0])
+            .args(&tool.command[1..])
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", tool.label))?;
+        let mut traced = Self {
+            child,
+            output,
+            programs: BTreeSet::new(),
+            started,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = if tool.discard {
+                perf_events(traced.child.id()) >= tool.attaches
+            } else {
+                traced.lines() >= tool.preamble as u64
+            };
+            let loaded: BTreeSet<u32> = program_ids().difference(&before).copied().collect();
+            if ready && !loaded.is_empty() {
+                traced.programs = loaded;
+                break;
+            }
+            if Instant::now() > deadline || matches!(traced.child.try_wait(), Ok(Some(_))) {
+                bail!("{} did not start", tool.label);
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        Ok(traced)
+    }
+
+    fn lines(&self) -> u64 {
+        fs::read(&self.output).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+    }
+
+    fn stop(mut self) -> Result<()> {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                self.child.kill()?;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+}
+
+/// IDs of every BPF program loaded on the host.
+fn program_ids() -> BTreeSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
+/// (name, runs, ns) of these programs.
+fn program_stats(ids: &BTreeSet<u32>) -> Vec<(String, u64, u64)> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .map(|p| {
+            (
+                p.name_as_str().unwrap_or("?").to_owned(),
+                p.run_count(),
+                p.run_time().as_nanos() as u64,
+            )
+        })
+        .collect()
+}
+
+fn measure(
+    ns: &Netns,
+    tool: &Tool,
+    workload: Workload,
+    seconds: u64,
+    out_dir: &Path,
+) -> Result<Run> {
+    let duration = Duration::from_secs(seconds);
+    let traced = if tool.command.is_empty() {
+        None
+    } else {
+        Some(Traced::start(tool, out_dir)?)
+    };
+    let pid = traced.as_ref().map(|t| t.child.id());
+    let usage_before = pid.and_then(Usage::of).unwrap_or_default();
+    let stats_before = traced
+        .as_ref()
+        .map(|t| program_stats(&t.programs))
+        .unwrap_or_default();
+    let started = Instant::now();
+    let (throughput, made) = match workload {
+        Workload::Idle => {
+            thread::sleep(duration);
+            (0.0, 0)
+        }
+        Workload::ChurnFixed | Workload::ChurnMax => {
+            let report = Churn {
+                rate: (workload == Workload::ChurnFixed).then_some(FIXED_RATE),
+                duration,
+                clients: CHURN_CLIENTS,
+                base_port: CHURN_PORT,
+            }
+            .run(ns);
+            (report.per_second(), report.transitions(CHURN_CLIENTS))
+        }
+        Workload::Lossy => {
+            let server = ([127, 0, 0, 1], UPLOAD_PORT).into();
+            let mut bytes = 0;
+            while started.elapsed() < duration {
+                bulk_upload(ns, server, UPLOAD_BYTES);
+                bytes += UPLOAD_BYTES;
+            }
+            (
+                bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64(),
+                0,
+            )
+        }
+    };
+    let elapsed = started.elapsed();
+    let Some(traced) = traced else {
+        return Ok(Run {
+            throughput,
+            made,
+            elapsed,
+            ..Run::default()
+        });
+    };
+    // Let the last events reach the output.
+    thread::sleep(Duration::from_millis(300));
+    let usage = Usage::of(traced.child.id()).unwrap_or_default();
+    let peak_rss_kib = peak_rss(traced.child.id());
+    let stats_after = program_stats(&traced.programs);
+    let programs = stats_after
+        .iter()
+        .map(|(name, runs, ns)| {
+            let (_, runs0, ns0) = stats_before
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .cloned()
+                .unwrap_or_default();
+            (name.clone(), runs - runs0, ns - ns0)
+        })
+        .collect();
+    let output = traced.output.clone();
+    traced.stop()?;
+    let text = fs::read_to_string(&output).unwrap_or_default();
+    let delivered = (!tool.discard).then(|| {
+        text.lines()
+            .skip(tool.preamble)
+            .filter(|l| (tool.is_state)(l))
+            .count() as u64
+    });
+    let _ = fs::remove_file(&output);
+    Ok(Run {
+        throughput,
+        made,
+        delivered,
+        cpu: usage.cpu.saturating_sub(usage_before.cpu),
+        elapsed,
+        peak_rss_kib,
+        rss_kib: usage.rss_kib,
+        programs,
+    })
+}
+
+/// Perf events a process holds (one per tracepoint attachment).
+fn perf_events(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| {
+        fds.filter_map(Result::ok)
+            .filter(|fd| {
+                fs::read_link(fd.path())
+                    .is_ok_and(|target| target.as_os_str() == "anon_inode:[perf_event]")
+            })
+            .count()
+    })
+}
+
+fn peak_rss(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or_default()
+}
+
+/// exec -> first event, `START_SAMPLES` times per tool (interleaved), while
+/// churn makes events: the time until the first line after the preamble.
+fn start_times(ns: &Netns, tools: &[Tool], out_dir: &Path) -> Result<Vec<Vec<Duration>>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = Churn {
+        rate: Some(FIXED_RATE),
+        duration: Duration::from_secs(600),
+        clients: CHURN_CLIENTS,
+        base_port: CHURN_PORT,
+    };
+    thread::scope(|scope| {
+        let churning = scope.spawn(|| churn.run_until(ns, &stop));
+        let mut times = vec![Vec::new(); tools.len()];
+        let measured = (|| {
+            for _ in 0..START_SAMPLES {
+                for (tool, times) in tools.iter().zip(&mut times) {
+                    if tool.command.is_empty() || tool.discard || !tool.reports_states {
+                        continue;
+                    }
+                    let traced = Traced::start(tool, out_dir)?;
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while traced.lines() <= tool.preamble as u64 && Instant::now() < deadline {
+                        thread::sleep(Duration::from_micros(200));
+                    }
+                    times.push(traced.started.elapsed());
+                    traced.stop()?;
+                }
+            }
+            Ok(times)
+        })();
+        stop.store(true, Ordering::Relaxed);
+        churning.join().expect("churn");
+        measured
+    })
+}
+
+/// What the sustained check found.
+struct Sustained {
+    seconds: u64,
+    events_per_second: f64,
+    made: u64,
+    delivered: u64,
+    cpu: Duration,
+}
+
+/// Churn as fast as it goes for `seconds`, tcpretrans --state to a file.
+fn sustained(ns: &Netns, tool: &Tool, seconds: u64, out_dir: &Path) -> Result<Sustained> {
+    let run = measure(ns, tool, Workload::ChurnMax, seconds, out_dir)?;
+    Ok(Sustained {
+        seconds,
+        events_per_second: run.made as f64 / run.elapsed.as_secs_f64(),
+        made: run.made,
+        delivered: run.delivered.unwrap_or_default(),
+        cpu: run.cpu,
+    })
+}
+
+/// The size of the tool's executable (bpftrace scripts: bpftrace's).
+fn binary_size(tool: &Tool) -> Option<u64> {
+    let program = tool.command.first()?;
+    let path = if program.contains('/') {
+        PathBuf::from(program)
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())?
+    };
+    fs::metadata(path).ok().map(|m| m.len())
+}
+
+/// `median (min-max)` of the values.
+fn spread(mut values: Vec<f64>, digits: usize) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    values.sort_by(f64::total_cmp);
+    let median = values[values.len() / 2];
+    let (min, max) = (values[0], values[values.len() - 1]);
+    if values.len() == 1 {
+        format!("{median:.digits$}")
+    } else {
+        format!("{median:.digits$} ({min:.digits$}-{max:.digits$})")
+    }
+}
+
+/// The program a tool runs most under churn: its state program.
+fn busiest(run: &Run) -> Option<&(String, u64, u64)> {
+    run.programs.iter().max_by_key(|(_, runs, _)| *runs)
+}
+
+fn report(
+    tools: &[Tool],
+    runs: &BTreeMap<(Workload, usize), Vec<Run>>,
+    starts: &[Vec<Duration>],
+    sizes: &[Option<u64>],
+    sustained: &Sustained,
+    options: Options,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} rounds x {} s per workload and tool, interleaved; median (min-max).\n",
+        options.rounds, options.seconds
+    );
+    for workload in Workload::ALL {
+        let _ = writeln!(out, "### {}\n", workload.name());
+        let _ = writeln!(
+            out,
+            "| tool | workload rate | delivered / made | CPU per 100k events | CPU % | busiest program | ns/run | runs/s | RSS MiB at end | peak RSS MiB |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+        for (index, tool) in tools.iter().enumerate() {
+            let Some(runs) = runs.get(&(workload, index)) else {
+                continue;
+            };
+            let rate = spread(runs.iter().map(|r| r.throughput).collect(), 0);
+            let churn = matches!(workload, Workload::ChurnFixed | Workload::ChurnMax);
+            let delivered =
+                if churn && tool.reports_states && runs.iter().all(|r| r.delivered.is_some()) {
+                    let d: u64 = runs.iter().filter_map(|r| r.delivered).sum();
+                    let m: u64 = runs.iter().map(|r| r.made).sum();
+                    format!("{d} / {m}")
+                } else {
+                    "-".into()
+                };
+            let per_100k = if !churn || tool.command.is_empty() {
+                "-".into()
+            } else {
+                spread(
+                    runs.iter()
+                        .filter(|r| r.made > 0)
+                        .map(|r| r.cpu.as_secs_f64() * 1e3 / (r.made as f64 / 1e5))
+                        .collect(),
+                    1,
+                ) + " ms"
+            };
+            let cpu = spread(
+                runs.iter()
+                    .map(|r| r.cpu.as_secs_f64() / r.elapsed.as_secs_f64() * 100.0)
+                    .collect(),
+                2,
+            );
+            let program = runs
+                .first()
+                .and_then(busiest)
+                .map_or("-".into(), |p| p.0.clone());
+            let ns_per_run = spread(
+                runs.iter()
+                    .filter_map(busiest)
+                    .filter(|(_, n, _)| *n > 0)
+                    .map(|(_, n, t)| *t as f64 / *n as f64)
+                    .collect(),
+                0,
+            );
+            let runs_per_s = spread(
+                runs.iter()
+                    .filter_map(|r| busiest(r).map(|(_, n, _)| *n as f64 / r.elapsed.as_secs_f64()))
+                    .collect(),
+                0,
+            );
+            let mib = |kib: fn(&Run) -> u64| {
+                spread(runs.iter().map(|r| kib(r) as f64 / 1024.0).collect(), 1)
+            };
+            let (cpu, rss, peak) = if tool.command.is_empty() {
+                ("-".into(), "-".into(), "-".into())
+            } else {
+                (cpu, mib(|r| r.rss_kib), mib(|r| r.peak_rss_kib))
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {rate} | {delivered} | {per_100k} | {cpu} | {program} | {ns_per_run} | {runs_per_s} | {rss} | {peak} |",
+                tool.label
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "### start-up and size\n");
+    let _ = writeln!(
+        out,
+        "| tool | exec -> first event, p50 (min-max) ms | binary size |"
+    );
+    let _ = writeln!(out, "|---|---|---|");
+    for ((tool, times), size) in tools.iter().zip(starts).zip(sizes) {
+        if times.is_empty() && size.is_none() {
+            continue;
+        }
+        let times: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            tool.label,
+            spread(times, 1),
+            size.map_or("-".into(), |s| format!(
+                "{:.1} MiB",
+                s as f64 / (1 << 20) as f64
+            ))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n### sustained\n\nchurn at the highest rate for {} s, `tcpretrans --state --json > file`: \
+         {:.0} state events/s made, {} delivered of {} ({} lost), tracer CPU {:.1} s ({:.2}% of a core)\n",
+        sustained.seconds,
+        sustained.events_per_second,
+        sustained.delivered,
+        sustained.made,
+        sustained.made.saturating_sub(sustained.delivered),
+        sustained.cpu.as_secs_f64(),
+        sustained.cpu.as_secs_f64() / sustained.seconds as f64 * 100.0
+    );
+    out
+}
