@@ -17,6 +17,11 @@ use nix::sys::socket::{Shutdown, shutdown};
 
 use crate::Netns;
 
+/// Connections a client may have opened that its server has not finished:
+/// below the listen backlog, so that no handshake is ever dropped (which
+/// would change the transitions a connection makes).
+const MAX_IN_FLIGHT: u64 = 64;
+
 /// State transitions one churned connection makes (both ends).
 pub const TRANSITIONS_PER_CONNECTION: u64 = 10;
 /// And each client's listener: CLOSE -> LISTEN, LISTEN -> CLOSE.
@@ -55,10 +60,12 @@ impl ChurnReport {
 }
 
 impl Churn {
-    /// Prepares `ns` for sustained churn: a wide ephemeral port range and
-    /// reuse of TIME_WAIT ports (closed connections hold theirs for 60 s).
+    /// Prepares `ns` for sustained churn: a wide ephemeral port range above
+    /// the lab's fixed ports (a client's TIME_WAIT on a server's port would
+    /// keep that server from binding it), and reuse of TIME_WAIT ports
+    /// (closed connections hold theirs for 60 s).
     pub fn tune(ns: &Netns) {
-        ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000");
+        ns.sysctl("net.ipv4.ip_local_port_range", "10000 65000");
         ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
     }
 
@@ -114,6 +121,12 @@ impl Churn {
                 }
             }
             opened += 1;
+            let deadline = Instant::now() + crate::PATIENCE;
+            while connected - served.load(Ordering::Relaxed) >= MAX_IN_FLIGHT
+                && Instant::now() < deadline
+            {
+                thread::yield_now();
+            }
             match TcpStream::connect(server) {
                 Ok(stream) => {
                     drop(stream);

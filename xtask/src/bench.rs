@@ -29,6 +29,10 @@ use crate::proc::Usage;
 
 /// Churn rate of the fixed-rate workload: 50,000 state events/s.
 const FIXED_RATE: u32 = 5_000;
+/// Churn rate of the sustained check: 100,000 state events/s. (At the
+/// highest rate the churn takes both CPUs of the benchmark machine and
+/// no tracer's reader gets to run.)
+const SUSTAINED_RATE: u32 = 10_000;
 const CHURN_CLIENTS: u16 = 4;
 const CHURN_PORT: u16 = 6000;
 const UPLOAD_PORT: u16 = 7000;
@@ -61,9 +65,13 @@ struct Tool {
     /// Output lines before the first event (headers, "Attaching ...",
     /// tcpretrans' `start`): printed once attached.
     preamble: usize,
-    /// Tracepoints it attaches to: with output discarded, it is ready
-    /// when it holds that many perf events.
-    attaches: usize,
+    /// BPF links it holds once attached (one per tracepoint); 0: it is
+    /// ready once it printed its preamble (bpftrace, which attaches
+    /// without links).
+    links: usize,
+    /// Its stdout is block-buffered by stdio when not a terminal: timing
+    /// its first event needs `stdbuf -oL`.
+    stdio_buffered: bool,
     /// Prints state transitions: counted in its output, and timed from
     /// exec to the first one.
     reports_states: bool,
@@ -77,6 +85,8 @@ enum Workload {
     ChurnFixed,
     ChurnMax,
     Lossy,
+    /// Churn at `SUSTAINED_RATE`: only for the sustained check.
+    Sustained,
 }
 
 impl Workload {
@@ -88,6 +98,7 @@ impl Workload {
             Self::ChurnFixed => "churn 5k conn/s",
             Self::ChurnMax => "churn max",
             Self::Lossy => "lossy bulk",
+            Self::Sustained => "churn 10k conn/s",
         }
     }
 }
@@ -105,18 +116,18 @@ struct Run {
     elapsed: Duration,
     peak_rss_kib: u64,
     rss_kib: u64,
+    /// Its stderr lines about events and losses.
+    said: String,
     /// Per program: (name, runs, ns).
     programs: Vec<(String, u64, u64)>,
 }
 
 pub fn run(binary: &Path, root: &Path, options: Options) -> Result<()> {
+    refuse_other_tracers()?;
     let out_dir = root.join("target/bench");
     fs::create_dir_all(&out_dir)?;
     let tools = tools(binary, &root.join("xtask/bench"));
     let _stats = BpfStats::enable()?;
-    let ns = Netns::new("bench");
-    Churn::tune(&ns);
-    drop_inbound(&ns, UPLOAD_PORT, UPLOAD_LOSS_PERCENT);
 
     let mut runs: BTreeMap<(Workload, usize), Vec<Run>> = BTreeMap::new();
     for round in 0..options.rounds {
@@ -125,28 +136,51 @@ pub fn run(binary: &Path, root: &Path, options: Options) -> Result<()> {
                 if tool.command.is_empty() && workload == Workload::Idle {
                     continue;
                 }
-                let run = measure(&ns, tool, workload, options.seconds, &out_dir)?;
+                let run = measure(tool, workload, options.seconds, &out_dir)?;
                 eprintln!(
-                    "bench: round {} {:<16} {:<28} {:>9.0}/s made {:>8} delivered {:>8} cpu {:>6.2}s",
+                    "bench: round {} {:<16} {:<28} {:>9.0}/s made {:>8} delivered {:>8} cpu {:>6.2}s {}",
                     round + 1,
                     workload.name(),
                     tool.label,
                     run.throughput,
                     run.made,
                     run.delivered.map_or("-".into(), |d| d.to_string()),
-                    run.cpu.as_secs_f64()
+                    run.cpu.as_secs_f64(),
+                    run.said
                 );
                 runs.entry((workload, index)).or_default().push(run);
             }
         }
     }
-    let starts = start_times(&ns, &tools, &out_dir)?;
-    let sustained = sustained(&ns, &tools[1], options.sustained, &out_dir)?;
+    let starts = start_times(&tools, &out_dir)?;
+    let sustained = sustained(&tools[1], options.sustained, &out_dir)?;
     let sizes: Vec<Option<u64>> = tools.iter().map(binary_size).collect();
     print!(
         "{}",
         report(&tools, &runs, &starts, &sizes, &sustained, options)
     );
+    Ok(())
+}
+
+/// Tracers left running (e.g. by an interrupted benchmark) would add their
+/// cost to every measurement and their lines to the output files.
+fn refuse_other_tracers() -> Result<()> {
+    let running: Vec<String> = fs::read_dir("/proc")?
+        .filter_map(Result::ok)
+        // Zombies (reaped by no one here) cost nothing.
+        .filter(|entry| {
+            fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| !stat.contains(") Z "))
+        })
+        .filter_map(|entry| fs::read_to_string(entry.path().join("comm")).ok())
+        .map(|comm| comm.trim().to_owned())
+        .filter(|comm| matches!(comm.as_str(), "tcpretrans" | "tcpstates" | "bpftrace"))
+        .collect();
+    if !running.is_empty() {
+        bail!(
+            "other tracers are running ({}): stop them first, they would distort every measurement",
+            running.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -171,7 +205,8 @@ fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
             command: vec![],
             discard: true,
             preamble: 0,
-            attaches: 0,
+            links: 0,
+            stdio_buffered: false,
             is_state: any_line,
         },
         Tool {
@@ -180,7 +215,8 @@ fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
             command: ours(&["--state"]),
             discard: false,
             preamble: 1,
-            attaches: 7,
+            links: 7,
+            stdio_buffered: false,
             is_state: json_state,
         },
         Tool {
@@ -189,7 +225,8 @@ fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
             command: ours(&["--state"]),
             discard: true,
             preamble: 1,
-            attaches: 7,
+            links: 7,
+            stdio_buffered: false,
             is_state: json_state,
         },
         Tool {
@@ -198,13 +235,15 @@ fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
             command: ours(&[]),
             discard: false,
             preamble: 1,
-            attaches: 5,
+            links: 5,
+            stdio_buffered: false,
             is_state: json_state,
         },
         Tool {
             label: "libbpf-tools tcpstates",
             reports_states: true,
-            attaches: 1,
+            links: 1,
+            stdio_buffered: true,
             command: vec!["tcpstates".into()],
             discard: false,
             preamble: 1,
@@ -213,7 +252,8 @@ fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
         Tool {
             label: "bpftrace tcpstates.bt",
             reports_states: true,
-            attaches: 1,
+            links: 0,
+            stdio_buffered: false,
             command: bpftrace("tcpstates.bt"),
             discard: false,
             preamble: 1,
@@ -222,7 +262,8 @@ fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
         Tool {
             label: "bpftrace tcpretrans.bt",
             reports_states: false,
-            attaches: 1,
+            links: 0,
+            stdio_buffered: false,
             command: bpftrace("tcpretrans.bt"),
             discard: false,
             preamble: 1,
@@ -231,7 +272,8 @@ fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
         Tool {
             label: "bpftrace empty program",
             reports_states: false,
-            attaches: 1,
+            links: 0,
+            stdio_buffered: false,
             command: bpftrace("empty.bt"),
             discard: false,
             preamble: 1,
@@ -268,8 +310,7 @@ struct Traced {
 }
 
 impl Traced {
-    /// Starts `tool` and waits until it has printed its preamble (or, for
-    /// tools without one, until its programs are loaded and it wrote a line).
+    /// Starts `tool` and waits until its programs are attached.
     fn start(tool: &Tool, out_dir: &Path) -> Result<Self> {
         let before = program_ids();
         let output = out_dir.join(format!("{}.out", tool.label.replace([' ', '/', '>'], "_")));
@@ -282,7 +323,7 @@ impl Traced {
         let child = Command::new(&tool.command[0])
             .args(&tool.command[1..])
             .stdout(stdout)
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(output.with_extension("err"))?)
             .spawn()
             .with_context(|| format!("starting {}", tool.label))?;
         let mut traced = Self {
@@ -293,14 +334,18 @@ impl Traced {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = if tool.discard {
-                perf_events(traced.child.id()) >= tool.attaches
+            let ready = if tool.links > 0 {
+                bpf_links(traced.child.id()) >= tool.links
             } else {
                 traced.lines() >= tool.preamble as u64
             };
             let loaded: BTreeSet<u32> = program_ids().difference(&before).copied().collect();
             if ready && !loaded.is_empty() {
                 traced.programs = loaded;
+                if tool.links == 0 {
+                    // bpftrace prints its preamble just before attaching.
+                    thread::sleep(Duration::from_millis(100));
+                }
                 break;
             }
             if Instant::now() > deadline || matches!(traced.child.try_wait(), Ok(Some(_))) {
@@ -315,7 +360,7 @@ impl Traced {
         fs::read(&self.output).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
     }
 
-    fn stop(mut self) -> Result<()> {
+    fn stop(&mut self) -> Result<()> {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.child.try_wait()?.is_none() {
@@ -328,6 +373,16 @@ impl Traced {
     }
 }
 
+/// A benchmark that fails must not leave its tracer attached.
+impl Drop for Traced {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// IDs of every BPF program loaded on the host.
 fn program_ids() -> BTreeSet<u32> {
     aya::programs::loaded_programs()
@@ -336,28 +391,35 @@ fn program_ids() -> BTreeSet<u32> {
         .collect()
 }
 
-/// (name, runs, ns) of these programs.
-fn program_stats(ids: &BTreeSet<u32>) -> Vec<(String, u64, u64)> {
+/// Program id -> (name, runs, ns) of these programs.
+fn program_stats(ids: &BTreeSet<u32>) -> BTreeMap<u32, (String, u64, u64)> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| ids.contains(&p.id()))
         .map(|p| {
             (
-                p.name_as_str().unwrap_or("?").to_owned(),
-                p.run_count(),
-                p.run_time().as_nanos() as u64,
+                p.id(),
+                (
+                    p.name_as_str().unwrap_or("?").to_owned(),
+                    p.run_count(),
+                    p.run_time().as_nanos() as u64,
+                ),
             )
         })
         .collect()
 }
 
-fn measure(
-    ns: &Netns,
-    tool: &Tool,
-    workload: Workload,
-    seconds: u64,
-    out_dir: &Path,
-) -> Result<Run> {
+/// A namespace for one measurement: a fresh one per run, so that no run
+/// inherits another's TIME_WAIT sockets.
+fn lab() -> Netns {
+    let ns = Netns::new("bench");
+    Churn::tune(&ns);
+    drop_inbound(&ns, UPLOAD_PORT, UPLOAD_LOSS_PERCENT);
+    ns
+}
+
+fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Result<Run> {
+    let ns = &lab();
     let duration = Duration::from_secs(seconds);
     let traced = if tool.command.is_empty() {
         None
@@ -376,9 +438,13 @@ fn measure(
             thread::sleep(duration);
             (0.0, 0)
         }
-        Workload::ChurnFixed | Workload::ChurnMax => {
+        Workload::ChurnFixed | Workload::ChurnMax | Workload::Sustained => {
             let report = Churn {
-                rate: (workload == Workload::ChurnFixed).then_some(FIXED_RATE),
+                rate: match workload {
+                    Workload::ChurnFixed => Some(FIXED_RATE),
+                    Workload::Sustained => Some(SUSTAINED_RATE),
+                    _ => None,
+                },
                 duration,
                 clients: CHURN_CLIENTS,
                 base_port: CHURN_PORT,
@@ -400,7 +466,7 @@ fn measure(
         }
     };
     let elapsed = started.elapsed();
-    let Some(traced) = traced else {
+    let Some(mut traced) = traced else {
         return Ok(Run {
             throughput,
             made,
@@ -415,12 +481,8 @@ fn measure(
     let stats_after = program_stats(&traced.programs);
     let programs = stats_after
         .iter()
-        .map(|(name, runs, ns)| {
-            let (_, runs0, ns0) = stats_before
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .cloned()
-                .unwrap_or_default();
+        .map(|(id, (name, runs, ns))| {
+            let (_, runs0, ns0) = stats_before.get(id).cloned().unwrap_or_default();
             (name.clone(), runs - runs0, ns - ns0)
         })
         .collect();
@@ -434,7 +496,15 @@ fn measure(
             .count() as u64
     });
     let _ = fs::remove_file(&output);
+    // What the tool said about itself (e.g. losses), for the log.
+    let said = fs::read_to_string(output.with_extension("err")).unwrap_or_default();
+    let said = said
+        .lines()
+        .filter(|l| l.contains("lost") || l.contains("events"))
+        .collect::<Vec<_>>()
+        .join("; ");
     Ok(Run {
+        said,
         throughput,
         made,
         delivered,
@@ -446,13 +516,13 @@ fn measure(
     })
 }
 
-/// Perf events a process holds (one per tracepoint attachment).
-fn perf_events(pid: u32) -> usize {
+/// BPF links a process holds (one per tracepoint attachment).
+fn bpf_links(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| {
         fds.filter_map(Result::ok)
             .filter(|fd| {
                 fs::read_link(fd.path())
-                    .is_ok_and(|target| target.as_os_str() == "anon_inode:[perf_event]")
+                    .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf_link")
             })
             .count()
     })
@@ -471,7 +541,8 @@ fn peak_rss(pid: u32) -> u64 {
 
 /// exec -> first event, `START_SAMPLES` times per tool (interleaved), while
 /// churn makes events: the time until the first line after the preamble.
-fn start_times(ns: &Netns, tools: &[Tool], out_dir: &Path) -> Result<Vec<Vec<Duration>>> {
+fn start_times(tools: &[Tool], out_dir: &Path) -> Result<Vec<Vec<Duration>>> {
+    let ns = &lab();
     let stop = Arc::new(AtomicBool::new(false));
     let churn = Churn {
         rate: Some(FIXED_RATE),
@@ -488,7 +559,11 @@ fn start_times(ns: &Netns, tools: &[Tool], out_dir: &Path) -> Result<Vec<Vec<Dur
                     if tool.command.is_empty() || tool.discard || !tool.reports_states {
                         continue;
                     }
-                    let traced = Traced::start(tool, out_dir)?;
+                    let mut tool = tool.clone();
+                    if tool.stdio_buffered {
+                        tool.command.splice(0..0, ["stdbuf".into(), "-oL".into()]);
+                    }
+                    let mut traced = Traced::start(&tool, out_dir)?;
                     let deadline = Instant::now() + Duration::from_secs(10);
                     while traced.lines() <= tool.preamble as u64 && Instant::now() < deadline {
                         thread::sleep(Duration::from_micros(200));
@@ -511,17 +586,19 @@ struct Sustained {
     events_per_second: f64,
     made: u64,
     delivered: u64,
+    said: String,
     cpu: Duration,
 }
 
-/// Churn as fast as it goes for `seconds`, tcpretrans --state to a file.
-fn sustained(ns: &Netns, tool: &Tool, seconds: u64, out_dir: &Path) -> Result<Sustained> {
-    let run = measure(ns, tool, Workload::ChurnMax, seconds, out_dir)?;
+/// Churn at `SUSTAINED_RATE` for `seconds`, tcpretrans --state to a file.
+fn sustained(tool: &Tool, seconds: u64, out_dir: &Path) -> Result<Sustained> {
+    let run = measure(tool, Workload::Sustained, seconds, out_dir)?;
     Ok(Sustained {
         seconds,
         events_per_second: run.made as f64 / run.elapsed.as_secs_f64(),
         made: run.made,
         delivered: run.delivered.unwrap_or_default(),
+        said: run.said,
         cpu: run.cpu,
     })
 }
@@ -670,13 +747,14 @@ fn report(
     }
     let _ = writeln!(
         out,
-        "\n### sustained\n\nchurn at the highest rate for {} s, `tcpretrans --state --json > file`: \
-         {:.0} state events/s made, {} delivered of {} ({} lost), tracer CPU {:.1} s ({:.2}% of a core)\n",
+        "\n### sustained\n\nchurn at {SUSTAINED_RATE} connections/s for {} s, `tcpretrans --state --json > file`: \
+         {:.0} state events/s made, {} delivered of {} ({} missing; the tool said: {}), tracer CPU {:.1} s ({:.2}% of a core)\n",
         sustained.seconds,
         sustained.events_per_second,
         sustained.delivered,
         sustained.made,
         sustained.made.saturating_sub(sustained.delivered),
+        sustained.said,
         sustained.cpu.as_secs_f64(),
         sustained.cpu.as_secs_f64() / sustained.seconds as f64 * 100.0
     );
