@@ -215,8 +215,8 @@ pub struct LostCounter {
 }
 
 impl LostCounter {
-    /// Events lost since load.
-    pub fn total(&self) -> Result<u64, LoadError> {
+    /// Events lost since load: `(ring buffer full, program runs skipped)`.
+    pub fn total(&self) -> Result<(u64, u64), LoadError> {
         let mut ring_full = 0;
         for slot in 0..lost_slot::COUNT {
             let per_cpu = self
@@ -229,7 +229,7 @@ impl LostCounter {
             ring_full += per_cpu.iter().sum::<u64>();
         }
         let skipped: u64 = self.fdinfo.iter().map(|path| recursion_misses(path)).sum();
-        Ok(ring_full + skipped)
+        Ok((ring_full, skipped))
     }
 }
 

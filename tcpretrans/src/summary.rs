@@ -11,8 +11,10 @@ use crate::{
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub events: u64,
-    /// Events the kernel side could not queue.
+    /// Events the kernel side lost: could not queue, or never saw because
+    /// the kernel skipped the program run (`lost_skipped` of them).
     pub lost: u64,
+    pub lost_skipped: u64,
     /// Records that did not decode (a kernel/userspace mismatch; never expected).
     pub malformed: u64,
     /// The reader of our output went away (`| head`): end quietly.
@@ -83,6 +85,14 @@ impl Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} events, {} lost", self.events, self.lost)?;
+        if self.lost > 0 {
+            write!(
+                f,
+                " ({} ring buffer full, {} program runs skipped by the kernel)",
+                self.lost - self.lost_skipped,
+                self.lost_skipped
+            )?;
+        }
         if self.malformed > 0 {
             write!(f, ", {} malformed", self.malformed)?;
         }

@@ -239,7 +239,9 @@ impl Consumer<'_> {
 
     /// Reports events the kernel side dropped since the last report.
     fn report_lost(&mut self, lost: &LostCounter) -> Result<(), TraceError> {
-        let total = lost.total()?;
+        let (ring_full, skipped) = lost.total()?;
+        let total = ring_full + skipped;
+        self.summary.lost_skipped = skipped;
         if total > self.summary.lost {
             let event = Event::Lost {
                 time: self.decoder.clock.now(),

@@ -496,13 +496,8 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
             .count() as u64
     });
     let _ = fs::remove_file(&output);
-    // What the tool said about itself (e.g. losses), for the log.
-    let said = fs::read_to_string(output.with_extension("err")).unwrap_or_default();
-    let said = said
-        .lines()
-        .filter(|l| l.contains("lost") || l.contains("events"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let said =
+        said_about_events(&fs::read_to_string(output.with_extension("err")).unwrap_or_default());
     Ok(Run {
         said,
         throughput,
@@ -514,6 +509,23 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
         rss_kib: usage.rss_kib,
         programs,
     })
+}
+
+/// What a tool said on stderr about events and losses, in one line:
+/// tcpretrans' summary, or the sum of tcpstates' per-CPU `lost N events`.
+fn said_about_events(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("lost") || l.contains("events"))
+        .collect();
+    if lines.len() <= 2 {
+        return lines.join("; ");
+    }
+    let lost: u64 = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    format!("{lost} events lost, in {} reports", lines.len())
 }
 
 /// BPF links a process holds (one per tracepoint attachment).

@@ -216,6 +216,9 @@ struct SummaryLine<'a> {
     time: String,
     events: u64,
     lost: u64,
+    /// Of `lost`: program runs the kernel skipped (the rest found the ring
+    /// buffer full).
+    lost_skipped: u64,
     transitions: Vec<Transition>,
     netns: Vec<&'a Occupancy>,
     kernel_maps: Option<MapEntries>,
@@ -356,6 +359,7 @@ impl<W: Write> Output for Json<W> {
             time: time(Timestamp::now()),
             events: summary.events,
             lost: summary.lost,
+            lost_skipped: summary.lost_skipped,
             transitions: summary
                 .transitions
                 .iter()
