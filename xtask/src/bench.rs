@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,11 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
-use tcpretrans_lab::{Netns, bulk_upload, churn::Churn, drop_inbound};
+use tcpretrans_lab::{Netns, bulk_upload, churn::Churn, drop_inbound, process::Watched};
 
 use crate::proc::Usage;
 
@@ -303,7 +299,7 @@ impl Drop for BpfStats {
 
 /// A running tool, its output in a file.
 struct Traced {
-    child: Child,
+    process: Watched,
     output: PathBuf,
     programs: BTreeSet<u32>,
     started: Instant,
@@ -320,14 +316,14 @@ impl Traced {
             fs::File::create(&output)?.into()
         };
         let started = Instant::now();
-        let child = Command::new(&tool.command[0])
-            .args(&tool.command[1..])
-            .stdout(stdout)
-            .stderr(fs::File::create(output.with_extension("err"))?)
-            .spawn()
-            .with_context(|| format!("starting {}", tool.label))?;
+        let process = Watched::spawn(
+            Command::new(&tool.command[0])
+                .args(&tool.command[1..])
+                .stdout(stdout),
+        )
+        .with_context(|| format!("starting {}", tool.label))?;
         let mut traced = Self {
-            child,
+            process,
             output,
             programs: BTreeSet::new(),
             started,
@@ -335,7 +331,7 @@ impl Traced {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = if tool.links > 0 {
-                bpf_links(traced.child.id()) >= tool.links
+                bpf_links(traced.process.id()) >= tool.links
             } else {
                 traced.lines() >= tool.preamble as u64
             };
@@ -348,8 +344,8 @@ impl Traced {
                 }
                 break;
             }
-            if Instant::now() > deadline || matches!(traced.child.try_wait(), Ok(Some(_))) {
-                bail!("{} did not start", tool.label);
+            if Instant::now() > deadline || !traced.process.running() {
+                bail!("{} did not start: {}", tool.label, traced.process.stderr());
             }
             thread::sleep(Duration::from_millis(1));
         }
@@ -360,26 +356,10 @@ impl Traced {
         fs::read(&self.output).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
     }
 
-    fn stop(&mut self) -> Result<()> {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                self.child.kill()?;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        Ok(())
-    }
-}
-
-/// A benchmark that fails must not leave its tracer attached.
-impl Drop for Traced {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    /// Stops it like Ctrl-C; what it said on stderr.
+    fn stop(&mut self) -> String {
+        self.process.interrupt();
+        self.process.stderr()
     }
 }
 
@@ -426,7 +406,7 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
     } else {
         Some(Traced::start(tool, out_dir)?)
     };
-    let pid = traced.as_ref().map(|t| t.child.id());
+    let pid = traced.as_ref().map(|t| t.process.id());
     let usage_before = pid.and_then(Usage::of).unwrap_or_default();
     let stats_before = traced
         .as_ref()
@@ -476,8 +456,8 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
     };
     // Let the last events reach the output.
     thread::sleep(Duration::from_millis(300));
-    let usage = Usage::of(traced.child.id()).unwrap_or_default();
-    let peak_rss_kib = peak_rss(traced.child.id());
+    let usage = Usage::of(traced.process.id()).unwrap_or_default();
+    let peak_rss_kib = peak_rss(traced.process.id());
     let stats_after = program_stats(&traced.programs);
     let programs = stats_after
         .iter()
@@ -487,7 +467,7 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
         })
         .collect();
     let output = traced.output.clone();
-    traced.stop()?;
+    let stderr = traced.stop();
     let text = fs::read_to_string(&output).unwrap_or_default();
     let delivered = (!tool.discard).then(|| {
         text.lines()
@@ -496,8 +476,7 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
             .count() as u64
     });
     let _ = fs::remove_file(&output);
-    let said =
-        said_about_events(&fs::read_to_string(output.with_extension("err")).unwrap_or_default());
+    let said = said_about_events(&stderr);
     Ok(Run {
         said,
         throughput,
@@ -581,7 +560,7 @@ fn start_times(tools: &[Tool], out_dir: &Path) -> Result<Vec<Vec<Duration>>> {
                         thread::sleep(Duration::from_micros(200));
                     }
                     times.push(traced.started.elapsed());
-                    traced.stop()?;
+                    traced.stop();
                 }
             }
             Ok(times)

@@ -86,7 +86,9 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
         cpu.as_secs_f64(),
         elapsed.as_secs_f64(),
         cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0,
-        ended.status
+        ended
+            .status
+            .map_or_else(|| "it ignored SIGINT".to_owned(), |s| s.to_string())
     );
     let warm_up =
         ((rss.len() as f64 * WARM_UP_FRACTION).ceil() as usize).clamp(1, rss.len().max(1));

@@ -2,19 +2,16 @@
 //! they arrive, stopped like Ctrl-C.
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use tcpretrans_lab::process::Watched;
 
 /// Events seen so far, by `event` kind; `lost` sums the `lost` events' counts.
 #[derive(Debug, Clone, Default)]
@@ -34,17 +31,14 @@ impl Seen {
 }
 
 pub struct Tracer {
-    child: Child,
+    process: Watched,
     seen: Arc<Mutex<Seen>>,
     reader: Option<thread::JoinHandle<()>>,
-    stderr: Option<thread::JoinHandle<String>>,
-    /// exec → the `start` event (programs attached).
-    pub attach_time: Duration,
 }
 
 /// How the tracer ended.
 pub struct Ended {
-    pub status: ExitStatus,
+    pub status: Option<ExitStatus>,
     pub seen: Seen,
     pub stderr: String,
 }
@@ -52,17 +46,16 @@ pub struct Ended {
 impl Tracer {
     /// Starts `binary --json ARGS` and waits for its `start` event.
     pub fn start(binary: &Path, args: &[String]) -> Result<Self> {
-        let started = Instant::now();
-        let mut child = Command::new(binary)
-            .arg("--json")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut process = Watched::spawn(
+            Command::new(binary)
+                .arg("--json")
+                .args(args)
+                .stdout(Stdio::piped()),
+        )
+        .with_context(|| format!("starting {}", binary.display()))?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let stdout = BufReader::new(process.take_stdout().context("stdout")?);
         let reader = {
             let seen = seen.clone();
             thread::spawn(move || {
@@ -83,31 +76,19 @@ impl Tracer {
                 }
             })
         };
-        let mut stderr = child.stderr.take().context("stderr")?;
-        let stderr = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        let mut tracer = Self {
-            child,
+        if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            process.interrupt();
+            bail!("tcpretrans did not start: {}", process.stderr());
+        }
+        Ok(Self {
+            process,
             seen,
             reader: Some(reader),
-            stderr: Some(stderr),
-            attach_time: Duration::ZERO,
-        };
-        if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
-            let _ = tracer.child.kill();
-            let _ = tracer.child.wait();
-            let stderr = tracer.stderr.take().map(|t| t.join().unwrap_or_default());
-            bail!("tcpretrans did not start: {}", stderr.unwrap_or_default());
-        }
-        tracer.attach_time = started.elapsed();
-        Ok(tracer)
+        })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.id()
     }
 
     pub fn seen(&self) -> Seen {
@@ -116,29 +97,14 @@ impl Tracer {
 
     /// SIGINT, then everything it printed.
     pub fn stop(mut self) -> Result<Ended> {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).context("SIGINT")?;
-        let status = self.child.wait().context("waiting for tcpretrans")?;
+        let status = self.process.interrupt();
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
-        let stderr = self
-            .stderr
-            .take()
-            .map(|t| t.join().unwrap_or_default())
-            .unwrap_or_default();
         Ok(Ended {
             status,
             seen: self.seen(),
-            stderr,
+            stderr: self.process.stderr(),
         })
-    }
-}
-
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }

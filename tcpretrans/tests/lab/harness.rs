@@ -2,29 +2,26 @@
 //! real TCP traffic inside them (both from `tcpretrans-lab`), the real
 //! tracer binary watching, and the kernel's own counters to compare with.
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, ExitStatus, Stdio},
+    io::{BufRead, BufReader},
+    process::{Command, ExitStatus, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use serde_json::Value;
+use tcpretrans_lab::process::Watched;
 pub use tcpretrans_lab::{
     Netns, PATIENCE, bulk_upload, connected, delta, drop_inbound, drop_inbound_matching,
     short_connection,
 };
 
-/// The real tcpretrans binary, running until stopped.
+/// The real tcpretrans binary, running until stopped (killed if the test
+/// fails first).
 pub struct Tracer {
-    child: Child,
-    /// Readers of its output; taken by `stop`.
+    process: Watched,
+    /// Reader of its stdout; taken by `stop`.
     stdout: Option<thread::JoinHandle<String>>,
-    stderr: Option<thread::JoinHandle<String>>,
     /// Time from spawn to the "tracing" notice: exec → attached.
     pub attach_time: Duration,
 }
@@ -34,14 +31,14 @@ impl Tracer {
     /// first line (the JSON `start` event or the text header) says so.
     pub fn start(args: &[&str]) -> Self {
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting tcpretrans");
+        let mut process = Watched::spawn(
+            Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+                .args(args)
+                .stdout(Stdio::piped()),
+        )
+        .expect("starting tcpretrans");
         let (ready_tx, ready_rx) = mpsc::channel();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let stdout = BufReader::new(process.take_stdout().expect("stdout"));
         let stdout = thread::spawn(move || {
             let mut text = String::new();
             for line in stdout.lines().map_while(Result::ok) {
@@ -53,28 +50,18 @@ impl Tracer {
             }
             text
         });
-        let mut stderr = child.stderr.take().expect("stderr");
-        let stderr = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        let mut tracer = Self {
-            child,
-            stdout: Some(stdout),
-            stderr: Some(stderr),
-            attach_time: Duration::ZERO,
-        };
         if ready_rx.recv_timeout(PATIENCE).is_err() {
-            let _ = tracer.child.kill();
-            let _ = tracer.child.wait();
-            let stderr = tracer.take_stderr();
+            process.interrupt();
             panic!(
-                "tcpretrans did not start tracing (this machine must load eBPF programs as root):\n{stderr}"
+                "tcpretrans did not start tracing (this machine must load eBPF programs as root):\n{}",
+                process.stderr()
             );
         }
-        tracer.attach_time = started.elapsed();
-        tracer
+        Self {
+            process,
+            stdout: Some(stdout),
+            attach_time: started.elapsed(),
+        }
     }
 
     /// Stops it like Ctrl-C and returns what it printed; it must exit 0.
@@ -90,41 +77,14 @@ impl Tracer {
 
     /// Stops it like Ctrl-C: how it exited, and what it printed.
     pub fn stop_with_status(mut self) -> (ExitStatus, Output) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).expect("SIGINT");
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "tcpretrans ignored SIGINT");
-            thread::sleep(Duration::from_millis(10));
-        };
+        let status = self.process.interrupt().expect("tcpretrans ignored SIGINT");
         let stdout = self
             .stdout
             .take()
             .map(|reader| reader.join().expect("stdout reader"))
             .unwrap_or_default();
-        let stderr = self.take_stderr();
+        let stderr = self.process.stderr();
         (status, Output { stdout, stderr })
-    }
-}
-
-impl Tracer {
-    fn take_stderr(&mut self) -> String {
-        self.stderr
-            .take()
-            .map(|reader| reader.join().expect("stderr reader"))
-            .unwrap_or_default()
-    }
-}
-
-/// A test that fails before `stop` must not leave its tracer attached.
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
