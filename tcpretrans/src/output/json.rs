@@ -3,11 +3,12 @@
 use std::{
     collections::BTreeMap,
     io::{self, BufWriter, Write},
+    net::IpAddr,
     time::Duration,
 };
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::{Output, errno_name};
 use crate::decode::{Account, Cause, Close, Event, Retransmit, Socket, StateChange, TcpState};
@@ -32,12 +33,12 @@ impl<W: Write> Json<W> {
 #[derive(Serialize)]
 struct SocketFields<'a> {
     family: u8,
-    laddr: String,
+    laddr: IpAddr,
     lport: u16,
-    raddr: String,
+    raddr: IpAddr,
     rport: u16,
     netns: Option<u32>,
-    skaddr: String,
+    skaddr: Hex,
     pid: Option<u32>,
     uid: Option<u32>,
     comm: Option<&'a str>,
@@ -47,12 +48,12 @@ impl<'a> SocketFields<'a> {
     fn new(s: &'a Socket) -> Self {
         Self {
             family: s.family,
-            laddr: s.laddr.to_string(),
+            laddr: s.laddr,
             lport: s.lport,
-            raddr: s.raddr.to_string(),
+            raddr: s.raddr,
             rport: s.rport,
             netns: s.netns,
-            skaddr: format!("{:#x}", s.skaddr),
+            skaddr: Hex(s.skaddr),
             pid: s.owner.as_ref().map(|p| p.pid),
             uid: s.owner.as_ref().map(|p| p.uid),
             comm: s.owner.as_ref().map(|p| p.comm.as_str()),
@@ -114,8 +115,8 @@ struct AccountFields {
     by_type: BTreeMap<&'static str, u64>,
     segments: u64,
     max_rto_ms: Option<f64>,
-    first_retransmit: Option<String>,
-    last_retransmit: Option<String>,
+    first_retransmit: Option<Time>,
+    last_retransmit: Option<Time>,
 }
 
 impl AccountFields {
@@ -125,8 +126,8 @@ impl AccountFields {
             by_type: a.causes().collect(),
             segments: a.segments,
             max_rto_ms: a.max_rto.map(ms),
-            first_retransmit: a.first.map(time),
-            last_retransmit: a.last.map(time),
+            first_retransmit: a.first.map(Time),
+            last_retransmit: a.last.map(Time),
         }
     }
 }
@@ -157,7 +158,7 @@ impl TransitionFields {
 #[derive(Serialize)]
 struct FlowLine<'a> {
     event: &'static str,
-    time: String,
+    time: Time,
     /// 1 for the flow with the most retransmits.
     rank: usize,
     /// Flows in the table, including those `--top` left out.
@@ -172,8 +173,24 @@ fn ms(d: Duration) -> f64 {
     d.as_micros() as f64 / 1e3
 }
 
-fn time(t: Timestamp) -> String {
-    format!("{t:.6}")
+/// RFC 3339 with microseconds, written straight into the output (a line
+/// per event must not allocate per field).
+#[derive(Clone, Copy)]
+struct Time(Timestamp);
+
+impl Serialize for Time {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:.6}", self.0))
+    }
+}
+
+/// `0xffff8881062c9280`, written straight into the output.
+struct Hex(u64);
+
+impl Serialize for Hex {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:#x}", self.0))
+    }
 }
 
 #[derive(Serialize)]
@@ -189,7 +206,7 @@ enum Details {
         #[serde(flatten)]
         transition: TransitionFields,
         /// When the connection began; `null` if before the tool started.
-        opened: Option<String>,
+        opened: Option<Time>,
         duration_ms: Option<f64>,
         #[serde(flatten)]
         account: AccountFields,
@@ -213,7 +230,7 @@ enum Details {
 #[derive(Serialize)]
 struct SummaryLine<'a> {
     event: &'static str,
-    time: String,
+    time: Time,
     events: u64,
     lost: u64,
     /// Of `lost`: program runs the kernel skipped (the rest found the ring
@@ -235,14 +252,14 @@ struct Transition {
 #[derive(Serialize)]
 struct Start {
     event: &'static str,
-    time: String,
+    time: Time,
     version: &'static str,
 }
 
 #[derive(Serialize)]
 struct Line<'a> {
     event: &'static str,
-    time: String,
+    time: Time,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     socket: Option<SocketFields<'a>>,
     #[serde(flatten)]
@@ -274,7 +291,7 @@ impl<'a> Line<'a> {
                 Some(&end.change.socket),
                 Details::SessionEnd {
                     transition: TransitionFields::new(&end.change),
-                    opened: end.opened.map(time),
+                    opened: end.opened.map(Time),
                     duration_ms: end
                         .opened
                         .map(|t| ms(end.change.socket.time.duration_since(t).unsigned_abs())),
@@ -311,7 +328,7 @@ impl<'a> Line<'a> {
         };
         Self {
             event: event.name(),
-            time: time(at),
+            time: Time(at),
             socket: socket.map(SocketFields::new),
             details,
         }
@@ -325,7 +342,7 @@ impl<W: Write> Output for Json<W> {
         }
         let start = Start {
             event: "start",
-            time: time(at),
+            time: Time(at),
             version: env!("CARGO_PKG_VERSION"),
         };
         serde_json::to_writer(&mut self.out, &start)?;
@@ -341,7 +358,7 @@ impl<W: Write> Output for Json<W> {
         for (i, flow) in flows.iter().enumerate() {
             let line = FlowLine {
                 event: "flow",
-                time: time(at),
+                time: Time(at),
                 rank: i + 1,
                 flows: total,
                 socket: SocketFields::new(&flow.socket),
@@ -356,7 +373,7 @@ impl<W: Write> Output for Json<W> {
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         let line = SummaryLine {
             event: "summary",
-            time: time(Timestamp::now()),
+            time: Time(Timestamp::now()),
             events: summary.events,
             lost: summary.lost,
             lost_skipped: summary.lost_skipped,
