@@ -60,8 +60,7 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
         let rss = sample(&tracer, started, duration);
         (churning.join().expect("churn"), rss)
     });
-    // Let the last closes reach the ring buffer and a drain.
-    thread::sleep(Duration::from_millis(500));
+    settle(&ns);
     let elapsed = started.elapsed();
     let cpu = Usage::of(tracer.pid()).unwrap_or_default().cpu;
     let ended = tracer.stop()?;
@@ -90,6 +89,18 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
             .status
             .map_or_else(|| "it ignored SIGINT".to_owned(), |s| s.to_string())
     );
+    let quantile = |q| {
+        ended
+            .seen
+            .latency_quantile(q)
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms"))
+    };
+    println!(
+        "event -> line read here: p50 {}, p99 {}, max {} (whole ms after the kernel time; the last bucket is 1 s or more)",
+        quantile(0.5),
+        quantile(0.99),
+        quantile(1.0)
+    );
     let warm_up =
         ((rss.len() as f64 * WARM_UP_FRACTION).ceil() as usize).clamp(1, rss.len().max(1));
     let warm = rss.get(warm_up - 1).copied().unwrap_or_default();
@@ -112,6 +123,38 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
         peak - warm
     );
     Ok(())
+}
+
+/// Waits (at most 10 s) until no connection in the namespace still owes a
+/// transition — an upload's close can wait on retransmissions — then for a
+/// drain of the tracer.
+fn settle(ns: &Netns) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let owing = ns.exec(&[
+            "ss",
+            "-Htan",
+            "state",
+            "syn-sent",
+            "state",
+            "syn-recv",
+            "state",
+            "established",
+            "state",
+            "fin-wait-1",
+            "state",
+            "close-wait",
+            "state",
+            "last-ack",
+            "state",
+            "closing",
+        ]);
+        if owing.trim().is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
 }
 
 /// A line every SAMPLE_EVERY until `duration` has passed; the RSS samples.

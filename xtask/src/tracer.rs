@@ -18,9 +18,27 @@ use tcpretrans_lab::process::Watched;
 pub struct Seen {
     pub by_kind: BTreeMap<String, u64>,
     pub lost: u64,
+    /// Kernel-timestamped events (state, retransmit) by how long after
+    /// their kernel time their line was read here: whole milliseconds,
+    /// the last bucket for a second or more.
+    pub latency_ms: Vec<u64>,
 }
 
+const LATENCY_BUCKETS: usize = 1001;
+
 impl Seen {
+    /// The latency under which a fraction `q` of the timed events was
+    /// read, in ms (`None` before any).
+    pub fn latency_quantile(&self, q: f64) -> Option<usize> {
+        let timed: u64 = self.latency_ms.iter().sum();
+        let rank = (timed as f64 * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        self.latency_ms.iter().position(|&n| {
+            seen += n;
+            seen >= rank
+        })
+    }
+
     pub fn total(&self) -> u64 {
         self.by_kind.values().sum()
     }
@@ -68,9 +86,20 @@ impl Tracer {
                         let _ = ready_tx.send(());
                         continue;
                     }
+                    let latency = matches!(kind, "state" | "retransmit")
+                        .then(|| event["time"].as_str()?.parse::<jiff::Timestamp>().ok())
+                        .flatten()
+                        .map(|t| jiff::Timestamp::now().duration_since(t).as_millis());
                     let mut seen = seen.lock().expect("counts");
                     if kind == "lost" {
                         seen.lost += event["count"].as_u64().unwrap_or_default();
+                    }
+                    if let Some(ms) = latency {
+                        if seen.latency_ms.is_empty() {
+                            seen.latency_ms = vec![0; LATENCY_BUCKETS];
+                        }
+                        let bucket = (ms.max(0) as usize).min(LATENCY_BUCKETS - 1);
+                        seen.latency_ms[bucket] += 1;
                     }
                     *seen.by_kind.entry(kind.to_owned()).or_default() += 1;
                 }
