@@ -15,6 +15,10 @@ const GENERATED: [(&str, &str); 4] = [
 pub fn run(root: &Path) -> Result<()> {
     let binary = crate::release_binary(root)?;
     let dist = root.join("target/dist");
+    // Nothing left over from an earlier layout.
+    if dist.exists() {
+        fs::remove_dir_all(&dist).with_context(|| format!("removing {}", dist.display()))?;
+    }
     fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
     fs::copy(&binary, dist.join("tcpretrans")).context("copying the binary")?;
     for (kind, file) in GENERATED {
