@@ -457,7 +457,6 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
     // Let the last events reach the output.
     thread::sleep(Duration::from_millis(300));
     let usage = Usage::of(traced.process.id()).unwrap_or_default();
-    let peak_rss_kib = peak_rss(traced.process.id());
     let stats_after = program_stats(&traced.programs);
     let programs = stats_after
         .iter()
@@ -484,7 +483,7 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
         delivered,
         cpu: usage.cpu.saturating_sub(usage_before.cpu),
         elapsed,
-        peak_rss_kib,
+        peak_rss_kib: usage.peak_rss_kib,
         rss_kib: usage.rss_kib,
         programs,
     })
@@ -517,17 +516,6 @@ fn bpf_links(pid: u32) -> usize {
             })
             .count()
     })
-}
-
-fn peak_rss(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_default()
 }
 
 /// exec -> first event, `START_SAMPLES` times per tool (interleaved), while

@@ -1,10 +1,11 @@
 //! What a running process costs, from /proc.
 use std::{fs, time::Duration};
 
-/// A process's resident memory and CPU time so far.
+/// A process's resident memory (now and at its peak) and CPU time so far.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
     pub rss_kib: u64,
+    pub peak_rss_kib: u64,
     /// user + system.
     pub cpu: Duration,
 }
@@ -13,10 +14,13 @@ impl Usage {
     /// `None` once the process is gone.
     pub fn of(pid: u32) -> Option<Self> {
         let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        let (rss_kib, peak_rss_kib) = (kib("VmRSS:")?, kib("VmHWM:")?);
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields after the parenthesised command name; utime and stime are
         // the 14th and 15th of the whole line.
@@ -26,6 +30,7 @@ impl Usage {
             fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
         Some(Self {
             rss_kib,
+            peak_rss_kib,
             cpu: Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64),
         })
     }
