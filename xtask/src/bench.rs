@@ -29,15 +29,14 @@ const FIXED_RATE: u32 = 5_000;
 /// highest rate the churn takes both CPUs of the benchmark machine and
 /// no tracer's reader gets to run.)
 const SUSTAINED_RATE: u32 = 10_000;
+/// The configuration the sustained check runs.
+const SUSTAINED_TOOL: &str = "tcpretrans --state > file";
 const CHURN_CLIENTS: u16 = 4;
 const CHURN_PORT: u16 = 6000;
 const UPLOAD_PORT: u16 = 7000;
 const UPLOAD_LOSS_PERCENT: u32 = 5;
 const UPLOAD_BYTES: usize = 4 << 20;
-/// exec -> first event samples per tool.
-const START_SAMPLES: usize = 10;
-
-#[derive(Debug, Clone, Copy, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// Rounds of every (workload, tool) pair; medians over them.
     #[arg(long, default_value_t = 3)]
@@ -45,9 +44,20 @@ pub struct Options {
     /// Seconds each workload runs per tool and round.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// Seconds of the sustained-rate check (max churn, tcpretrans to a file).
+    /// Seconds of the sustained-rate check (tcpretrans to a file); 0
+    /// skips it.
     #[arg(long, default_value_t = 60)]
     pub sustained: u64,
+    /// exec -> first event samples per tool; 0 skips them.
+    #[arg(long, default_value_t = 10)]
+    pub starts: usize,
+    /// Only the tools whose label contains this text (the untraced
+    /// baseline always runs), e.g. `--tools tcpretrans`.
+    #[arg(long)]
+    pub tools: Option<String>,
+    /// Only these workloads (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub workloads: Vec<Workload>,
 }
 
 /// A traced (or untraced) configuration.
@@ -75,13 +85,14 @@ struct Tool {
     is_state: fn(&str) -> bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Workload {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Workload {
     Idle,
     ChurnFixed,
     ChurnMax,
     Lossy,
     /// Churn at `SUSTAINED_RATE`: only for the sustained check.
+    #[value(skip)]
     Sustained,
 }
 
@@ -118,16 +129,30 @@ struct Run {
     programs: Vec<(String, u64, u64)>,
 }
 
-pub fn run(binary: &Path, root: &Path, options: Options) -> Result<()> {
+pub fn run(binary: &Path, root: &Path, options: &Options) -> Result<()> {
     refuse_other_tracers()?;
     let out_dir = root.join("target/bench");
     fs::create_dir_all(&out_dir)?;
-    let tools = tools(binary, &root.join("xtask/bench"));
+    let tools: Vec<Tool> = tools(binary, &root.join("xtask/bench"))
+        .into_iter()
+        .filter(|tool| {
+            tool.command.is_empty()
+                || options
+                    .tools
+                    .as_ref()
+                    .is_none_or(|only| tool.label.contains(only.as_str()))
+        })
+        .collect();
+    let workloads = if options.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        options.workloads.clone()
+    };
     let _stats = BpfStats::enable()?;
 
     let mut runs: BTreeMap<(Workload, usize), Vec<Run>> = BTreeMap::new();
     for round in 0..options.rounds {
-        for workload in Workload::ALL {
+        for &workload in &workloads {
             for (index, tool) in tools.iter().enumerate() {
                 if tool.command.is_empty() && workload == Workload::Idle {
                     continue;
@@ -148,12 +173,15 @@ pub fn run(binary: &Path, root: &Path, options: Options) -> Result<()> {
             }
         }
     }
-    let starts = start_times(&tools, &out_dir)?;
-    let sustained = sustained(&tools[1], options.sustained, &out_dir)?;
+    let starts = start_times(&tools, options.starts, &out_dir)?;
+    let sustained = match tools.iter().find(|t| t.label == SUSTAINED_TOOL) {
+        Some(tool) if options.sustained > 0 => Some(sustained(tool, options.sustained, &out_dir)?),
+        _ => None,
+    };
     let sizes: Vec<Option<u64>> = tools.iter().map(binary_size).collect();
     print!(
         "{}",
-        report(&tools, &runs, &starts, &sizes, &sustained, options)
+        report(&tools, &runs, &starts, &sizes, sustained.as_ref(), options)
     );
     Ok(())
 }
@@ -518,9 +546,12 @@ fn bpf_links(pid: u32) -> usize {
     })
 }
 
-/// exec -> first event, `START_SAMPLES` times per tool (interleaved), while
+/// exec -> first event, `samples` times per tool (interleaved), while
 /// churn makes events: the time until the first line after the preamble.
-fn start_times(tools: &[Tool], out_dir: &Path) -> Result<Vec<Vec<Duration>>> {
+fn start_times(tools: &[Tool], samples: usize, out_dir: &Path) -> Result<Vec<Vec<Duration>>> {
+    if samples == 0 {
+        return Ok(vec![Vec::new(); tools.len()]);
+    }
     let ns = &lab();
     let stop = Arc::new(AtomicBool::new(false));
     let churn = Churn {
@@ -533,7 +564,7 @@ fn start_times(tools: &[Tool], out_dir: &Path) -> Result<Vec<Vec<Duration>>> {
         let churning = scope.spawn(|| churn.run_until(ns, &stop));
         let mut times = vec![Vec::new(); tools.len()];
         let measured = (|| {
-            for _ in 0..START_SAMPLES {
+            for _ in 0..samples {
                 for (tool, times) in tools.iter().zip(&mut times) {
                     if tool.command.is_empty() || tool.discard || !tool.reports_states {
                         continue;
@@ -620,8 +651,8 @@ fn report(
     runs: &BTreeMap<(Workload, usize), Vec<Run>>,
     starts: &[Vec<Duration>],
     sizes: &[Option<u64>],
-    sustained: &Sustained,
-    options: Options,
+    sustained: Option<&Sustained>,
+    options: &Options,
 ) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -630,7 +661,8 @@ fn report(
         "{} rounds x {} s per workload and tool, interleaved; median (min-max).\n",
         options.rounds, options.seconds
     );
-    for workload in Workload::ALL {
+    let workloads: BTreeSet<Workload> = runs.keys().map(|&(w, _)| w).collect();
+    for workload in workloads {
         let _ = writeln!(out, "### {}\n", workload.name());
         let _ = writeln!(
             out,
@@ -724,6 +756,9 @@ fn report(
             ))
         );
     }
+    let Some(sustained) = sustained else {
+        return out;
+    };
     let _ = writeln!(
         out,
         "\n### sustained\n\nchurn at {SUSTAINED_RATE} connections/s for {} s, `tcpretrans --state --json > file`: \

@@ -67,7 +67,7 @@ fn main() -> Result<()> {
             setup::run()?;
             setup::bench_packages()?;
             require_root("the benchmark")?;
-            bench::run(&release_binary(&root)?, &root, options)
+            bench::run(&release_binary(&root)?, &root, &options)
         }
         Task::Dist => {
             setup::run()?;
