@@ -1,6 +1,5 @@
 //! Maps, load-time globals, and the ring-buffer discipline shared by all programs.
 use crate::record::Record;
-use core::cell::UnsafeCell;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -13,26 +12,25 @@ use tcpretrans_common::{
 };
 
 /// A value userspace writes at load time (`EbpfLoader::override_global`,
-/// names in `tcpretrans_common::globals`), read in place. `aya_ebpf::Global`
-/// copies the whole value on every read, and copies of these structs cost
-/// BPF stack; here fields are read through a reference. The `UnsafeCell`
-/// makes the symbol writable (it lands in `.data`), so the compiler cannot
-/// fold reads to the compiled-in default. The defaults keep nothing.
+/// names in `tcpretrans_common::globals`), read in place. It lives in
+/// `.rodata`, which aya freezes after writing: the verifier then knows every
+/// field as a constant, prunes the branches the configuration rules out
+/// (filters not set, members this kernel lacks) and removes their code.
+/// `aya_ebpf::Global` copies the whole value on every read, and copies of
+/// these structs cost BPF stack; here fields are read through a reference
+/// the compiler cannot see through, so it cannot fold reads to the
+/// compiled-in default. The defaults keep nothing.
 #[repr(transparent)]
-pub struct Config<T>(UnsafeCell<T>);
-
-// SAFETY: written only by the loader, before any program runs.
-unsafe impl<T> Sync for Config<T> {}
+pub struct Config<T>(T);
 
 impl<T> Config<T> {
     pub const fn new(value: T) -> Self {
-        Self(UnsafeCell::new(value))
+        Self(value)
     }
 
     #[inline(always)]
     pub fn get(&'static self) -> &'static T {
-        // SAFETY: nothing writes the value while programs run.
-        unsafe { &*self.0.get() }
+        core::hint::black_box(&self.0)
     }
 }
 
