@@ -1,19 +1,22 @@
 //! Loads the kernel programs with this kernel's layouts and the user's
 //! filters, and attaches them.
 use std::{
+    collections::HashMap as StdHashMap,
     fs, io,
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
+    thread,
 };
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        Program, ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLink,
+        Program, ProgramError, TracePoint, raw_trace_point::RawTracePointLink,
         trace_point::TracePointLink,
     },
 };
+use landlock::{AccessFs, Ruleset, RulesetAttr as _};
 use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
     SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags, globals, lost_slot,
@@ -245,6 +248,27 @@ fn recursion_misses(fdinfo: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// aya's loader, without its parse of the kernel's BTF. aya 0.14 parses the
+/// whole vmlinux BTF whenever a loader is made (~35 ms here, a third of the
+/// start-up), although this object has no CO-RE relocations and needs none
+/// of it (later aya versions parse it lazily, but need a newer Rust). The
+/// loader is made on a throwaway thread that Landlock forbids to read files:
+/// the parse then fails at once and aya goes on without BTF, as
+/// `.btf(None)` asks. Where Landlock is unavailable the parse just happens.
+fn loader_without_kernel_btf() -> EbpfLoader<'static> {
+    let made = thread::spawn(|| {
+        // Only this thread is restricted (and made `no_new_privs`).
+        let _ = Ruleset::default()
+            .handle_access(AccessFs::ReadFile)
+            .and_then(|ruleset| ruleset.create())
+            .and_then(|ruleset| ruleset.restrict_self());
+        EbpfLoader::new()
+    })
+    .join();
+    // The thread only fails by panicking, which it has then reported.
+    made.unwrap_or_else(|_| EbpfLoader::new())
+}
+
 impl Tracer {
     pub fn load(plan: &Plan) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
@@ -252,9 +276,9 @@ impl Tracer {
         }
         raise_memlock_limit();
         let wakeup_bytes = plan.ring_bytes / 4;
-        let mut ebpf = EbpfLoader::new()
-            // No CO-RE relocations in the object: skip aya's own parse of the
-            // kernel BTF (we resolve the offsets we need ourselves).
+        let mut ebpf = loader_without_kernel_btf()
+            // No CO-RE relocations in the object: we resolve the offsets we
+            // need ourselves.
             .btf(None)
             .map_max_entries("EVENTS", plan.ring_bytes)
             .map_max_entries("SOCKETS", plan.max_sockets)
@@ -293,31 +317,42 @@ impl Tracer {
         // Resets only explain endings of state events: without them, two
         // fewer programs to verify and attach (and to run on every reset).
         let raw = plan.tcp.reads_flows();
-        let needed = PROGRAMS
+        let mut needed: StdHashMap<String, Hook> = PROGRAMS
             .into_iter()
-            .filter(|hook| state_events || !hook.name.ends_with("_reset"));
-        let mut links = Links(Vec::with_capacity(PROGRAMS.len()));
-        for hook in needed {
-            let (category, name) = (hook.category, hook.name);
-            let attach_error = |source| LoadError::Attach {
-                category,
-                name,
-                source,
-            };
-            let attachment = if raw && hook.raw {
-                let program = format!("{name}_raw");
-                let tracepoint: &mut RawTracePoint = program_mut(&mut ebpf, &program)?;
-                tracepoint.load().map_err(load_error(&program))?;
-                let link = tracepoint.attach(name).map_err(attach_error)?;
-                Attachment::Raw(tracepoint.take_link(link).map_err(attach_error)?)
-            } else {
-                let tracepoint: &mut TracePoint = program_mut(&mut ebpf, name)?;
-                tracepoint.load().map_err(load_error(name))?;
-                let link = tracepoint.attach(category, name).map_err(attach_error)?;
-                Attachment::Classic(tracepoint.take_link(link).map_err(attach_error)?)
-            };
-            links.0.push(attachment);
+            .filter(|hook| state_events || !hook.name.ends_with("_reset"))
+            .map(|hook| {
+                let program = if raw && hook.raw {
+                    format!("{}_raw", hook.name)
+                } else {
+                    hook.name.to_owned()
+                };
+                (program, hook)
+            })
+            .collect();
+        let programs: Vec<(Hook, &str, &mut Program)> = ebpf
+            .programs_mut()
+            .filter_map(|(name, program)| Some((needed.remove(name)?, name, program)))
+            .collect();
+        if let Some(program) = needed.into_keys().next() {
+            return Err(LoadError::MissingProgram { program });
         }
+        // The verifier takes most of the start-up: each program on its own
+        // thread, side by side.
+        let attached: Result<Vec<Attachment>, LoadError> = thread::scope(|scope| {
+            let attaching: Vec<_> = programs
+                .into_iter()
+                .map(|(hook, name, program)| scope.spawn(move || attach(hook, name, program)))
+                .collect();
+            attaching
+                .into_iter()
+                .map(|thread| {
+                    thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        let links = Links(attached?);
 
         let fdinfo = ebpf
             .programs()
@@ -357,20 +392,32 @@ const fn libc_eperm() -> i32 {
     nix::errno::Errno::EPERM as i32
 }
 
-/// The object's program `name` as a `P`.
-fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, LoadError>
-where
-    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or_else(|| LoadError::MissingProgram {
-            program: name.to_owned(),
-        })?
-        .try_into()
-        .map_err(|source| LoadError::Program {
-            program: name.to_owned(),
-            source,
-        })
+/// Loads `program` (the hook's raw or classic program, by its type) and
+/// attaches it to the hook's tracepoint.
+fn attach(hook: Hook, name: &str, program: &mut Program) -> Result<Attachment, LoadError> {
+    let (category, tracepoint) = (hook.category, hook.name);
+    let attach_error = |source| LoadError::Attach {
+        category,
+        name: tracepoint,
+        source,
+    };
+    let wrong_type = |source| LoadError::Program {
+        program: name.to_owned(),
+        source,
+    };
+    Ok(match program {
+        Program::RawTracePoint(program) => {
+            program.load().map_err(load_error(name))?;
+            let link = program.attach(tracepoint).map_err(attach_error)?;
+            Attachment::Raw(program.take_link(link).map_err(attach_error)?)
+        }
+        program => {
+            let program: &mut TracePoint = program.try_into().map_err(wrong_type)?;
+            program.load().map_err(load_error(name))?;
+            let link = program.attach(category, tracepoint).map_err(attach_error)?;
+            Attachment::Classic(program.take_link(link).map_err(attach_error)?)
+        }
+    })
 }
 
 /// Why the kernel refused to load `program`: most often, privileges.
