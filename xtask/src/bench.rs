@@ -55,6 +55,10 @@ pub struct Options {
     /// baseline always runs), e.g. `--tools tcpretrans`.
     #[arg(long)]
     pub tools: Option<String>,
+    /// Another tcpretrans binary (e.g. a build of the previous commit)
+    /// measured as "baseline --state > file" beside this one.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
     /// Only these workloads (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub workloads: Vec<Workload>,
@@ -133,7 +137,7 @@ pub fn run(binary: &Path, root: &Path, options: &Options) -> Result<()> {
     refuse_other_tracers()?;
     let out_dir = root.join("target/bench");
     fs::create_dir_all(&out_dir)?;
-    let tools: Vec<Tool> = tools(binary, &root.join("xtask/bench"))
+    let tools: Vec<Tool> = tools(binary, options.baseline.as_deref(), &root.join("xtask/bench"))
         .into_iter()
         .filter(|tool| {
             tool.command.is_empty()
@@ -208,12 +212,13 @@ fn refuse_other_tracers() -> Result<()> {
     Ok(())
 }
 
-fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
-    let ours = |args: &[&str]| {
+fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
+    let tcpretrans = |binary: &Path, args: &[&str]| {
         let mut command = vec![binary.display().to_string(), "--json".into()];
         command.extend(args.iter().map(|a| a.to_string()));
         command
     };
+    let ours = |args: &[&str]| tcpretrans(binary, args);
     let json_state: fn(&str) -> bool = |l| l.starts_with("{\"event\":\"state\"");
     let any_line: fn(&str) -> bool = |_| true;
     let bpftrace = |script: &str| {
@@ -222,7 +227,7 @@ fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
             scripts.join(script).display().to_string(),
         ]
     };
-    vec![
+    let mut tools = vec![
         Tool {
             label: "none",
             reports_states: false,
@@ -303,7 +308,20 @@ fn tools(binary: &Path, scripts: &Path) -> Vec<Tool> {
             preamble: 1,
             is_state: |_| false,
         },
-    ]
+    ];
+    if let Some(baseline) = baseline
+        && let Some(ours) = tools.iter().find(|t| t.label == SUSTAINED_TOOL).cloned()
+    {
+        tools.insert(
+            2,
+            Tool {
+                label: "baseline --state > file",
+                command: tcpretrans(baseline, &["--state"]),
+                ..ours
+            },
+        );
+    }
+    tools
 }
 
 /// `kernel.bpf_stats_enabled` on for the benchmark, restored after.
