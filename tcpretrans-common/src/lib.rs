@@ -556,7 +556,22 @@ pub mod lost_slot {
     pub const RESET_SENT: u32 = 3;
     pub const RESET_RECEIVED: u32 = 4;
     pub const CONNECT: u32 = 5;
-    pub const COUNT: u32 = 6;
+    pub const STATE_NESTED: u32 = 6;
+    pub const COUNT: u32 = 7;
+}
+
+/// Slots of the per-CPU `STATE_NESTING` counters. The kernel never runs a
+/// raw tracepoint program inside itself on one CPU: a transition made by a
+/// softirq that interrupts the state program is skipped (and counted in the
+/// program's `recursion_misses`). A second program on the tracepoint
+/// handles it instead, and counts it here.
+pub mod state_nesting {
+    /// 1 while the state program runs on this CPU.
+    pub const DEPTH: u32 = 0;
+    /// Transitions handled nested, which `recursion_misses` counted as
+    /// skipped.
+    pub const RECOVERED: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Event kinds, the first byte of every ring-buffer record.

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
-    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, lost_slot,
+    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, lost_slot, state_nesting,
 };
 
 /// A value userspace writes at load time (`EbpfLoader::override_global`,
@@ -62,6 +62,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost_slot::COUNT, 0);
 
+/// `state_nesting` counters, per CPU.
+#[map]
+pub static STATE_NESTING: PerCpuArray<u64> = PerCpuArray::with_max_entries(state_nesting::COUNT, 0);
+
 /// What we know about each socket between events, keyed by its address.
 /// Entries go when the socket reaches CLOSE; the LRU bounds what is never
 /// closed while we watch. Userspace sets the size (`--max-sockets`).
@@ -87,14 +91,20 @@ pub static CONNECTS: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entr
 #[inline(always)]
 pub fn reserve<T: 'static>(slot: u32) -> Option<RingBufEntry<T>> {
     let entry = EVENTS.reserve::<T>(0);
-    if entry.is_none()
-        && let Some(lost) = LOST.get_ptr_mut(slot)
-    {
-        // SAFETY: this CPU's counter of this program, which does not run
-        // nested on one CPU.
-        unsafe { *lost += 1 };
+    if entry.is_none() {
+        add_one(&LOST, slot);
     }
     entry
+}
+
+/// Adds one to this CPU's counter `slot`, which has a single writer: one
+/// program, which the kernel never runs inside itself.
+#[inline(always)]
+pub fn add_one(counters: &PerCpuArray<u64>, slot: u32) {
+    if let Some(counter) = counters.get_ptr_mut(slot) {
+        // SAFETY: a valid map value of this CPU.
+        unsafe { *counter += 1 };
+    }
 }
 
 /// Publishes an event, waking the consumer only when enough data is waiting:

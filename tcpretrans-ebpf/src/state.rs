@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tcpretrans_common::{
     ConnectErrorEvent, DURATION_UNKNOWN, ListenerKey, Owner, SockInfo, StateEvent, event_kind,
-    lost_slot, reset_direction,
+    lost_slot, reset_direction, state_nesting,
     tcp_state::{
         CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
         SYN_SENT,
@@ -15,7 +15,10 @@ use tcpretrans_common::{
 };
 
 use crate::{
-    maps::{FILTER, LISTENERS, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, TCP_OFFSETS, reserve, submit},
+    maps::{
+        FILTER, LISTENERS, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, STATE_NESTING, TCP_OFFSETS,
+        add_one, reserve, submit,
+    },
     owner::{self, write_owner},
     record::Hit,
     sock::{self, read},
@@ -44,6 +47,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         &hit,
         record.load::<i32>(fields.oldstate) as u8,
         record.load::<i32>(fields.newstate) as u8,
+        lost_slot::STATE,
     )
 }
 
@@ -51,12 +55,36 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
 /// const int newstate)`, the flow read from the socket.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
-    match try_inet_sock_set_state_raw(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+    let Some(depth) = STATE_NESTING.get_ptr_mut(state_nesting::DEPTH) else {
+        return 0;
+    };
+    // SAFETY: this CPU's counter; only this program writes it, and the
+    // kernel never runs it inside itself.
+    unsafe { *depth = 1 };
+    let _ = try_inet_sock_set_state_raw(&ctx, lost_slot::STATE);
+    // SAFETY: as above.
+    unsafe { *depth = 0 };
+    0
 }
 
-fn try_inet_sock_set_state_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
+/// The second program on the raw tracepoint, for transitions made by a
+/// softirq interrupting the state program on its CPU, which the kernel
+/// skips for that program: it handles them with the same code (its own
+/// copy: a tail call into the interrupted program would share its private
+/// stack and corrupt it). Otherwise it does nothing.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> u32 {
+    let interrupted = STATE_NESTING
+        .get(state_nesting::DEPTH)
+        .is_some_and(|&depth| depth > 0);
+    if interrupted {
+        add_one(&STATE_NESTING, state_nesting::RECOVERED);
+        let _ = try_inet_sock_set_state_raw(&ctx, lost_slot::STATE_NESTED);
+    }
+    0
+}
+
+fn try_inet_sock_set_state_raw(ctx: &RawTracePointContext, lost_slot: u32) -> Result<(), i64> {
     let sk: u64 = ctx.arg(0);
     if read::<u8>(sk, TCP_OFFSETS.get().sk_protocol) != IPPROTO_TCP {
         return Ok(());
@@ -64,12 +92,18 @@ fn try_inet_sock_set_state_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
     let Some(hit) = Hit::from_sock(sk, sk, FILTER.get()) else {
         return Ok(());
     };
-    transition(&hit, ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8)
+    transition(
+        &hit,
+        ctx.arg::<i32>(1) as u8,
+        ctx.arg::<i32>(2) as u8,
+        lost_slot,
+    )
 }
 
-/// Tracks the socket and reports the transition.
+/// Tracks the socket and reports the transition; `lost_slot` counts the
+/// events the ring buffer has no room for.
 #[inline(always)]
-fn transition(hit: &Hit, old_state: u8, new_state: u8) -> Result<(), i64> {
+fn transition(hit: &Hit, old_state: u8, new_state: u8, lost_slot: u32) -> Result<(), i64> {
     let (filter, skaddr) = (FILTER.get(), hit.sk);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -94,7 +128,7 @@ fn transition(hit: &Hit, old_state: u8, new_state: u8) -> Result<(), i64> {
     // A non-blocking connect() failed: reported in every mode, like the
     // blocking ones the connect program reports.
     if old_state == SYN_SENT && error != 0 && tracked.nonblocking_connect == 1 {
-        report_connect_error(hit, error, Some(&tracked.owner), now);
+        report_connect_error(hit, error, Some(&tracked.owner), now, lost_slot);
     }
     if !filter.keeps_transition(old_state, new_state) {
         return Ok(());
@@ -110,7 +144,7 @@ fn transition(hit: &Hit, old_state: u8, new_state: u8) -> Result<(), i64> {
     } else {
         0
     };
-    let Some(mut entry) = reserve::<StateEvent>(lost_slot::STATE) else {
+    let Some(mut entry) = reserve::<StateEvent>(lost_slot) else {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
@@ -141,8 +175,8 @@ fn transition(hit: &Hit, old_state: u8, new_state: u8) -> Result<(), i64> {
     Ok(())
 }
 
-fn report_connect_error(hit: &Hit, errno: i32, owner: Option<&Owner>, now: u64) {
-    let Some(mut entry) = reserve::<ConnectErrorEvent>(lost_slot::STATE) else {
+fn report_connect_error(hit: &Hit, errno: i32, owner: Option<&Owner>, now: u64, lost_slot: u32) {
+    let Some(mut entry) = reserve::<ConnectErrorEvent>(lost_slot) else {
         return;
     };
     let event = entry.as_mut_ptr();

@@ -20,6 +20,7 @@ use landlock::{AccessFs, Ruleset, RulesetAttr as _};
 use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
     SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags, globals, lost_slot,
+    state_nesting,
 };
 use thiserror::Error;
 
@@ -152,21 +153,31 @@ pub struct Tracer {
 pub struct Links(Vec<Attachment>);
 
 impl Links {
-    /// Programs attached: to raw tracepoints, and in all.
+    /// Hooks attached: to raw tracepoints, and in all.
     pub fn count(&self) -> (usize, usize) {
-        let raw = self
+        let hooks = self
             .0
             .iter()
+            .filter(|a| !matches!(a, Attachment::Nested(_)));
+        let raw = hooks
+            .clone()
             .filter(|a| matches!(a, Attachment::Raw(_)))
             .count();
-        (raw, self.0.len())
+        (raw, hooks.count())
     }
 }
 
 enum Attachment {
     Classic(TracePointLink),
     Raw(RawTracePointLink),
+    /// The program that handles the state transitions the kernel skips for
+    /// the raw state program (see `state_nesting`): not a hook of its own.
+    Nested(RawTracePointLink),
 }
+
+/// The raw state program, and the one that runs it nested.
+const STATE_PROGRAM: &str = "inet_sock_set_state_raw";
+const NESTED_STATE_PROGRAM: &str = "inet_sock_set_state_nested";
 
 impl Drop for Links {
     /// Each detach waits for an RCU grace period (50-80 ms here); side by
@@ -176,7 +187,7 @@ impl Drop for Links {
             for attachment in self.0.drain(..) {
                 scope.spawn(move || match attachment {
                     Attachment::Classic(link) => drop(link),
-                    Attachment::Raw(link) => drop(link),
+                    Attachment::Raw(link) | Attachment::Nested(link) => drop(link),
                 });
             }
         });
@@ -210,29 +221,36 @@ impl Census {
 
 /// Events the kernel side lost: those it could not queue (per-CPU counter),
 /// and program runs the kernel skipped because another tracing program was
-/// running on that CPU (a softirq interrupting one; `recursion_misses`).
+/// running on that CPU (a softirq interrupting one; `recursion_misses`),
+/// less the state transitions the nested state program handled for it.
 pub struct LostCounter {
     ring_full: PerCpuArray<MapData, u64>,
-    /// `/proc/self/fdinfo` of each program.
+    state_nesting: PerCpuArray<MapData, u64>,
+    /// `/proc/self/fdinfo` of each program but the nested state program
+    /// (whose skipped runs the state program handled).
     fdinfo: Vec<PathBuf>,
 }
 
 impl LostCounter {
     /// Events lost since load: `(ring buffer full, program runs skipped)`.
     pub fn total(&self) -> Result<(u64, u64), LoadError> {
+        let sum = |counters: &PerCpuArray<MapData, u64>, map: &'static str, slot: u32| {
+            counters
+                .get(&slot, 0)
+                .map(|per_cpu| per_cpu.iter().sum::<u64>())
+                .map_err(|source| LoadError::Map { map, source })
+        };
         let mut ring_full = 0;
         for slot in 0..lost_slot::COUNT {
-            let per_cpu = self
-                .ring_full
-                .get(&slot, 0)
-                .map_err(|source| LoadError::Map {
-                    map: "LOST",
-                    source,
-                })?;
-            ring_full += per_cpu.iter().sum::<u64>();
+            ring_full += sum(&self.ring_full, "LOST", slot)?;
         }
-        let skipped: u64 = self.fdinfo.iter().map(|path| recursion_misses(path)).sum();
-        Ok((ring_full, skipped))
+        let recovered = sum(
+            &self.state_nesting,
+            "STATE_NESTING",
+            state_nesting::RECOVERED,
+        )?;
+        let missed: u64 = self.fdinfo.iter().map(|path| recursion_misses(path)).sum();
+        Ok((ring_full, missed.saturating_sub(recovered)))
     }
 }
 
@@ -329,6 +347,9 @@ impl Tracer {
                 (program, hook)
             })
             .collect();
+        if let Some(&state) = needed.get(STATE_PROGRAM) {
+            needed.insert(NESTED_STATE_PROGRAM.to_owned(), state);
+        }
         let programs: Vec<(Hook, &str, &mut Program)> = ebpf
             .programs_mut()
             .filter_map(|(name, program)| Some((needed.remove(name)?, name, program)))
@@ -356,6 +377,7 @@ impl Tracer {
 
         let fdinfo = ebpf
             .programs()
+            .filter(|&(name, _)| name != NESTED_STATE_PROGRAM)
             .filter_map(|(_, program)| program.fd().ok())
             .map(|fd| PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())))
             .collect();
@@ -366,12 +388,14 @@ impl Tracer {
         };
         let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
         let lost = take_map(&mut ebpf, "LOST", PerCpuArray::try_from)?;
+        let state_nesting = take_map(&mut ebpf, "STATE_NESTING", PerCpuArray::try_from)?;
         Ok(Self {
             programs: ebpf,
             links,
             ring,
             lost: LostCounter {
                 ring_full: lost,
+                state_nesting,
                 fdinfo,
             },
             census,
@@ -409,7 +433,12 @@ fn attach(hook: Hook, name: &str, program: &mut Program) -> Result<Attachment, L
         Program::RawTracePoint(program) => {
             program.load().map_err(load_error(name))?;
             let link = program.attach(tracepoint).map_err(attach_error)?;
-            Attachment::Raw(program.take_link(link).map_err(attach_error)?)
+            let link = program.take_link(link).map_err(attach_error)?;
+            if name == NESTED_STATE_PROGRAM {
+                Attachment::Nested(link)
+            } else {
+                Attachment::Raw(link)
+            }
         }
         program => {
             let program: &mut TracePoint = program.try_into().map_err(wrong_type)?;

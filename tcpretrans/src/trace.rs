@@ -33,6 +33,9 @@ use crate::{
 /// How often the ring buffer is drained when the kernel side did not force a
 /// wakeup: bounds the delay from event to printed line.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// The first drain after attaching: the interval doubles from this up to
+/// `DRAIN_INTERVAL`, so that the first events show at once.
+const FIRST_DRAIN: Duration = Duration::from_millis(1);
 /// How often the kernel side's loss counters are read (a syscall per CPU
 /// map and a procfs read per program: not worth doing on every drain).
 const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -308,8 +311,9 @@ async fn consume(
         out,
         summary: Summary::default(),
     };
-    let mut tick = time::interval(DRAIN_INTERVAL);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut drain_every = FIRST_DRAIN;
+    let drain_due = time::sleep(drain_every);
+    tokio::pin!(drain_due);
     let mut lost_check = time::interval(LOST_CHECK_INTERVAL);
     lost_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate()).map_err(TraceError::Poll)?;
@@ -349,7 +353,11 @@ async fn consume(
                 guard.clear_ready();
                 drained
             }
-            _ = tick.tick() => consumer.drain(ring.get_mut()),
+            () = &mut drain_due => {
+                drain_every = (drain_every * 2).min(DRAIN_INTERVAL);
+                drain_due.as_mut().reset(time::Instant::now() + drain_every);
+                consumer.drain(ring.get_mut())
+            }
             _ = lost_check.tick() => {
                 consumer.report_lost(&lost)?;
                 Ok(())
