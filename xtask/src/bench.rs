@@ -75,7 +75,7 @@ struct Tool {
     /// Output lines before the first event (headers, "Attaching ...",
     /// tcpretrans' `start`): printed once attached.
     preamble: usize,
-    /// BPF links it holds once attached (one per tracepoint); 0: it is
+    /// BPF links it holds once attached (one per program); 0: it is
     /// ready once it printed its preamble (bpftrace, which attaches
     /// without links).
     links: usize,
@@ -129,24 +129,51 @@ struct Run {
     rss_kib: u64,
     /// Its stderr lines about events and losses.
     said: String,
-    /// Per program: (name, runs, ns).
-    programs: Vec<(String, u64, u64)>,
+    /// The tool's programs over the run.
+    programs: Vec<ProgramStats>,
+}
+
+/// One BPF program's statistics over a run.
+#[derive(Debug, Clone, Default)]
+struct ProgramStats {
+    /// As the kernel keeps it: truncated to 15 characters.
+    name: String,
+    runs: u64,
+    ns: u64,
+    /// Runs the kernel skipped (`recursion_misses`).
+    skipped: u64,
+}
+
+impl ProgramStats {
+    fn since(&self, before: Option<&Self>) -> Self {
+        let before = before.cloned().unwrap_or_default();
+        Self {
+            name: self.name.clone(),
+            runs: self.runs - before.runs,
+            ns: self.ns - before.ns,
+            skipped: self.skipped - before.skipped,
+        }
+    }
 }
 
 pub fn run(binary: &Path, root: &Path, options: &Options) -> Result<()> {
     refuse_other_tracers()?;
     let out_dir = root.join("target/bench");
     fs::create_dir_all(&out_dir)?;
-    let tools: Vec<Tool> = tools(binary, options.baseline.as_deref(), &root.join("xtask/bench"))
-        .into_iter()
-        .filter(|tool| {
-            tool.command.is_empty()
-                || options
-                    .tools
-                    .as_ref()
-                    .is_none_or(|only| tool.label.contains(only.as_str()))
-        })
-        .collect();
+    let tools: Vec<Tool> = tools(
+        binary,
+        options.baseline.as_deref(),
+        &root.join("xtask/bench"),
+    )
+    .into_iter()
+    .filter(|tool| {
+        tool.command.is_empty()
+            || options
+                .tools
+                .as_ref()
+                .is_none_or(|only| tool.label.contains(only.as_str()))
+    })
+    .collect();
     let workloads = if options.workloads.is_empty() {
         Workload::ALL.to_vec()
     } else {
@@ -163,7 +190,7 @@ pub fn run(binary: &Path, root: &Path, options: &Options) -> Result<()> {
                 }
                 let run = measure(tool, workload, options.seconds, &out_dir)?;
                 eprintln!(
-                    "bench: round {} {:<16} {:<28} {:>9.0}/s made {:>8} delivered {:>8} cpu {:>6.2}s {}",
+                    "bench: round {} {:<16} {:<28} {:>9.0}/s made {:>8} delivered {:>8} cpu {:>6.2}s {}{}",
                     round + 1,
                     workload.name(),
                     tool.label,
@@ -171,7 +198,8 @@ pub fn run(binary: &Path, root: &Path, options: &Options) -> Result<()> {
                     run.made,
                     run.delivered.map_or("-".into(), |d| d.to_string()),
                     run.cpu.as_secs_f64(),
-                    run.said
+                    run.said,
+                    skipped(&run),
                 );
                 runs.entry((workload, index)).or_default().push(run);
             }
@@ -244,7 +272,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             command: ours(&["--state"]),
             discard: false,
             preamble: 1,
-            links: 7,
+            links: 8,
             stdio_buffered: false,
             is_state: json_state,
         },
@@ -254,7 +282,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             command: ours(&["--state"]),
             discard: true,
             preamble: 1,
-            links: 7,
+            links: 8,
             stdio_buffered: false,
             is_state: json_state,
         },
@@ -264,7 +292,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             command: ours(&[]),
             discard: false,
             preamble: 1,
-            links: 5,
+            links: 6,
             stdio_buffered: false,
             is_state: json_state,
         },
@@ -317,6 +345,9 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             Tool {
                 label: "baseline --state > file",
                 command: tcpretrans(baseline, &["--state"]),
+                // Its program count may differ: ready once it printed
+                // `start`, which it does once attached.
+                links: 0,
                 ..ours
             },
         );
@@ -417,20 +448,42 @@ fn program_ids() -> BTreeSet<u32> {
         .collect()
 }
 
-/// Program id -> (name, runs, ns) of these programs.
-fn program_stats(ids: &BTreeSet<u32>) -> BTreeMap<u32, (String, u64, u64)> {
+/// Statistics of these programs (of process `pid`) by program id.
+fn program_stats(pid: u32, ids: &BTreeSet<u32>) -> BTreeMap<u32, ProgramStats> {
+    let skipped = skipped_runs(pid);
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| ids.contains(&p.id()))
         .map(|p| {
-            (
-                p.id(),
-                (
-                    p.name_as_str().unwrap_or("?").to_owned(),
-                    p.run_count(),
-                    p.run_time().as_nanos() as u64,
-                ),
-            )
+            let stats = ProgramStats {
+                name: p.name_as_str().unwrap_or("?").to_owned(),
+                runs: p.run_count(),
+                ns: p.run_time().as_nanos() as u64,
+                skipped: skipped.get(&p.id()).copied().unwrap_or_default(),
+            };
+            (p.id(), stats)
+        })
+        .collect()
+}
+
+/// `recursion_misses` of the programs process `pid` holds, by program id,
+/// from its fdinfo (aya's program info does not carry them).
+fn skipped_runs(pid: u32) -> BTreeMap<u32, u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return BTreeMap::new();
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| {
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            Some((
+                u32::try_from(field("prog_id:")?).ok()?,
+                field("recursion_misses:")?,
+            ))
         })
         .collect()
 }
@@ -456,7 +509,7 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
     let usage_before = pid.and_then(Usage::of).unwrap_or_default();
     let stats_before = traced
         .as_ref()
-        .map(|t| program_stats(&t.programs))
+        .map(|t| program_stats(t.process.id(), &t.programs))
         .unwrap_or_default();
     let started = Instant::now();
     let (throughput, made) = match workload {
@@ -503,13 +556,9 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
     // Let the last events reach the output.
     thread::sleep(Duration::from_millis(300));
     let usage = Usage::of(traced.process.id()).unwrap_or_default();
-    let stats_after = program_stats(&traced.programs);
-    let programs = stats_after
+    let programs = program_stats(traced.process.id(), &traced.programs)
         .iter()
-        .map(|(id, (name, runs, ns))| {
-            let (_, runs0, ns0) = stats_before.get(id).cloned().unwrap_or_default();
-            (name.clone(), runs - runs0, ns - ns0)
-        })
+        .map(|(id, after)| after.since(stats_before.get(id)))
         .collect();
     let output = traced.output.clone();
     let stderr = traced.stop();
@@ -659,9 +708,37 @@ fn spread(mut values: Vec<f64>, digits: usize) -> String {
     }
 }
 
-/// The program a tool runs most under churn: its state program.
-fn busiest(run: &Run) -> Option<&(String, u64, u64)> {
-    run.programs.iter().max_by_key(|(_, runs, _)| *runs)
+/// The program a tool runs most under churn (its state program): its name
+/// and runs, and the time per run of all the tool's programs of that name
+/// (those on the same tracepoint: tcpretrans has two on the state one).
+fn busiest(run: &Run) -> Option<(&str, u64, f64)> {
+    let busiest = run.programs.iter().max_by_key(|p| p.runs)?;
+    let ns: u64 = run
+        .programs
+        .iter()
+        .filter(|p| p.name == busiest.name)
+        .map(|p| p.ns)
+        .sum();
+    Some((
+        &busiest.name,
+        busiest.runs,
+        ns as f64 / busiest.runs.max(1) as f64,
+    ))
+}
+
+/// Runs the kernel skipped, by program, e.g. `inet_sock_set_s 12`.
+fn skipped(run: &Run) -> String {
+    let skipped: Vec<String> = run
+        .programs
+        .iter()
+        .filter(|p| p.skipped > 0)
+        .map(|p| format!("{} {}", p.name, p.skipped))
+        .collect();
+    if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(" [skipped runs: {}]", skipped.join(", "))
+    }
 }
 
 fn report(
@@ -721,18 +798,20 @@ fn report(
             let program = runs
                 .first()
                 .and_then(busiest)
-                .map_or("-".into(), |p| p.0.clone());
+                .map_or("-".into(), |(name, _, _)| name.to_owned());
             let ns_per_run = spread(
                 runs.iter()
                     .filter_map(busiest)
-                    .filter(|(_, n, _)| *n > 0)
-                    .map(|(_, n, t)| *t as f64 / *n as f64)
+                    .filter(|&(_, runs, _)| runs > 0)
+                    .map(|(_, _, ns)| ns)
                     .collect(),
                 0,
             );
             let runs_per_s = spread(
                 runs.iter()
-                    .filter_map(|r| busiest(r).map(|(_, n, _)| *n as f64 / r.elapsed.as_secs_f64()))
+                    .filter_map(|r| {
+                        busiest(r).map(|(_, runs, _)| runs as f64 / r.elapsed.as_secs_f64())
+                    })
                     .collect(),
                 0,
             );
