@@ -1,8 +1,12 @@
 //! JSON Lines: one object per event, one schema for all kinds. Field names
 //! are documented in the README and stable.
+//!
+//! Event lines are written by hand into the output buffer: with serde's
+//! derive, escaping the (constant) keys and dispatching flattened maps took
+//! most of a line's time. The rare `start` and `summary` lines use serde.
 use std::{
-    collections::BTreeMap,
-    io::{self, BufWriter, Write},
+    fmt::Display,
+    io::{self, Write},
     net::IpAddr,
     time::Duration,
 };
@@ -11,11 +15,17 @@ use jiff::Timestamp;
 use serde::{Serialize, Serializer};
 
 use super::{Output, errno_name};
-use crate::decode::{Account, Cause, Close, Event, Retransmit, Socket, StateChange, TcpState};
+use crate::decode::{Account, Event, Retransmit, Socket, StateChange, TcpState};
 use crate::{loader::MapEntries, netns::Occupancy, sessions::Session, summary::Summary};
 
+/// Output is handed to the writer in pieces of about this size (and on
+/// every flush).
+const WRITE_SIZE: usize = 64 * 1024;
+
 pub struct Json<W: Write> {
-    out: BufWriter<W>,
+    out: W,
+    buf: Vec<u8>,
+    times: TimeText,
     /// No `start` event.
     quiet: bool,
 }
@@ -23,158 +33,344 @@ pub struct Json<W: Write> {
 impl<W: Write> Json<W> {
     pub fn new(writer: W, quiet: bool) -> Self {
         Self {
-            out: BufWriter::with_capacity(64 * 1024, writer),
+            out: writer,
+            buf: Vec::with_capacity(WRITE_SIZE + 4096),
+            times: TimeText::default(),
             quiet,
         }
     }
+
+    /// A line for an object: `{`, fields from the caller, `}` and newline.
+    fn line(&mut self, event: &'static str, time: Timestamp) -> Fields<'_> {
+        self.buf.push(b'{');
+        let mut fields = Fields {
+            buf: &mut self.buf,
+            times: &mut self.times,
+            empty: true,
+        };
+        fields.name("event", event);
+        fields.time("time", time);
+        fields
+    }
+
+    fn end_line(&mut self) -> io::Result<()> {
+        self.buf.extend_from_slice(b"}\n");
+        if self.buf.len() >= WRITE_SIZE {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        let written = self.out.write_all(&self.buf);
+        self.buf.clear();
+        written
+    }
+
+    /// A serde line (`start`, `summary`).
+    fn serde_line(&mut self, line: &impl Serialize) -> io::Result<()> {
+        serde_json::to_writer(&mut self.buf, line)?;
+        self.buf.push(b'\n');
+        Ok(())
+    }
 }
 
-/// Fields every socket event has; unknown values are `null`, never guessed.
-#[derive(Serialize)]
-struct SocketFields<'a> {
-    family: u8,
-    laddr: IpAddr,
-    lport: u16,
-    raddr: IpAddr,
-    rport: u16,
-    netns: Option<u32>,
-    skaddr: Hex,
-    pid: Option<u32>,
-    uid: Option<u32>,
-    comm: Option<&'a str>,
+/// RFC 3339 in UTC with microseconds, `2026-11-22T10:11:12.345678Z`. The
+/// text up to the second is kept from the previous event: events come in
+/// time order, many per second.
+#[derive(Default)]
+struct TimeText {
+    second: Option<i64>,
+    /// `2026-11-22T10:11:12`.
+    up_to_second: Vec<u8>,
 }
 
-impl<'a> SocketFields<'a> {
-    fn new(s: &'a Socket) -> Self {
-        Self {
-            family: s.family,
-            laddr: s.laddr,
-            lport: s.lport,
-            raddr: s.raddr,
-            rport: s.rport,
-            netns: s.netns,
-            skaddr: Hex(s.skaddr),
-            pid: s.owner.as_ref().map(|p| p.pid),
-            uid: s.owner.as_ref().map(|p| p.uid),
-            comm: s.owner.as_ref().map(|p| p.comm.as_str()),
+impl TimeText {
+    fn write(&mut self, buf: &mut Vec<u8>, time: Timestamp) {
+        let second = time.as_second();
+        if self.second != Some(second) {
+            self.up_to_second.clear();
+            let whole = Timestamp::from_second(second).unwrap_or(time);
+            // `{:.0}`: `2026-11-22T10:11:12Z`.
+            let _ = write!(self.up_to_second, "{whole:.0}");
+            self.up_to_second.pop();
+            self.second = Some(second);
+        }
+        buf.extend_from_slice(&self.up_to_second);
+        let micros = time.subsec_nanosecond() / 1000;
+        buf.push(b'.');
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(micros);
+        buf.extend(std::iter::repeat_n(b'0', 6 - digits.len()));
+        buf.extend_from_slice(digits.as_bytes());
+        buf.push(b'Z');
+    }
+}
+
+/// The fields of one JSON object, written straight into the output. Keys
+/// are the schema's names (ASCII needing no escaping); `null` stands for
+/// what this kernel could not tell, never a guess.
+struct Fields<'a> {
+    buf: &'a mut Vec<u8>,
+    times: &'a mut TimeText,
+    empty: bool,
+}
+
+impl Fields<'_> {
+    fn key(&mut self, key: &'static str) {
+        if !self.empty {
+            self.buf.push(b',');
+        }
+        self.empty = false;
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    fn null(&mut self, key: &'static str) {
+        self.key(key);
+        self.buf.extend_from_slice(b"null");
+    }
+
+    /// `value`, or `null`.
+    fn optional<T>(
+        &mut self,
+        key: &'static str,
+        value: Option<T>,
+        write: fn(&mut Self, &'static str, T),
+    ) {
+        match value {
+            Some(value) => write(self, key, value),
+            None => self.null(key),
+        }
+    }
+
+    /// One of the schema's names: needs no escaping.
+    fn name(&mut self, key: &'static str, name: &'static str) {
+        self.key(key);
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(b'"');
+    }
+
+    /// Any text (a process name), escaped.
+    fn text(&mut self, key: &'static str, text: &str) {
+        self.key(key);
+        self.buf.push(b'"');
+        for c in text.chars() {
+            match c {
+                '"' => self.buf.extend_from_slice(b"\\\""),
+                '\\' => self.buf.extend_from_slice(b"\\\\"),
+                '\n' => self.buf.extend_from_slice(b"\\n"),
+                '\t' => self.buf.extend_from_slice(b"\\t"),
+                '\r' => self.buf.extend_from_slice(b"\\r"),
+                c if u32::from(c) < 0x20 => {
+                    let _ = write!(self.buf, "\\u{:04x}", u32::from(c));
+                }
+                c => {
+                    let mut utf8 = [0; 4];
+                    self.buf
+                        .extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
+            }
+        }
+        self.buf.push(b'"');
+    }
+
+    fn integer(&mut self, key: &'static str, value: impl itoa::Integer) {
+        self.key(key);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    /// As serde_json writes an `f64` (`800.0`, `1.5`).
+    fn float(&mut self, key: &'static str, value: f64) {
+        if !value.is_finite() {
+            return self.null(key);
+        }
+        self.key(key);
+        self.buf
+            .extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
+    }
+
+    fn boolean(&mut self, key: &'static str, value: bool) {
+        self.key(key);
+        self.buf
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    /// A value whose text needs no escaping, quoted.
+    fn quoted(&mut self, key: &'static str, value: impl Display) {
+        self.key(key);
+        self.buf.push(b'"');
+        let _ = write!(self.buf, "{value}");
+        self.buf.push(b'"');
+    }
+
+    fn address(&mut self, key: &'static str, address: IpAddr) {
+        match address {
+            IpAddr::V4(v4) => {
+                self.key(key);
+                self.buf.push(b'"');
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.buf.push(b'.');
+                    }
+                    self.buf
+                        .extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+                }
+                self.buf.push(b'"');
+            }
+            IpAddr::V6(v6) => self.quoted(key, v6),
+        }
+    }
+
+    fn time(&mut self, key: &'static str, time: Timestamp) {
+        self.key(key);
+        self.buf.push(b'"');
+        self.times.write(self.buf, time);
+        self.buf.push(b'"');
+    }
+
+    fn millis(&mut self, key: &'static str, duration: Duration) {
+        self.float(key, ms(duration));
+    }
+
+    fn state(&mut self, key: &'static str, state: Option<TcpState>) {
+        self.optional(key, state.map(TcpState::name), Self::name);
+    }
+
+    /// Fields every socket event has.
+    fn socket(&mut self, s: &Socket) {
+        self.integer("family", s.family);
+        self.address("laddr", s.laddr);
+        self.integer("lport", s.lport);
+        self.address("raddr", s.raddr);
+        self.integer("rport", s.rport);
+        self.optional("netns", s.netns, Self::integer);
+        self.quoted("skaddr", format_args!("{:#x}", s.skaddr));
+        let owner = s.owner.as_ref();
+        self.optional("pid", owner.map(|p| p.pid), Self::integer);
+        self.optional("uid", owner.map(|p| p.uid), Self::integer);
+        self.optional("comm", owner.map(|p| p.comm.as_str()), Self::text);
+    }
+
+    fn retransmit(&mut self, r: &Retransmit) {
+        let micros = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
+        self.state("state", r.state);
+        self.integer("err", r.err);
+        self.optional("type", r.cause.map(|c| c.name()), Self::name);
+        self.optional("rto_ms", r.rto, Self::millis);
+        self.optional("backoff", r.backoff, Self::integer);
+        self.optional("retries", r.retries, Self::integer);
+        self.optional("retry_limit", r.retry_limit, Self::integer);
+        self.optional("total_retrans", r.total_retrans, Self::integer);
+        self.optional("srtt_us", micros(r.srtt), Self::integer);
+        self.optional("rttvar_us", micros(r.rttvar), Self::integer);
+        self.optional("cwnd", r.cwnd, Self::integer);
+        self.optional("ssthresh", r.ssthresh, Self::integer);
+        self.optional("segs", r.segs, Self::integer);
+        self.optional("bytes", r.bytes, Self::integer);
+        self.optional("seq", r.seq, Self::integer);
+        self.optional("orphan", r.orphan, Self::boolean);
+    }
+
+    /// How a transition reads, in `state` and `session_end` lines.
+    fn transition(&mut self, change: &StateChange) {
+        self.state("old_state", change.old_state);
+        self.state("new_state", change.new_state);
+        self.optional("close", change.close.map(|c| c.name()), Self::name);
+        match change.error {
+            Some(errno) => self.text("error", &errno_name(errno)),
+            None => self.null("error"),
+        }
+        self.optional("orphan", change.orphan, Self::boolean);
+    }
+
+    /// A connection's (or flow's) retransmissions.
+    fn account(&mut self, a: &Account) {
+        self.integer("retransmits", a.retransmits());
+        self.key("by_type");
+        self.buf.push(b'{');
+        let mut by_type = Fields {
+            buf: self.buf,
+            times: self.times,
+            empty: true,
+        };
+        for (cause, count) in a.causes() {
+            by_type.integer(cause, count);
+        }
+        self.buf.push(b'}');
+        self.integer("segments", a.segments);
+        self.optional("max_rto_ms", a.max_rto, Self::millis);
+        self.optional("first_retransmit", a.first, Self::time);
+        self.optional("last_retransmit", a.last, Self::time);
+    }
+
+    fn event(&mut self, event: &Event) {
+        match event {
+            Event::Retransmit(r) => {
+                self.socket(&r.socket);
+                self.retransmit(r);
+            }
+            Event::State(change) => {
+                self.socket(&change.socket);
+                self.transition(change);
+                self.optional("prev_state_ms", change.prev_state, Self::millis);
+            }
+            Event::SessionEnd(end) => {
+                let socket = &end.change.socket;
+                self.socket(socket);
+                self.transition(&end.change);
+                self.optional("opened", end.opened, Self::time);
+                self.optional(
+                    "duration_ms",
+                    end.opened
+                        .map(|t| socket.time.duration_since(t).unsigned_abs()),
+                    Self::millis,
+                );
+                self.account(&end.account);
+            }
+            Event::Reset {
+                socket,
+                direction,
+                state,
+            } => {
+                self.socket(socket);
+                self.name("direction", direction.name());
+                self.state("state", *state);
+            }
+            Event::ConnectError { socket, errno } => {
+                self.socket(socket);
+                self.text("error", &errno_name(*errno));
+            }
+            Event::TimeWaitReuse { socket, time_wait } => {
+                self.socket(socket);
+                self.millis("time_wait_ms", *time_wait);
+            }
+            Event::Lost { count, .. } => self.integer("count", *count),
         }
     }
 }
 
-/// Retransmission fields; `null` where this kernel could not tell.
-#[derive(Serialize)]
-struct RetransmitFields {
-    state: Option<&'static str>,
-    err: i32,
-    #[serde(rename = "type")]
-    cause: Option<&'static str>,
-    rto_ms: Option<f64>,
-    backoff: Option<u8>,
-    retries: Option<u32>,
-    retry_limit: Option<u32>,
-    total_retrans: Option<u32>,
-    srtt_us: Option<u64>,
-    rttvar_us: Option<u64>,
-    cwnd: Option<u32>,
-    ssthresh: Option<u32>,
-    segs: Option<u16>,
-    bytes: Option<u32>,
-    seq: Option<u32>,
-    orphan: Option<bool>,
-}
-
-impl RetransmitFields {
-    fn new(r: &Retransmit) -> Self {
-        let us = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
-        Self {
-            state: name(r.state),
-            err: r.err,
-            cause: r.cause.map(Cause::name),
-            rto_ms: r.rto.map(|d| d.as_micros() as f64 / 1e3),
-            backoff: r.backoff,
-            retries: r.retries,
-            retry_limit: r.retry_limit,
-            total_retrans: r.total_retrans,
-            srtt_us: us(r.srtt),
-            rttvar_us: us(r.rttvar),
-            cwnd: r.cwnd,
-            ssthresh: r.ssthresh,
-            segs: r.segs,
-            bytes: r.bytes,
-            seq: r.seq,
-            orphan: r.orphan,
-        }
+/// When an event happened.
+fn event_time(event: &Event) -> Timestamp {
+    match event {
+        Event::Retransmit(r) => r.socket.time,
+        Event::State(change) => change.socket.time,
+        Event::SessionEnd(end) => end.change.socket.time,
+        Event::Reset { socket, .. }
+        | Event::ConnectError { socket, .. }
+        | Event::TimeWaitReuse { socket, .. } => socket.time,
+        Event::Lost { time, .. } => *time,
     }
-}
-
-/// A connection's (or flow's) retransmissions.
-#[derive(Serialize)]
-struct AccountFields {
-    retransmits: u64,
-    /// Count by `type` name, only the causes seen.
-    by_type: BTreeMap<&'static str, u64>,
-    segments: u64,
-    max_rto_ms: Option<f64>,
-    first_retransmit: Option<Time>,
-    last_retransmit: Option<Time>,
-}
-
-impl AccountFields {
-    fn new(a: &Account) -> Self {
-        Self {
-            retransmits: a.retransmits(),
-            by_type: a.causes().collect(),
-            segments: a.segments,
-            max_rto_ms: a.max_rto.map(ms),
-            first_retransmit: a.first.map(Time),
-            last_retransmit: a.last.map(Time),
-        }
-    }
-}
-
-/// How a transition reads, in `state` and `session_end` lines.
-#[derive(Serialize)]
-struct TransitionFields {
-    old_state: Option<&'static str>,
-    new_state: Option<&'static str>,
-    close: Option<&'static str>,
-    error: Option<String>,
-    orphan: Option<bool>,
-}
-
-impl TransitionFields {
-    fn new(change: &StateChange) -> Self {
-        Self {
-            old_state: name(change.old_state),
-            new_state: name(change.new_state),
-            close: change.close.map(Close::name),
-            error: change.error.map(errno_name),
-            orphan: change.orphan,
-        }
-    }
-}
-
-/// With `-c`: one line per flow of the table.
-#[derive(Serialize)]
-struct FlowLine<'a> {
-    event: &'static str,
-    time: Time,
-    /// 1 for the flow with the most retransmits.
-    rank: usize,
-    /// Flows in the table, including those `--top` left out.
-    flows: usize,
-    #[serde(flatten)]
-    socket: SocketFields<'a>,
-    #[serde(flatten)]
-    account: AccountFields,
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_micros() as f64 / 1e3
 }
 
-/// RFC 3339 with microseconds, written straight into the output (a line
-/// per event must not allocate per field).
+/// RFC 3339 with microseconds, for serde lines.
 #[derive(Clone, Copy)]
 struct Time(Timestamp);
 
@@ -182,48 +378,6 @@ impl Serialize for Time {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&format_args!("{:.6}", self.0))
     }
-}
-
-/// `0xffff8881062c9280`, written straight into the output.
-struct Hex(u64);
-
-impl Serialize for Hex {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("{:#x}", self.0))
-    }
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Details {
-    Retransmit(RetransmitFields),
-    State {
-        #[serde(flatten)]
-        transition: TransitionFields,
-        prev_state_ms: Option<f64>,
-    },
-    SessionEnd {
-        #[serde(flatten)]
-        transition: TransitionFields,
-        /// When the connection began; `null` if before the tool started.
-        opened: Option<Time>,
-        duration_ms: Option<f64>,
-        #[serde(flatten)]
-        account: AccountFields,
-    },
-    Reset {
-        direction: &'static str,
-        state: Option<&'static str>,
-    },
-    ConnectError {
-        error: String,
-    },
-    TimeWaitReuse {
-        time_wait_ms: f64,
-    },
-    Lost {
-        count: u64,
-    },
 }
 
 /// Last line of a `--state` session.
@@ -256,122 +410,37 @@ struct Start {
     version: &'static str,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    event: &'static str,
-    time: Time,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    socket: Option<SocketFields<'a>>,
-    #[serde(flatten)]
-    details: Details,
-}
-
-fn name(state: Option<TcpState>) -> Option<&'static str> {
-    state.map(TcpState::name)
-}
-
-impl<'a> Line<'a> {
-    fn new(event: &'a Event) -> Self {
-        let (at, socket, details) = match event {
-            Event::Retransmit(r) => (
-                r.socket.time,
-                Some(&r.socket),
-                Details::Retransmit(RetransmitFields::new(r)),
-            ),
-            Event::State(change) => (
-                change.socket.time,
-                Some(&change.socket),
-                Details::State {
-                    transition: TransitionFields::new(change),
-                    prev_state_ms: change.prev_state.map(ms),
-                },
-            ),
-            Event::SessionEnd(end) => (
-                end.change.socket.time,
-                Some(&end.change.socket),
-                Details::SessionEnd {
-                    transition: TransitionFields::new(&end.change),
-                    opened: end.opened.map(Time),
-                    duration_ms: end
-                        .opened
-                        .map(|t| ms(end.change.socket.time.duration_since(t).unsigned_abs())),
-                    account: AccountFields::new(&end.account),
-                },
-            ),
-            Event::TimeWaitReuse { socket, time_wait } => (
-                socket.time,
-                Some(socket),
-                Details::TimeWaitReuse {
-                    time_wait_ms: ms(*time_wait),
-                },
-            ),
-            Event::ConnectError { socket, errno } => (
-                socket.time,
-                Some(socket),
-                Details::ConnectError {
-                    error: errno_name(*errno),
-                },
-            ),
-            Event::Reset {
-                socket,
-                direction,
-                state,
-            } => (
-                socket.time,
-                Some(socket),
-                Details::Reset {
-                    direction: direction.name(),
-                    state: name(*state),
-                },
-            ),
-            Event::Lost { time, count } => (*time, None, Details::Lost { count: *count }),
-        };
-        Self {
-            event: event.name(),
-            time: Time(at),
-            socket: socket.map(SocketFields::new),
-            details,
-        }
-    }
-}
-
 impl<W: Write> Output for Json<W> {
     fn header(&mut self, at: Timestamp) -> io::Result<()> {
         if self.quiet {
             return Ok(());
         }
-        let start = Start {
+        self.serde_line(&Start {
             event: "start",
             time: Time(at),
             version: env!("CARGO_PKG_VERSION"),
-        };
-        serde_json::to_writer(&mut self.out, &start)?;
-        self.out.write_all(b"\n")
+        })
     }
 
     fn event(&mut self, event: &Event) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, &Line::new(event))?;
-        self.out.write_all(b"\n")
+        self.line(event.name(), event_time(event)).event(event);
+        self.end_line()
     }
 
     fn flows(&mut self, at: Timestamp, flows: &[Session], total: usize) -> io::Result<()> {
         for (i, flow) in flows.iter().enumerate() {
-            let line = FlowLine {
-                event: "flow",
-                time: Time(at),
-                rank: i + 1,
-                flows: total,
-                socket: SocketFields::new(&flow.socket),
-                account: AccountFields::new(&flow.account),
-            };
-            serde_json::to_writer(&mut self.out, &line)?;
-            self.out.write_all(b"\n")?;
+            let mut line = self.line("flow", at);
+            line.integer("rank", i + 1);
+            line.integer("flows", total);
+            line.socket(&flow.socket);
+            line.account(&flow.account);
+            self.end_line()?;
         }
         Ok(())
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
-        let line = SummaryLine {
+        self.serde_line(&SummaryLine {
             event: "summary",
             time: Time(Timestamp::now()),
             events: summary.events,
@@ -392,12 +461,11 @@ impl<W: Write> Output for Json<W> {
                 .filter_map(|o| o.as_ref().ok())
                 .collect(),
             kernel_maps: summary.kernel_maps,
-        };
-        serde_json::to_writer(&mut self.out, &line)?;
-        self.out.write_all(b"\n")
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
         self.out.flush()
     }
 }
@@ -409,7 +477,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::decode::{Process, ResetDirection, StateChange, tests::sample_retransmit};
+    use crate::decode::{Close, Process, ResetDirection, StateChange, tests::sample_retransmit};
 
     fn render(event: &Event) -> Value {
         let mut buf = Vec::new();
@@ -569,6 +637,52 @@ mod tests {
         assert_eq!(
             v,
             json!({"event": "lost", "time": "2026-11-22T10:11:12.000000Z", "count": 12})
+        );
+    }
+
+    #[test]
+    fn process_names_are_escaped() {
+        let owner = Process {
+            pid: 1,
+            uid: 0,
+            comm: "a\"b\\c\n\u{1}é".into(),
+        };
+        let change = StateChange {
+            socket: socket(Some(owner)),
+            ..change(Some(TcpState::Established), Some(TcpState::FinWait1))
+        };
+        let v = render(&Event::State(Box::new(change)));
+        assert_eq!(v["comm"], "a\"b\\c\n\u{1}é");
+    }
+
+    #[test]
+    fn times_keep_leading_zeros_and_follow_the_second() {
+        let mut buf = Vec::new();
+        {
+            let mut out = Json::new(&mut buf, false);
+            for time in [
+                "2026-11-22T10:11:12.000042Z",
+                "2026-11-22T10:11:12.5Z",
+                "2026-11-22T10:11:13.000001999Z",
+                "2027-01-01T00:00:00Z",
+            ] {
+                let time = time.parse().unwrap();
+                out.event(&Event::Lost { time, count: 1 }).unwrap();
+            }
+            out.flush().unwrap();
+        }
+        let times: Vec<String> = serde_json::Deserializer::from_slice(&buf)
+            .into_iter::<Value>()
+            .map(|v| v.unwrap()["time"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            times,
+            [
+                "2026-11-22T10:11:12.000042Z",
+                "2026-11-22T10:11:12.500000Z",
+                "2026-11-22T10:11:13.000001Z",
+                "2027-01-01T00:00:00.000000Z",
+            ]
         );
     }
 }
