@@ -22,6 +22,7 @@ const TCPHDR_SYN: u8 = 0x02;
 const TCP_RTO_MAX: Duration = Duration::from_secs(120);
 /// `TCP_TIMEOUT_INIT`: the first SYN's timer.
 const TCP_TIMEOUT_INIT: Duration = Duration::from_secs(1);
+use compact_str::CompactString;
 use thiserror::Error;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -131,7 +132,8 @@ impl Default for Clock {
 pub struct Process {
     pub pid: u32,
     pub uid: u32,
-    pub comm: String,
+    /// Inline (a task name is at most 15 bytes): no allocation per event.
+    pub comm: CompactString,
 }
 
 /// What every socket event carries.
@@ -755,7 +757,7 @@ fn process(owner: &Owner) -> Option<Process> {
     Some(Process {
         pid: owner.pid,
         uid: owner.uid,
-        comm: String::from_utf8_lossy(&owner.comm[..len]).into_owned(),
+        comm: CompactString::from_utf8_lossy(&owner.comm[..len]),
     })
 }
 

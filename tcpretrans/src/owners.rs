@@ -4,12 +4,13 @@
 //! events carry the socket's inode, and the process holding that socket
 //! is found in `/proc/*/fd`.
 use std::{
-    collections::HashMap,
     fs,
     os::unix::fs::MetadataExt,
     path::Path,
     time::{Duration, Instant},
 };
+
+use foldhash::HashMap;
 
 use crate::decode::{Event, Process, Socket};
 
@@ -96,7 +97,7 @@ fn socket_inode(fd: &Path) -> Option<u64> {
 
 fn describe(pid: u32, dir: &Path) -> Process {
     let comm = fs::read_to_string(dir.join("comm"))
-        .map(|c| c.trim_end().to_owned())
+        .map(|c| c.trim_end().into())
         .unwrap_or_default();
     let uid = fs::metadata(dir).map(|m| m.uid()).unwrap_or_default();
     Process { pid, uid, comm }

@@ -6,7 +6,9 @@
 //!
 //! With `--state` a connection's account ends with it, in a `session_end`
 //! event; with `-c` the accounts are the flow table, taken at each interval.
-use std::{cmp::Reverse, collections::HashMap};
+use std::cmp::Reverse;
+
+use foldhash::HashMap;
 
 use jiff::Timestamp;
 
@@ -35,8 +37,8 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(capacity: usize) -> Self {
         Self {
-            live: HashMap::new(),
-            connecting: HashMap::new(),
+            live: HashMap::default(),
+            connecting: HashMap::default(),
             capacity,
         }
     }

@@ -19,8 +19,8 @@ pub struct Summary {
     pub malformed: u64,
     /// The reader of our output went away (`| head`): end quietly.
     pub output_closed: bool,
-    /// State transitions by (old, new) state name.
-    pub transitions: BTreeMap<(&'static str, &'static str), u64>,
+    /// State transitions by (old, new) state, in lifecycle order.
+    pub transitions: BTreeMap<(Option<TcpState>, Option<TcpState>), u64>,
     /// Network namespaces the events came from.
     pub namespaces: Vec<u32>,
     /// Their occupancy at exit (with `--state`), or why it could not be read.
@@ -29,15 +29,19 @@ pub struct Summary {
     pub kernel_maps: Option<MapEntries>,
 }
 
+/// A state's name, `?` when unknown.
+pub fn state_name(state: Option<TcpState>) -> &'static str {
+    state.map_or("?", TcpState::name)
+}
+
 impl Summary {
     /// Counts an event printed.
     pub fn count(&mut self, event: &Event) {
         self.events += 1;
         if let Event::State(change) = event {
-            let name = |s: Option<TcpState>| s.map_or("?", TcpState::name);
             *self
                 .transitions
-                .entry((name(change.old_state), name(change.new_state)))
+                .entry((change.old_state, change.new_state))
                 .or_default() += 1;
         }
         if let Some(netns) = event.socket().and_then(|s| s.netns)
@@ -54,7 +58,7 @@ impl Summary {
             let counts: Vec<String> = self
                 .transitions
                 .iter()
-                .map(|((old, new), n)| format!("{old}->{new} {n}"))
+                .map(|(&(old, new), n)| format!("{}->{} {n}", state_name(old), state_name(new)))
                 .collect();
             lines.push(format!("transitions: {}", counts.join(", ")));
         }

@@ -2,11 +2,9 @@
 //! (`tcp_tw_reuse`). The kernel counts it (`TWRecycled`) but reports no
 //! connection, so the 4-tuples the tool saw enter TIME_WAIT are remembered
 //! for as long as TIME_WAIT lasts.
-use std::{
-    collections::{HashMap, VecDeque},
-    time::Duration,
-};
+use std::{collections::VecDeque, time::Duration};
 
+use foldhash::HashMap;
 use jiff::Timestamp;
 
 use crate::decode::{Event, FourTuple, TcpState};
@@ -25,7 +23,7 @@ pub struct TimeWaits {
 impl TimeWaits {
     pub fn new(capacity: usize) -> Self {
         Self {
-            entered: HashMap::new(),
+            entered: HashMap::default(),
             order: VecDeque::new(),
             capacity,
         }

@@ -16,7 +16,19 @@ use serde::{Serialize, Serializer};
 
 use super::{Output, errno_name};
 use crate::decode::{Account, Event, Retransmit, Socket, StateChange, TcpState};
-use crate::{loader::MapEntries, netns::Occupancy, sessions::Session, summary::Summary};
+use crate::{
+    loader::MapEntries,
+    netns::Occupancy,
+    sessions::Session,
+    summary::{Summary, state_name},
+};
+
+/// A key as written after a previous field: `,"name":` (one copy per key).
+macro_rules! key {
+    ($name:literal) => {
+        Key(concat!(",\"", $name, "\":"))
+    };
+}
 
 /// Output is handed to the writer in pieces of about this size (and on
 /// every flush).
@@ -48,8 +60,8 @@ impl<W: Write> Json<W> {
             times: &mut self.times,
             empty: true,
         };
-        fields.name("event", event);
-        fields.time("time", time);
+        fields.name(key!("event"), event);
+        fields.time(key!("time"), time);
         fields
     }
 
@@ -107,6 +119,10 @@ impl TimeText {
     }
 }
 
+/// A key from `key!`.
+#[derive(Clone, Copy)]
+struct Key(&'static str);
+
 /// The fields of one JSON object, written straight into the output. Keys
 /// are the schema's names (ASCII needing no escaping); `null` stands for
 /// what this kernel could not tell, never a guess.
@@ -117,7 +133,15 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn key(&mut self, key: &'static str) {
+    fn key(&mut self, key: Key) {
+        // The first field has no comma before it.
+        let key = &key.0.as_bytes()[usize::from(self.empty)..];
+        self.empty = false;
+        self.buf.extend_from_slice(key);
+    }
+
+    /// A key not known at compile time (a cause name, plain ASCII).
+    fn key_text(&mut self, key: &str) {
         if !self.empty {
             self.buf.push(b',');
         }
@@ -127,18 +151,13 @@ impl Fields<'_> {
         self.buf.extend_from_slice(b"\":");
     }
 
-    fn null(&mut self, key: &'static str) {
+    fn null(&mut self, key: Key) {
         self.key(key);
         self.buf.extend_from_slice(b"null");
     }
 
     /// `value`, or `null`.
-    fn optional<T>(
-        &mut self,
-        key: &'static str,
-        value: Option<T>,
-        write: fn(&mut Self, &'static str, T),
-    ) {
+    fn optional<T>(&mut self, key: Key, value: Option<T>, write: fn(&mut Self, Key, T)) {
         match value {
             Some(value) => write(self, key, value),
             None => self.null(key),
@@ -146,7 +165,7 @@ impl Fields<'_> {
     }
 
     /// One of the schema's names: needs no escaping.
-    fn name(&mut self, key: &'static str, name: &'static str) {
+    fn name(&mut self, key: Key, name: &'static str) {
         self.key(key);
         self.buf.push(b'"');
         self.buf.extend_from_slice(name.as_bytes());
@@ -154,7 +173,7 @@ impl Fields<'_> {
     }
 
     /// Any text (a process name), escaped.
-    fn text(&mut self, key: &'static str, text: &str) {
+    fn text(&mut self, key: Key, text: &str) {
         self.key(key);
         self.buf.push(b'"');
         for c in text.chars() {
@@ -177,14 +196,14 @@ impl Fields<'_> {
         self.buf.push(b'"');
     }
 
-    fn integer(&mut self, key: &'static str, value: impl itoa::Integer) {
+    fn integer(&mut self, key: Key, value: impl itoa::Integer) {
         self.key(key);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// As serde_json writes an `f64` (`800.0`, `1.5`).
-    fn float(&mut self, key: &'static str, value: f64) {
+    fn float(&mut self, key: Key, value: f64) {
         if !value.is_finite() {
             return self.null(key);
         }
@@ -193,21 +212,33 @@ impl Fields<'_> {
             .extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
     }
 
-    fn boolean(&mut self, key: &'static str, value: bool) {
+    fn boolean(&mut self, key: Key, value: bool) {
         self.key(key);
         self.buf
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
     /// A value whose text needs no escaping, quoted.
-    fn quoted(&mut self, key: &'static str, value: impl Display) {
+    fn quoted(&mut self, key: Key, value: impl Display) {
         self.key(key);
         self.buf.push(b'"');
         let _ = write!(self.buf, "{value}");
         self.buf.push(b'"');
     }
 
-    fn address(&mut self, key: &'static str, address: IpAddr) {
+    /// `"0xffff8881062c9280"`.
+    fn hex(&mut self, key: Key, value: u64) {
+        self.key(key);
+        let digits = (64 - value.leading_zeros()).div_ceil(4).max(1);
+        self.buf.extend_from_slice(b"\"0x");
+        for shift in (0..digits).rev() {
+            let nibble = (value >> (shift * 4)) & 0xf;
+            self.buf.push(b"0123456789abcdef"[nibble as usize]);
+        }
+        self.buf.push(b'"');
+    }
+
+    fn address(&mut self, key: Key, address: IpAddr) {
         match address {
             IpAddr::V4(v4) => {
                 self.key(key);
@@ -225,72 +256,72 @@ impl Fields<'_> {
         }
     }
 
-    fn time(&mut self, key: &'static str, time: Timestamp) {
+    fn time(&mut self, key: Key, time: Timestamp) {
         self.key(key);
         self.buf.push(b'"');
         self.times.write(self.buf, time);
         self.buf.push(b'"');
     }
 
-    fn millis(&mut self, key: &'static str, duration: Duration) {
+    fn millis(&mut self, key: Key, duration: Duration) {
         self.float(key, ms(duration));
     }
 
-    fn state(&mut self, key: &'static str, state: Option<TcpState>) {
+    fn state(&mut self, key: Key, state: Option<TcpState>) {
         self.optional(key, state.map(TcpState::name), Self::name);
     }
 
     /// Fields every socket event has.
     fn socket(&mut self, s: &Socket) {
-        self.integer("family", s.family);
-        self.address("laddr", s.laddr);
-        self.integer("lport", s.lport);
-        self.address("raddr", s.raddr);
-        self.integer("rport", s.rport);
-        self.optional("netns", s.netns, Self::integer);
-        self.quoted("skaddr", format_args!("{:#x}", s.skaddr));
+        self.integer(key!("family"), s.family);
+        self.address(key!("laddr"), s.laddr);
+        self.integer(key!("lport"), s.lport);
+        self.address(key!("raddr"), s.raddr);
+        self.integer(key!("rport"), s.rport);
+        self.optional(key!("netns"), s.netns, Self::integer);
+        self.hex(key!("skaddr"), s.skaddr);
         let owner = s.owner.as_ref();
-        self.optional("pid", owner.map(|p| p.pid), Self::integer);
-        self.optional("uid", owner.map(|p| p.uid), Self::integer);
-        self.optional("comm", owner.map(|p| p.comm.as_str()), Self::text);
+        self.optional(key!("pid"), owner.map(|p| p.pid), Self::integer);
+        self.optional(key!("uid"), owner.map(|p| p.uid), Self::integer);
+        self.optional(key!("comm"), owner.map(|p| p.comm.as_str()), Self::text);
     }
 
     fn retransmit(&mut self, r: &Retransmit) {
-        let micros = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
-        self.state("state", r.state);
-        self.integer("err", r.err);
-        self.optional("type", r.cause.map(|c| c.name()), Self::name);
-        self.optional("rto_ms", r.rto, Self::millis);
-        self.optional("backoff", r.backoff, Self::integer);
-        self.optional("retries", r.retries, Self::integer);
-        self.optional("retry_limit", r.retry_limit, Self::integer);
-        self.optional("total_retrans", r.total_retrans, Self::integer);
-        self.optional("srtt_us", micros(r.srtt), Self::integer);
-        self.optional("rttvar_us", micros(r.rttvar), Self::integer);
-        self.optional("cwnd", r.cwnd, Self::integer);
-        self.optional("ssthresh", r.ssthresh, Self::integer);
-        self.optional("segs", r.segs, Self::integer);
-        self.optional("bytes", r.bytes, Self::integer);
-        self.optional("seq", r.seq, Self::integer);
-        self.optional("orphan", r.orphan, Self::boolean);
+        let micros = |d: Option<Duration>| d.map(micros);
+        self.state(key!("state"), r.state);
+        self.integer(key!("err"), r.err);
+        self.optional(key!("type"), r.cause.map(|c| c.name()), Self::name);
+        self.optional(key!("rto_ms"), r.rto, Self::millis);
+        self.optional(key!("backoff"), r.backoff, Self::integer);
+        self.optional(key!("retries"), r.retries, Self::integer);
+        self.optional(key!("retry_limit"), r.retry_limit, Self::integer);
+        self.optional(key!("total_retrans"), r.total_retrans, Self::integer);
+        self.optional(key!("srtt_us"), micros(r.srtt), Self::integer);
+        self.optional(key!("rttvar_us"), micros(r.rttvar), Self::integer);
+        self.optional(key!("cwnd"), r.cwnd, Self::integer);
+        self.optional(key!("ssthresh"), r.ssthresh, Self::integer);
+        self.optional(key!("segs"), r.segs, Self::integer);
+        self.optional(key!("bytes"), r.bytes, Self::integer);
+        self.optional(key!("seq"), r.seq, Self::integer);
+        self.optional(key!("orphan"), r.orphan, Self::boolean);
     }
 
     /// How a transition reads, in `state` and `session_end` lines.
     fn transition(&mut self, change: &StateChange) {
-        self.state("old_state", change.old_state);
-        self.state("new_state", change.new_state);
-        self.optional("close", change.close.map(|c| c.name()), Self::name);
+        self.state(key!("old_state"), change.old_state);
+        self.state(key!("new_state"), change.new_state);
+        self.optional(key!("close"), change.close.map(|c| c.name()), Self::name);
         match change.error {
-            Some(errno) => self.text("error", &errno_name(errno)),
-            None => self.null("error"),
+            Some(errno) => self.text(key!("error"), &errno_name(errno)),
+            None => self.null(key!("error")),
         }
-        self.optional("orphan", change.orphan, Self::boolean);
+        self.optional(key!("orphan"), change.orphan, Self::boolean);
     }
 
     /// A connection's (or flow's) retransmissions.
     fn account(&mut self, a: &Account) {
-        self.integer("retransmits", a.retransmits());
-        self.key("by_type");
+        self.integer(key!("retransmits"), a.retransmits());
+        self.key(key!("by_type"));
         self.buf.push(b'{');
         let mut by_type = Fields {
             buf: self.buf,
@@ -298,13 +329,16 @@ impl Fields<'_> {
             empty: true,
         };
         for (cause, count) in a.causes() {
-            by_type.integer(cause, count);
+            by_type.key_text(cause);
+            by_type
+                .buf
+                .extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
         }
         self.buf.push(b'}');
-        self.integer("segments", a.segments);
-        self.optional("max_rto_ms", a.max_rto, Self::millis);
-        self.optional("first_retransmit", a.first, Self::time);
-        self.optional("last_retransmit", a.last, Self::time);
+        self.integer(key!("segments"), a.segments);
+        self.optional(key!("max_rto_ms"), a.max_rto, Self::millis);
+        self.optional(key!("first_retransmit"), a.first, Self::time);
+        self.optional(key!("last_retransmit"), a.last, Self::time);
     }
 
     fn event(&mut self, event: &Event) {
@@ -316,15 +350,15 @@ impl Fields<'_> {
             Event::State(change) => {
                 self.socket(&change.socket);
                 self.transition(change);
-                self.optional("prev_state_ms", change.prev_state, Self::millis);
+                self.optional(key!("prev_state_ms"), change.prev_state, Self::millis);
             }
             Event::SessionEnd(end) => {
                 let socket = &end.change.socket;
                 self.socket(socket);
                 self.transition(&end.change);
-                self.optional("opened", end.opened, Self::time);
+                self.optional(key!("opened"), end.opened, Self::time);
                 self.optional(
-                    "duration_ms",
+                    key!("duration_ms"),
                     end.opened
                         .map(|t| socket.time.duration_since(t).unsigned_abs()),
                     Self::millis,
@@ -337,18 +371,18 @@ impl Fields<'_> {
                 state,
             } => {
                 self.socket(socket);
-                self.name("direction", direction.name());
-                self.state("state", *state);
+                self.name(key!("direction"), direction.name());
+                self.state(key!("state"), *state);
             }
             Event::ConnectError { socket, errno } => {
                 self.socket(socket);
-                self.text("error", &errno_name(*errno));
+                self.text(key!("error"), &errno_name(*errno));
             }
             Event::TimeWaitReuse { socket, time_wait } => {
                 self.socket(socket);
-                self.millis("time_wait_ms", *time_wait);
+                self.millis(key!("time_wait_ms"), *time_wait);
             }
-            Event::Lost { count, .. } => self.integer("count", *count),
+            Event::Lost { count, .. } => self.integer(key!("count"), *count),
         }
     }
 }
@@ -366,8 +400,12 @@ fn event_time(event: &Event) -> Timestamp {
     }
 }
 
+fn micros(d: Duration) -> u64 {
+    d.as_secs() * 1_000_000 + u64::from(d.subsec_micros())
+}
+
 fn ms(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1e3
+    micros(d) as f64 / 1e3
 }
 
 /// RFC 3339 with microseconds, for serde lines.
@@ -430,8 +468,8 @@ impl<W: Write> Output for Json<W> {
     fn flows(&mut self, at: Timestamp, flows: &[Session], total: usize) -> io::Result<()> {
         for (i, flow) in flows.iter().enumerate() {
             let mut line = self.line("flow", at);
-            line.integer("rank", i + 1);
-            line.integer("flows", total);
+            line.integer(key!("rank"), i + 1);
+            line.integer(key!("flows"), total);
             line.socket(&flow.socket);
             line.account(&flow.account);
             self.end_line()?;
@@ -449,9 +487,9 @@ impl<W: Write> Output for Json<W> {
             transitions: summary
                 .transitions
                 .iter()
-                .map(|(&(old_state, new_state), &count)| Transition {
-                    old_state,
-                    new_state,
+                .map(|(&(old, new), &count)| Transition {
+                    old_state: state_name(old),
+                    new_state: state_name(new),
                     count,
                 })
                 .collect(),
