@@ -51,10 +51,10 @@ pub struct Options {
     /// exec -> first event samples per tool; 0 skips them.
     #[arg(long, default_value_t = 10)]
     pub starts: usize,
-    /// Only the tools whose label contains this text (the untraced
-    /// baseline always runs), e.g. `--tools tcpretrans`.
-    #[arg(long)]
-    pub tools: Option<String>,
+    /// Only the tools whose label contains one of these texts (the
+    /// untraced baseline always runs), e.g. `--tools tcpretrans,tcpstates`.
+    #[arg(long, value_delimiter = ',')]
+    pub tools: Vec<String>,
     /// Another tcpretrans binary (e.g. a build of the previous commit)
     /// measured as "baseline --state > file" beside this one.
     #[arg(long)]
@@ -127,6 +127,7 @@ struct Run {
     elapsed: Duration,
     peak_rss_kib: u64,
     rss_kib: u64,
+    private_kib: u64,
     /// Its stderr lines about events and losses.
     said: String,
     /// The tool's programs over the run.
@@ -168,10 +169,11 @@ pub fn run(binary: &Path, root: &Path, options: &Options) -> Result<()> {
     .into_iter()
     .filter(|tool| {
         tool.command.is_empty()
+            || options.tools.is_empty()
             || options
                 .tools
-                .as_ref()
-                .is_none_or(|only| tool.label.contains(only.as_str()))
+                .iter()
+                .any(|only| tool.label.contains(only.as_str()))
     })
     .collect();
     let workloads = if options.workloads.is_empty() {
@@ -580,6 +582,7 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
         elapsed,
         peak_rss_kib: usage.peak_rss_kib,
         rss_kib: usage.rss_kib,
+        private_kib: usage.private_kib,
         programs,
     })
 }
@@ -761,9 +764,9 @@ fn report(
         let _ = writeln!(out, "### {}\n", workload.name());
         let _ = writeln!(
             out,
-            "| tool | workload rate | delivered / made | CPU per 100k events | CPU % | busiest program | ns/run | runs/s | RSS MiB at end | peak RSS MiB |"
+            "| tool | workload rate | delivered / made | CPU per 100k events | CPU % | busiest program | ns/run | runs/s | RSS MiB at end | of it private | peak RSS MiB |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
         for (index, tool) in tools.iter().enumerate() {
             let Some(runs) = runs.get(&(workload, index)) else {
                 continue;
@@ -818,14 +821,19 @@ fn report(
             let mib = |kib: fn(&Run) -> u64| {
                 spread(runs.iter().map(|r| kib(r) as f64 / 1024.0).collect(), 1)
             };
-            let (cpu, rss, peak) = if tool.command.is_empty() {
-                ("-".into(), "-".into(), "-".into())
+            let (cpu, rss, private, peak) = if tool.command.is_empty() {
+                ("-".into(), "-".into(), "-".into(), "-".into())
             } else {
-                (cpu, mib(|r| r.rss_kib), mib(|r| r.peak_rss_kib))
+                (
+                    cpu,
+                    mib(|r| r.rss_kib),
+                    mib(|r| r.private_kib),
+                    mib(|r| r.peak_rss_kib),
+                )
             };
             let _ = writeln!(
                 out,
-                "| {} | {rate} | {delivered} | {per_100k} | {cpu} | {program} | {ns_per_run} | {runs_per_s} | {rss} | {peak} |",
+                "| {} | {rate} | {delivered} | {per_100k} | {cpu} | {program} | {ns_per_run} | {runs_per_s} | {rss} | {private} | {peak} |",
                 tool.label
             );
         }
