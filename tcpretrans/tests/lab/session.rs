@@ -101,7 +101,7 @@ fn sigterm_ends_cleanly_with_a_summary() {
     assert!(
         summary
             .next()
-            .is_some_and(|l| l.starts_with("tcpretrans: transitions: CLOSE->LISTEN 1,")),
+            .is_some_and(|l| l.starts_with("tcpretrans: transitions: ESTABLISHED->FIN_WAIT1 1,")),
         "{stderr}"
     );
     assert!(
