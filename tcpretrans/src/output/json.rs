@@ -23,10 +23,11 @@ use crate::{
     summary::{Summary, state_name},
 };
 
-/// A key as written after a previous field: `,"name":` (one copy per key).
+/// A key as written after a previous field, `,"name":`, made at compile
+/// time.
 macro_rules! key {
     ($name:literal) => {
-        Key(concat!(",\"", $name, "\":"))
+        const { Key::new(concat!(",\"", $name, "\":")) }
     };
 }
 
@@ -52,15 +53,17 @@ impl<W: Write> Json<W> {
         }
     }
 
-    /// A line for an object: `{`, fields from the caller, `}` and newline.
+    /// A line for an object: `{"event":...,"time":...`, fields from the
+    /// caller, `}` and newline.
     fn line(&mut self, event: &'static str, time: Timestamp) -> Fields<'_> {
-        self.buf.push(b'{');
+        self.buf.extend_from_slice(b"{\"event\":\"");
+        self.buf.extend_from_slice(event.as_bytes());
+        self.buf.push(b'"');
         let mut fields = Fields {
             buf: &mut self.buf,
             times: &mut self.times,
-            empty: true,
+            empty: false,
         };
-        fields.name(key!("event"), event);
         fields.time(key!("time"), time);
         fields
     }
@@ -119,9 +122,34 @@ impl TimeText {
     }
 }
 
-/// A key from `key!`.
+/// A key from `key!`, in a block of fixed size: copying a block of known
+/// size compiles to a few moves, where a short copy of unknown length is a
+/// call to `memcpy` (the most time of a line went there).
 #[derive(Clone, Copy)]
-struct Key(&'static str);
+struct Key {
+    block: [u8; Key::BLOCK],
+    len: usize,
+}
+
+impl Key {
+    /// Room for the longest key, `,"first_retransmit":`.
+    const BLOCK: usize = 24;
+
+    const fn new(text: &str) -> Self {
+        let bytes = text.as_bytes();
+        assert!(bytes.len() <= Self::BLOCK, "key longer than Key::BLOCK");
+        let mut block = [0; Self::BLOCK];
+        let mut i = 0;
+        while i < bytes.len() {
+            block[i] = bytes[i];
+            i += 1;
+        }
+        Self {
+            block,
+            len: bytes.len(),
+        }
+    }
+}
 
 /// The fields of one JSON object, written straight into the output. Keys
 /// are the schema's names (ASCII needing no escaping); `null` stands for
@@ -129,18 +157,30 @@ struct Key(&'static str);
 struct Fields<'a> {
     buf: &'a mut Vec<u8>,
     times: &'a mut TimeText,
+    /// No field written yet: only `key_text` asks (keys from `key!` come
+    /// after a line's `event`).
     empty: bool,
 }
 
 impl Fields<'_> {
+    /// A key after the fields before it (every line starts with `event`).
     fn key(&mut self, key: Key) {
-        // The first field has no comma before it.
-        let key = &key.0.as_bytes()[usize::from(self.empty)..];
-        self.empty = false;
-        self.buf.extend_from_slice(key);
+        let at = self.buf.len();
+        self.buf.reserve(Key::BLOCK);
+        // SAFETY: the capacity holds `BLOCK` more bytes; the length grows
+        // only by the key's bytes, which the copy initialized.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                key.block.as_ptr(),
+                self.buf.as_mut_ptr().add(at),
+                Key::BLOCK,
+            );
+            self.buf.set_len(at + key.len);
+        }
     }
 
-    /// A key not known at compile time (a cause name, plain ASCII).
+    /// A key not known at compile time (a cause name, plain ASCII), first
+    /// or after others.
     fn key_text(&mut self, key: &str) {
         if !self.empty {
             self.buf.push(b',');
