@@ -560,18 +560,30 @@ pub mod lost_slot {
     pub const COUNT: u32 = 7;
 }
 
-/// Slots of the per-CPU `STATE_NESTING` counters. The kernel never runs a
-/// raw tracepoint program inside itself on one CPU: a transition made by a
-/// softirq that interrupts the state program is skipped (and counted in the
-/// program's `recursion_misses`). A second program on the tracepoint
-/// handles it instead, and counts it here.
+/// Slots of the per-CPU `STATE_NESTING` array. The kernel never runs a raw
+/// tracepoint program inside itself on one CPU: a transition made by a
+/// softirq that interrupts the state program (or arrives while the kernel
+/// is entering or leaving it) is skipped for it, and counted in its
+/// `recursion_misses`. A second program, attached after it, handles every
+/// transition the state program did not log as its own, and counts those.
 pub mod state_nesting {
-    /// 1 while the state program runs on this CPU.
-    pub const DEPTH: u32 = 0;
-    /// Transitions handled nested, which `recursion_misses` counted as
-    /// skipped.
-    pub const RECOVERED: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Transitions the second program handled (which `recursion_misses`
+    /// counted as skipped).
+    pub const RECOVERED: u32 = 0;
+    /// How many transitions the state program has logged.
+    pub const LOGGED: u32 = 1;
+    /// The identities of the last `LOG_LEN` transitions it handled, from
+    /// this slot on.
+    pub const LOG: u32 = 2;
+    pub const LOG_LEN: u32 = 4;
+    pub const COUNT: u32 = LOG + LOG_LEN;
+
+    /// A transition's identity: the socket's address (whose top 16 bits,
+    /// always set in a kernel address, make room) and its two states.
+    #[inline(always)]
+    pub const fn identity(skaddr: u64, old_state: u8, new_state: u8) -> u64 {
+        (skaddr & 0x0000_ffff_ffff_ffff) | (old_state as u64) << 56 | (new_state as u64) << 48
+    }
 }
 
 /// Event kinds, the first byte of every ring-buffer record.

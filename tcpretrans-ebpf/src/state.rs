@@ -55,33 +55,55 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
 /// const int newstate)`, the flow read from the socket.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
-    let Some(depth) = STATE_NESTING.get_ptr_mut(state_nesting::DEPTH) else {
-        return 0;
-    };
-    // SAFETY: this CPU's counter; only this program writes it, and the
-    // kernel never runs it inside itself.
-    unsafe { *depth = 1 };
+    log_handled(raw_identity(&ctx));
     let _ = try_inet_sock_set_state_raw(&ctx, lost_slot::STATE);
-    // SAFETY: as above.
-    unsafe { *depth = 0 };
     0
 }
 
-/// The second program on the raw tracepoint, for transitions made by a
-/// softirq interrupting the state program on its CPU, which the kernel
-/// skips for that program: it handles them with the same code (its own
-/// copy: a tail call into the interrupted program would share its private
-/// stack and corrupt it). Otherwise it does nothing.
+/// The second program on the raw tracepoint, attached after the first, for
+/// the transitions the kernel skipped for the first: those it did not log.
+/// They are handled with the same code (its own copy: a tail call into the
+/// interrupted program would share its private stack and corrupt it).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> u32 {
-    let interrupted = STATE_NESTING
-        .get(state_nesting::DEPTH)
-        .is_some_and(|&depth| depth > 0);
-    if interrupted {
+    if !was_handled(raw_identity(&ctx)) {
         add_one(&STATE_NESTING, state_nesting::RECOVERED);
         let _ = try_inet_sock_set_state_raw(&ctx, lost_slot::STATE_NESTED);
     }
     0
+}
+
+#[inline(always)]
+fn raw_identity(ctx: &RawTracePointContext) -> u64 {
+    state_nesting::identity(ctx.arg(0), ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8)
+}
+
+/// Logs a transition the state program is handling, first thing: one that
+/// interrupts it later is not in the log yet.
+#[inline(always)]
+fn log_handled(identity: u64) {
+    let Some(logged) = STATE_NESTING.get_ptr_mut(state_nesting::LOGGED) else {
+        return;
+    };
+    // SAFETY: this CPU's slots, written only by the state program, which
+    // the kernel never runs inside itself.
+    unsafe {
+        let slot = state_nesting::LOG + (*logged % u64::from(state_nesting::LOG_LEN)) as u32;
+        if let Some(entry) = STATE_NESTING.get_ptr_mut(slot) {
+            *entry = identity;
+        }
+        *logged += 1;
+    }
+}
+
+/// Whether the state program logged this transition among its last ones.
+#[inline(always)]
+fn was_handled(identity: u64) -> bool {
+    (0..state_nesting::LOG_LEN).any(|i| {
+        STATE_NESTING
+            .get(state_nesting::LOG + i)
+            .is_some_and(|&logged| logged == identity)
+    })
 }
 
 fn try_inet_sock_set_state_raw(ctx: &RawTracePointContext, lost_slot: u32) -> Result<(), i64> {

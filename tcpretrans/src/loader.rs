@@ -12,8 +12,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        Program, ProgramError, TracePoint, raw_trace_point::RawTracePointLink,
-        trace_point::TracePointLink,
+        Program, ProgramError, raw_trace_point::RawTracePointLink, trace_point::TracePointLink,
     },
 };
 use landlock::{AccessFs, Ruleset, RulesetAttr as _};
@@ -350,7 +349,7 @@ impl Tracer {
         if let Some(&state) = needed.get(STATE_PROGRAM) {
             needed.insert(NESTED_STATE_PROGRAM.to_owned(), state);
         }
-        let programs: Vec<(Hook, &str, &mut Program)> = ebpf
+        let mut programs: Vec<(Hook, &str, &mut Program)> = ebpf
             .programs_mut()
             .filter_map(|(name, program)| Some((needed.remove(name)?, name, program)))
             .collect();
@@ -359,21 +358,27 @@ impl Tracer {
         }
         // The verifier takes most of the start-up: each program on its own
         // thread, side by side.
-        let attached: Result<Vec<Attachment>, LoadError> = thread::scope(|scope| {
-            let attaching: Vec<_> = programs
-                .into_iter()
-                .map(|(hook, name, program)| scope.spawn(move || attach(hook, name, program)))
+        thread::scope(|scope| {
+            let loading: Vec<_> = programs
+                .iter_mut()
+                .map(|(_, name, program)| scope.spawn(move || load(name, program)))
                 .collect();
-            attaching
+            loading.into_iter().try_for_each(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        })?;
+        // A tracepoint runs its programs in the order they were attached;
+        // the nested state program must run after the state program (it
+        // handles what that one did not log): attached last.
+        programs.sort_by_key(|&(_, name, _)| name == NESTED_STATE_PROGRAM);
+        let links = Links(
+            programs
                 .into_iter()
-                .map(|thread| {
-                    thread
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        });
-        let links = Links(attached?);
+                .map(|(hook, name, program)| attach(hook, name, program))
+                .collect::<Result<_, _>>()?,
+        );
 
         let fdinfo = ebpf
             .programs()
@@ -416,8 +421,17 @@ const fn libc_eperm() -> i32 {
     nix::errno::Errno::EPERM as i32
 }
 
-/// Loads `program` (the hook's raw or classic program, by its type) and
-/// attaches it to the hook's tracepoint.
+/// Loads `program` (the hook's raw or classic program) into the kernel.
+fn load(name: &str, program: &mut Program) -> Result<(), LoadError> {
+    match program {
+        Program::RawTracePoint(program) => program.load(),
+        Program::TracePoint(program) => program.load(),
+        _ => Err(ProgramError::UnexpectedProgramType),
+    }
+    .map_err(load_error(name))
+}
+
+/// Attaches a loaded `program` to its hook's tracepoint.
 fn attach(hook: Hook, name: &str, program: &mut Program) -> Result<Attachment, LoadError> {
     let (category, tracepoint) = (hook.category, hook.name);
     let attach_error = |source| LoadError::Attach {
@@ -425,28 +439,24 @@ fn attach(hook: Hook, name: &str, program: &mut Program) -> Result<Attachment, L
         name: tracepoint,
         source,
     };
-    let wrong_type = |source| LoadError::Program {
-        program: name.to_owned(),
-        source,
-    };
-    Ok(match program {
+    match program {
         Program::RawTracePoint(program) => {
-            program.load().map_err(load_error(name))?;
             let link = program.attach(tracepoint).map_err(attach_error)?;
             let link = program.take_link(link).map_err(attach_error)?;
-            if name == NESTED_STATE_PROGRAM {
+            Ok(if name == NESTED_STATE_PROGRAM {
                 Attachment::Nested(link)
             } else {
                 Attachment::Raw(link)
-            }
+            })
         }
-        program => {
-            let program: &mut TracePoint = program.try_into().map_err(wrong_type)?;
-            program.load().map_err(load_error(name))?;
+        Program::TracePoint(program) => {
             let link = program.attach(category, tracepoint).map_err(attach_error)?;
-            Attachment::Classic(program.take_link(link).map_err(attach_error)?)
+            Ok(Attachment::Classic(
+                program.take_link(link).map_err(attach_error)?,
+            ))
         }
-    })
+        _ => Err(attach_error(ProgramError::UnexpectedProgramType)),
+    }
 }
 
 /// Why the kernel refused to load `program`: most often, privileges.
