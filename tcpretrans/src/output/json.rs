@@ -448,13 +448,16 @@ fn ms(d: Duration) -> f64 {
     micros(d) as f64 / 1e3
 }
 
-/// RFC 3339 with microseconds, for serde lines.
+/// RFC 3339 with microseconds, for serde lines (`TimeText`'s format).
 #[derive(Clone, Copy)]
 struct Time(Timestamp);
 
 impl Serialize for Time {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("{:.6}", self.0))
+        let mut text = Vec::with_capacity(32);
+        TimeText::default().write(&mut text, self.0);
+        // The text is ASCII.
+        serializer.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
