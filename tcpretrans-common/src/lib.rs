@@ -222,6 +222,9 @@ pub struct TcpOffsets {
     // From a connect()ing task to its socket: task_struct → files →
     // fdt → fd[fd] (struct file) → private_data (struct socket) → sk.
     pub task_files: u16,
+    /// `struct task_struct` → `stack`: its kernel stack, `1 << stack_shift`
+    /// bytes (tells a task's tracepoint calls from a softirq's).
+    pub task_stack: u16,
     pub files_fdt: u16,
     pub fdtable_fd: u16,
     pub file_private_data: u16,
@@ -244,7 +247,7 @@ pub struct TcpOffsets {
     pub hashinfo_ehash_mask: u16,
     /// Bit number of `SOCK_DEAD` in `sk_flags`.
     pub sock_dead_bit: u8,
-    pub _pad0: u8,
+    pub stack_shift: u8,
 }
 
 impl TcpOffsets {
@@ -285,6 +288,7 @@ impl TcpOffsets {
         skc_v6_rcv_saddr: ABSENT,
         inet_sport: ABSENT,
         task_files: ABSENT,
+        task_stack: ABSENT,
         files_fdt: ABSENT,
         fdtable_fd: ABSENT,
         file_private_data: ABSENT,
@@ -299,7 +303,7 @@ impl TcpOffsets {
         hashinfo_ehash: ABSENT,
         hashinfo_ehash_mask: ABSENT,
         sock_dead_bit: 0,
-        _pad0: 0,
+        stack_shift: 0,
     };
 
     /// Whether a socket's flow, protocol and state can be read from it:
@@ -564,19 +568,25 @@ pub mod lost_slot {
 /// tracepoint program inside itself on one CPU: a transition made by a
 /// softirq that interrupts the state program (or arrives while the kernel
 /// is entering or leaving it) is skipped for it, and counted in its
-/// `recursion_misses`. A second program, attached after it, handles every
-/// transition the state program did not log as its own, and counts those.
+/// `recursion_misses`. A second program, attached after it, runs after it
+/// for every transition and handles those the state program did not take.
+///
+/// The state program notes each transition it takes, first thing, in the
+/// slot of its level: the task's, or a softirq's that interrupted the task
+/// (the only nesting TCP state changes see). The second program clears the
+/// note of its transition, or handles the transition when there is none.
+/// A note whose second run the kernel skipped is overwritten by the next
+/// transition at its level; a run between the two programs' runs for one
+/// transition is at the other level and leaves its note alone.
 pub mod state_nesting {
     /// Transitions the second program handled (which `recursion_misses`
     /// counted as skipped).
     pub const RECOVERED: u32 = 0;
-    /// How many transitions the state program has logged.
-    pub const LOGGED: u32 = 1;
-    /// The identities of the last `LOG_LEN` transitions it handled, from
-    /// this slot on.
-    pub const LOG: u32 = 2;
-    pub const LOG_LEN: u32 = 4;
-    pub const COUNT: u32 = LOG + LOG_LEN;
+    /// The transition the state program took at task level, then the one
+    /// at softirq level.
+    pub const TAKEN: u32 = 1;
+    pub const LEVELS: u32 = 2;
+    pub const COUNT: u32 = TAKEN + LEVELS;
 
     /// A transition's identity: the socket's address (whose top 16 bits,
     /// always set in a kernel address, make room) and its two states.
@@ -808,7 +818,7 @@ const _: () = {
     assert!(size_of::<RetransmitFields>() == 20);
     assert!(size_of::<SynackFields>() == 14);
     assert!(size_of::<Bitfield>() == 4);
-    assert!(size_of::<TcpOffsets>() == 104);
+    assert!(size_of::<TcpOffsets>() == 106);
     assert!(size_of::<ConnectFields>() == 8);
     assert!(size_of::<ListenerKey>() == 8);
     assert!(size_of::<ConnectErrorEvent>() == 96);

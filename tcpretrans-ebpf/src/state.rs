@@ -1,13 +1,14 @@
 //! `sock:inet_sock_set_state` for TCP: tracks each socket's time in its state
 //! and its owner, and reports the transitions userspace asked for.
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    EbpfContext as _,
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
 use tcpretrans_common::{
-    ConnectErrorEvent, DURATION_UNKNOWN, ListenerKey, Owner, SockInfo, StateEvent, event_kind,
-    lost_slot, reset_direction, state_nesting,
+    ABSENT, ConnectErrorEvent, DURATION_UNKNOWN, ListenerKey, Owner, SockInfo, StateEvent,
+    event_kind, lost_slot, reset_direction, state_nesting,
     tcp_state::{
         CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
         SYN_SENT,
@@ -55,18 +56,18 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
 /// const int newstate)`, the flow read from the socket.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
-    log_handled(raw_identity(&ctx));
+    note_taken(&ctx);
     let _ = try_inet_sock_set_state_raw(&ctx, lost_slot::STATE);
     0
 }
 
 /// The second program on the raw tracepoint, attached after the first, for
-/// the transitions the kernel skipped for the first: those it did not log.
+/// the transitions the kernel skipped for the first: those it did not note.
 /// They are handled with the same code (its own copy: a tail call into the
 /// interrupted program would share its private stack and corrupt it).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> u32 {
-    if !was_handled(raw_identity(&ctx)) {
+    if !clear_taken(raw_identity(&ctx)) {
         add_one(&STATE_NESTING, state_nesting::RECOVERED);
         let _ = try_inet_sock_set_state_raw(&ctx, lost_slot::STATE_NESTED);
     }
@@ -78,31 +79,45 @@ fn raw_identity(ctx: &RawTracePointContext) -> u64 {
     state_nesting::identity(ctx.arg(0), ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8)
 }
 
-/// Logs a transition the state program is handling, first thing: one that
-/// interrupts it later is not in the log yet.
+/// Notes the transition the state program is taking, first thing, in its
+/// level's slot. The level: whether the tracepoint's arguments are on the
+/// current task's kernel stack (a softirq runs on the CPU's IRQ stack).
 #[inline(always)]
-fn log_handled(identity: u64) {
-    let Some(logged) = STATE_NESTING.get_ptr_mut(state_nesting::LOGGED) else {
-        return;
+fn note_taken(ctx: &RawTracePointContext) {
+    let tcp = TCP_OFFSETS.get();
+    let at_task_level = tcp.task_stack == ABSENT || {
+        // SAFETY: helper without preconditions.
+        let task = unsafe { bpf_get_current_task() };
+        let stack: u64 = read(task, tcp.task_stack);
+        // Compared, never subtracted: the verifier refuses arithmetic on
+        // the context pointer. Opaque bounds keep LLVM from subtracting.
+        let start = core::hint::black_box(stack);
+        let end = core::hint::black_box(stack.wrapping_add(1 << (tcp.stack_shift & 63)));
+        let args = ctx.as_ptr() as u64;
+        args >= start && args < end
     };
-    // SAFETY: this CPU's slots, written only by the state program, which
-    // the kernel never runs inside itself.
-    unsafe {
-        let slot = state_nesting::LOG + (*logged % u64::from(state_nesting::LOG_LEN)) as u32;
-        if let Some(entry) = STATE_NESTING.get_ptr_mut(slot) {
-            *entry = identity;
-        }
-        *logged += 1;
+    let slot = state_nesting::TAKEN + u32::from(!at_task_level);
+    if let Some(taken) = STATE_NESTING.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot of this level; runs at one level never
+        // overlap.
+        unsafe { *taken = raw_identity(ctx) };
     }
 }
 
-/// Whether the state program logged this transition among its last ones.
+/// Clears the note of this transition, if the state program took it.
 #[inline(always)]
-fn was_handled(identity: u64) -> bool {
-    (0..state_nesting::LOG_LEN).any(|i| {
+fn clear_taken(identity: u64) -> bool {
+    (0..state_nesting::LEVELS).any(|level| {
         STATE_NESTING
-            .get(state_nesting::LOG + i)
-            .is_some_and(|&logged| logged == identity)
+            .get_ptr_mut(state_nesting::TAKEN + level)
+            // SAFETY: as in `note_taken`.
+            .is_some_and(|taken| unsafe {
+                let noted = *taken == identity;
+                if noted {
+                    *taken = 0;
+                }
+                noted
+            })
     })
 }
 

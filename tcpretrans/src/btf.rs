@@ -393,6 +393,7 @@ pub const SKC_V6_DADDR: Member = member("sock_common", &["skc_v6_daddr"]);
 pub const SKC_V6_RCV_SADDR: Member = member("sock_common", &["skc_v6_rcv_saddr"]);
 pub const INET_SPORT: Member = member("inet_sock", &["inet_sport"]);
 pub const TASK_FILES: Member = member("task_struct", &["files"]);
+pub const TASK_STACK: Member = member("task_struct", &["stack"]);
 pub const FILES_FDT: Member = member("files_struct", &["fdt"]);
 pub const FDTABLE_FD: Member = member("fdtable", &["fd"]);
 pub const FILE_PRIVATE_DATA: Member = member("file", &["private_data"]);
@@ -408,7 +409,7 @@ pub const HASHINFO_EHASH: Member = member("inet_hashinfo", &["ehash"]);
 pub const HASHINFO_EHASH_MASK: Member = member("inet_hashinfo", &["ehash_mask"]);
 
 /// Every member the kernel programs use.
-pub const MEMBERS: [Member; 57] = [
+pub const MEMBERS: [Member; 58] = [
     SK_NET,
     NET_INUM,
     SK_CGROUP,
@@ -453,6 +454,7 @@ pub const MEMBERS: [Member; 57] = [
     SKC_V6_RCV_SADDR,
     INET_SPORT,
     TASK_FILES,
+    TASK_STACK,
     FILES_FDT,
     FDTABLE_FD,
     FILE_PRIVATE_DATA,
@@ -471,6 +473,16 @@ pub const MEMBERS: [Member; 57] = [
 /// `SOCK_DEAD` has been the first `enum sock_flags` value forever; BTF says
 /// for sure.
 const SOCK_DEAD_DEFAULT: u8 = 0;
+
+/// log2 of a task's kernel stack size (`THREAD_SIZE`): 16 KiB on x86-64 and
+/// arm64, doubled by KASAN (whose generic mode adds `task_struct.kasan_depth`).
+fn kernel_stack_shift(btf: &Btf) -> u8 {
+    const SHIFT: u8 = 14;
+    match btf.member_offset("task_struct", &["kasan_depth"]) {
+        Some(_) => SHIFT + 1,
+        None => SHIFT,
+    }
+}
 
 /// What the kernel programs need from BTF, and what this kernel's BTF lacks.
 #[derive(Debug, Clone)]
@@ -589,6 +601,7 @@ pub fn resolve(btf: &Btf) -> Resolved {
         skc_v6_rcv_saddr: byte(SKC_V6_RCV_SADDR),
         inet_sport: byte(INET_SPORT),
         task_files: byte(TASK_FILES),
+        task_stack: byte(TASK_STACK),
         files_fdt: byte(FILES_FDT),
         fdtable_fd: byte(FDTABLE_FD),
         file_private_data: byte(FILE_PRIVATE_DATA),
@@ -603,7 +616,7 @@ pub fn resolve(btf: &Btf) -> Resolved {
         hashinfo_ehash: byte(HASHINFO_EHASH),
         hashinfo_ehash_mask: byte(HASHINFO_EHASH_MASK),
         sock_dead_bit,
-        _pad0: 0,
+        stack_shift: kernel_stack_shift(btf),
     };
     let sock = SockOffsets {
         sk_net: byte(SK_NET),

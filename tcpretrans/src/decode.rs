@@ -859,6 +859,7 @@ pub(crate) mod tests {
             skc_v6_rcv_saddr: 1,
             inet_sport: 1,
             task_files: 1,
+            task_stack: 1,
             files_fdt: 1,
             fdtable_fd: 1,
             file_private_data: 1,
@@ -873,7 +874,7 @@ pub(crate) mod tests {
             hashinfo_ehash: 1,
             hashinfo_ehash_mask: 1,
             sock_dead_bit: 0,
-            _pad0: 0,
+            stack_shift: 0,
         }
     }
 
