@@ -6,7 +6,7 @@
 //! transitions the churn made); costs come from /proc (CPU, RSS) and the
 //! kernel's BPF run-time statistics of each tool's own programs.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -87,7 +87,14 @@ struct Tool {
     reports_states: bool,
     /// Counts an output line (after the preamble) as a state event.
     is_state: fn(&str) -> bool,
+    /// A state event line's socket and transition, for tools whose output
+    /// has both: the same transition twice in a row for one socket is a
+    /// copy (the kernel never repeats one).
+    socket_transition: Option<SocketTransition>,
 }
+
+/// Reads a state event line's socket and transition.
+type SocketTransition = fn(&str) -> Option<(&str, &str)>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Workload {
@@ -123,6 +130,8 @@ struct Run {
     made: u64,
     /// State events in the tool's output (when written to a file).
     delivered: Option<u64>,
+    /// Of them, copies of the event before them for the same socket.
+    repeated: Option<u64>,
     cpu: Duration,
     elapsed: Duration,
     peak_rss_kib: u64,
@@ -192,13 +201,14 @@ pub fn run(binary: &Path, root: &Path, options: &Options) -> Result<()> {
                 }
                 let run = measure(tool, workload, options.seconds, &out_dir)?;
                 eprintln!(
-                    "bench: round {} {:<16} {:<28} {:>9.0}/s made {:>8} delivered {:>8} cpu {:>6.2}s {}{}",
+                    "bench: round {} {:<16} {:<28} {:>9.0}/s made {:>8} delivered {:>8} repeated {:>3} cpu {:>6.2}s {}{}",
                     round + 1,
                     workload.name(),
                     tool.label,
                     run.throughput,
                     run.made,
                     run.delivered.map_or("-".into(), |d| d.to_string()),
+                    run.repeated.map_or("-".into(), |d| d.to_string()),
                     run.cpu.as_secs_f64(),
                     run.said,
                     skipped(&run),
@@ -267,6 +277,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             links: 0,
             stdio_buffered: false,
             is_state: any_line,
+            socket_transition: None,
         },
         Tool {
             label: "tcpretrans --state > file",
@@ -277,6 +288,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             links: 8,
             stdio_buffered: false,
             is_state: json_state,
+            socket_transition: Some(json_socket_transition),
         },
         Tool {
             label: "tcpretrans --state > null",
@@ -287,6 +299,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             links: 8,
             stdio_buffered: false,
             is_state: json_state,
+            socket_transition: Some(json_socket_transition),
         },
         Tool {
             label: "tcpretrans (default)",
@@ -297,6 +310,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             links: 6,
             stdio_buffered: false,
             is_state: json_state,
+            socket_transition: Some(json_socket_transition),
         },
         Tool {
             label: "libbpf-tools tcpstates",
@@ -307,6 +321,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             discard: false,
             preamble: 1,
             is_state: any_line,
+            socket_transition: None,
         },
         Tool {
             label: "bpftrace tcpstates.bt",
@@ -317,6 +332,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             discard: false,
             preamble: 1,
             is_state: any_line,
+            socket_transition: None,
         },
         Tool {
             label: "bpftrace tcpretrans.bt",
@@ -327,6 +343,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             discard: false,
             preamble: 1,
             is_state: |_| false,
+            socket_transition: None,
         },
         Tool {
             label: "bpftrace empty program",
@@ -337,6 +354,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             discard: false,
             preamble: 1,
             is_state: |_| false,
+            socket_transition: None,
         },
     ];
     if let Some(baseline) = baseline
@@ -565,12 +583,16 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
     let output = traced.output.clone();
     let stderr = traced.stop();
     let text = fs::read_to_string(&output).unwrap_or_default();
-    let delivered = (!tool.discard).then(|| {
+    let state_lines = || {
         text.lines()
             .skip(tool.preamble)
             .filter(|l| (tool.is_state)(l))
-            .count() as u64
-    });
+    };
+    let delivered = (!tool.discard).then(|| state_lines().count() as u64);
+    let repeated = tool
+        .socket_transition
+        .filter(|_| !tool.discard)
+        .map(|transition_of| repeated_transitions(state_lines().filter_map(transition_of)));
     let _ = fs::remove_file(&output);
     let said = said_about_events(&stderr);
     Ok(Run {
@@ -578,6 +600,7 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
         throughput,
         made,
         delivered,
+        repeated,
         cpu: usage.cpu.saturating_sub(usage_before.cpu),
         elapsed,
         peak_rss_kib: usage.peak_rss_kib,
@@ -585,6 +608,28 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
         private_kib: usage.private_kib,
         programs,
     })
+}
+
+/// How many `(socket, transition)` pairs repeat their socket's previous one.
+fn repeated_transitions<'a>(transitions: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    let mut last: HashMap<&str, &str> = HashMap::new();
+    transitions
+        .filter(|&(socket, transition)| last.insert(socket, transition) == Some(transition))
+        .count() as u64
+}
+
+/// The `skaddr` and the text from `old_state` to `new_state` of a JSON
+/// state event.
+fn json_socket_transition(line: &str) -> Option<(&str, &str)> {
+    let value_after = |key: &str| {
+        let start = line.find(key)? + key.len();
+        let len = line[start..].find('"')?;
+        Some((start, start + len))
+    };
+    let (socket_start, socket_end) = value_after("\"skaddr\":\"")?;
+    let (old_start, _) = value_after("\"old_state\":\"")?;
+    let (_, new_end) = value_after("\"new_state\":\"")?;
+    Some((&line[socket_start..socket_end], &line[old_start..new_end]))
 }
 
 /// What a tool said on stderr about events and losses, in one line:
@@ -666,6 +711,7 @@ struct Sustained {
     events_per_second: f64,
     made: u64,
     delivered: u64,
+    repeated: u64,
     said: String,
     cpu: Duration,
 }
@@ -678,6 +724,7 @@ fn sustained(tool: &Tool, seconds: u64, out_dir: &Path) -> Result<Sustained> {
         events_per_second: run.made as f64 / run.elapsed.as_secs_f64(),
         made: run.made,
         delivered: run.delivered.unwrap_or_default(),
+        repeated: run.repeated.unwrap_or_default(),
         said: run.said,
         cpu: run.cpu,
     })
@@ -867,15 +914,57 @@ fn report(
     let _ = writeln!(
         out,
         "\n### sustained\n\nchurn at {SUSTAINED_RATE} connections/s for {} s, `tcpretrans --state --json > file`: \
-         {:.0} state events/s made, {} delivered of {} ({} missing; the tool said: {}), tracer CPU {:.1} s ({:.2}% of a core)\n",
+         {:.0} state events/s made, {} delivered of {} ({} missing, {} delivered twice; the tool said: {}), tracer CPU {:.1} s ({:.2}% of a core)\n",
         sustained.seconds,
         sustained.events_per_second,
         sustained.delivered,
         sustained.made,
-        sustained.made.saturating_sub(sustained.delivered),
+        sustained
+            .made
+            .saturating_sub(sustained.delivered - sustained.repeated),
+        sustained.repeated,
         sustained.said,
         sustained.cpu.as_secs_f64(),
         sustained.cpu.as_secs_f64() / sustained.seconds as f64 * 100.0
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_line(skaddr: &str, old: &str, new: &str) -> String {
+        format!(
+            r#"{{"event":"state","time":"t","skaddr":"{skaddr}","pid":1,"old_state":"{old}","new_state":"{new}","close":null}}"#
+        )
+    }
+
+    #[test]
+    fn a_transition_repeated_for_its_socket_is_counted_once() {
+        let lines = [
+            state_line("0xa", "CLOSE", "SYN_SENT"),
+            state_line("0xb", "CLOSE", "SYN_SENT"),
+            state_line("0xa", "CLOSE", "SYN_SENT"),
+            state_line("0xa", "SYN_SENT", "ESTABLISHED"),
+            // The same transition again after another: a new connection on
+            // reused socket memory, not a copy.
+            state_line("0xb", "SYN_SENT", "CLOSE"),
+            state_line("0xb", "CLOSE", "SYN_SENT"),
+        ];
+        let transitions = lines.iter().filter_map(|l| json_socket_transition(l));
+        assert_eq!(repeated_transitions(transitions), 1);
+    }
+
+    #[test]
+    fn a_line_without_socket_or_states_has_no_transition() {
+        assert_eq!(
+            json_socket_transition(r#"{"event":"lost","count":3}"#),
+            None
+        );
+        assert_eq!(
+            json_socket_transition(&state_line("0xa", "LISTEN", "SYN_RECV")),
+            Some(("0xa", r#"LISTEN","new_state":"SYN_RECV"#))
+        );
+    }
 }
