@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tcpretrans_lab::{Netns, bulk_upload, churn::Churn, drop_inbound, process::Watched};
 
-use crate::proc::Usage;
+use crate::{ftrace::TransitionCount, proc::Usage};
 
 /// Churn rate of the fixed-rate workload: 50,000 state events/s.
 const FIXED_RATE: u32 = 5_000;
@@ -33,6 +33,8 @@ const SUSTAINED_RATE: u32 = 10_000;
 const SUSTAINED_TOOL: &str = "tcpretrans --state > file";
 const CHURN_CLIENTS: u16 = 4;
 const CHURN_PORT: u16 = 6000;
+/// tcpretrans' state programs (both), as the kernel names them truncated.
+const STATE_PROGRAM: &str = "inet_sock_set_state_raw";
 const UPLOAD_PORT: u16 = 7000;
 const UPLOAD_LOSS_PERCENT: u32 = 5;
 const UPLOAD_BYTES: usize = 4 << 20;
@@ -710,6 +712,11 @@ struct Sustained {
     seconds: u64,
     events_per_second: f64,
     made: u64,
+    /// The kernel's count of the transitions on the churn's ports.
+    kernel_made: u64,
+    /// Times the kernel ran, or skipped, the tool's state programs: once
+    /// per transition it gave them.
+    given: u64,
     delivered: u64,
     repeated: u64,
     said: String,
@@ -718,11 +725,20 @@ struct Sustained {
 
 /// Churn at `SUSTAINED_RATE` for `seconds`, tcpretrans --state to a file.
 fn sustained(tool: &Tool, seconds: u64, out_dir: &Path) -> Result<Sustained> {
+    let kernel = TransitionCount::start(CHURN_PORT..CHURN_PORT + CHURN_CLIENTS)?;
     let run = measure(tool, Workload::Sustained, seconds, out_dir)?;
     Ok(Sustained {
         seconds,
         events_per_second: run.made as f64 / run.elapsed.as_secs_f64(),
         made: run.made,
+        kernel_made: kernel.stop()?,
+        given: run
+            .programs
+            .iter()
+            .filter(|p| STATE_PROGRAM.starts_with(&p.name))
+            .map(|p| p.runs + p.skipped)
+            .max()
+            .unwrap_or_default(),
         delivered: run.delivered.unwrap_or_default(),
         repeated: run.repeated.unwrap_or_default(),
         said: run.said,
@@ -914,13 +930,16 @@ fn report(
     let _ = writeln!(
         out,
         "\n### sustained\n\nchurn at {SUSTAINED_RATE} connections/s for {} s, `tcpretrans --state --json > file`: \
-         {:.0} state events/s made, {} delivered of {} ({} missing, {} delivered twice; the tool said: {}), tracer CPU {:.1} s ({:.2}% of a core)\n",
+         {:.0} state events/s made, {} delivered of {} (the kernel's count on the churn's ports, from ftrace; the churn's own: {}; the kernel gave the tool's state programs {}): \
+         {} missing, {} delivered twice; the tool said: {}. Tracer CPU {:.1} s ({:.2}% of a core)\n",
         sustained.seconds,
         sustained.events_per_second,
         sustained.delivered,
+        sustained.kernel_made,
         sustained.made,
+        sustained.given,
         sustained
-            .made
+            .kernel_made
             .saturating_sub(sustained.delivered - sustained.repeated),
         sustained.repeated,
         sustained.said,
