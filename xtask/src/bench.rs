@@ -21,7 +21,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tcpretrans_lab::{Netns, bulk_upload, churn::Churn, drop_inbound, process::Watched};
 
-use crate::{ftrace::TransitionCount, proc::Usage};
+use crate::{
+    ftrace::TransitionCount,
+    proc::{BpfStats, Usage, bpf_program_counts},
+};
 
 /// Churn rate of the fixed-rate workload: 50,000 state events/s.
 const FIXED_RATE: u32 = 5_000;
@@ -377,25 +380,6 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
     tools
 }
 
-/// `kernel.bpf_stats_enabled` on for the benchmark, restored after.
-struct BpfStats(String);
-
-impl BpfStats {
-    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-    fn enable() -> Result<Self> {
-        let before = fs::read_to_string(Self::PATH).context("reading bpf_stats_enabled")?;
-        fs::write(Self::PATH, "1").context("enabling bpf_stats")?;
-        Ok(Self(before.trim().to_owned()))
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = fs::write(Self::PATH, &self.0);
-    }
-}
-
 /// A running tool, its output in a file.
 struct Traced {
     process: Watched,
@@ -472,7 +456,7 @@ fn program_ids() -> BTreeSet<u32> {
 
 /// Statistics of these programs (of process `pid`) by program id.
 fn program_stats(pid: u32, ids: &BTreeSet<u32>) -> BTreeMap<u32, ProgramStats> {
-    let skipped = skipped_runs(pid);
+    let counts = bpf_program_counts(pid);
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| ids.contains(&p.id()))
@@ -481,31 +465,9 @@ fn program_stats(pid: u32, ids: &BTreeSet<u32>) -> BTreeMap<u32, ProgramStats> {
                 name: p.name_as_str().unwrap_or("?").to_owned(),
                 runs: p.run_count(),
                 ns: p.run_time().as_nanos() as u64,
-                skipped: skipped.get(&p.id()).copied().unwrap_or_default(),
+                skipped: counts.get(&p.id()).map_or(0, |c| c.skipped),
             };
             (p.id(), stats)
-        })
-        .collect()
-}
-
-/// `recursion_misses` of the programs process `pid` holds, by program id,
-/// from its fdinfo (aya's program info does not carry them).
-fn skipped_runs(pid: u32) -> BTreeMap<u32, u64> {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return BTreeMap::new();
-    };
-    fds.filter_map(Result::ok)
-        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
-        .filter_map(|info| {
-            let field = |name: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            };
-            Some((
-                u32::try_from(field("prog_id:")?).ok()?,
-                field("recursion_misses:")?,
-            ))
         })
         .collect()
 }
@@ -725,7 +687,7 @@ struct Sustained {
 
 /// Churn at `SUSTAINED_RATE` for `seconds`, tcpretrans --state to a file.
 fn sustained(tool: &Tool, seconds: u64, out_dir: &Path) -> Result<Sustained> {
-    let kernel = TransitionCount::start(CHURN_PORT..CHURN_PORT + CHURN_CLIENTS)?;
+    let kernel = TransitionCount::start(std::iter::once(CHURN_PORT..CHURN_PORT + CHURN_CLIENTS))?;
     let run = measure(tool, Workload::Sustained, seconds, out_dir)?;
     Ok(Sustained {
         seconds,

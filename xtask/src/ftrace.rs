@@ -1,5 +1,5 @@
 //! The kernel's own count of TCP state transitions, from ftrace: a tracefs
-//! instance records `sock:inet_sock_set_state` on the churn's ports. Ftrace
+//! instance records `sock:inet_sock_set_state` on the workload's ports. Ftrace
 //! is not BPF: it records an event that interrupts another, and whatever
 //! its small per-CPU buffers overwrite they count, so nothing escapes the
 //! count.
@@ -19,21 +19,23 @@ pub struct TransitionCount {
 
 impl TransitionCount {
     /// Starts counting the TCP state transitions of sockets with a local
-    /// or remote port in `ports`.
-    pub fn start(ports: Range<u16>) -> Result<Self> {
+    /// or remote port in one of `ports`.
+    pub fn start(ports: impl IntoIterator<Item = Range<u16>>) -> Result<Self> {
         let instance = Path::new(TRACEFS)
             .join("instances")
-            .join(format!("xtask-bench-{}", std::process::id()));
+            .join(format!("xtask-{}", std::process::id()));
         fs::create_dir(&instance)
             .with_context(|| format!("creating the ftrace instance {}", instance.display()))?;
         let count = Self { instance };
-        let (low, high) = (ports.start, ports.end);
-        count.write_event(
-            "filter",
-            &format!(
-                "protocol == 6 && ((sport >= {low} && sport < {high}) || (dport >= {low} && dport < {high}))"
-            ),
-        )?;
+        let on_ports = ports
+            .into_iter()
+            .map(|p| {
+                let (low, high) = (p.start, p.end);
+                format!("(sport >= {low} && sport < {high}) || (dport >= {low} && dport < {high})")
+            })
+            .collect::<Vec<_>>()
+            .join(" || ");
+        count.write_event("filter", &format!("protocol == 6 && ({on_ports})"))?;
         count.write_event("enable", "1")?;
         Ok(count)
     }

@@ -1,7 +1,8 @@
 //! `cargo xtask soak [MINUTES]`: the tracer attached for a long time to
 //! bounded connection churn plus lossy transfers in a lab namespace;
 //! reports its memory over time (flat after warm-up), CPU, events seen and
-//! lost, and checks every state transition made was delivered.
+//! lost, and checks every state transition made was delivered (against the
+//! kernel's own count).
 use std::{
     net::SocketAddr,
     path::Path,
@@ -13,11 +14,16 @@ use std::{
 use anyhow::{Result, ensure};
 use tcpretrans_lab::{BULK_UPLOAD_TRANSITIONS, Netns, bulk_upload, churn::Churn, drop_inbound};
 
-use crate::{proc::Usage, tracer::Tracer};
+use crate::{
+    ftrace::TransitionCount,
+    proc::{BpfStats, Usage, bpf_program_counts},
+    tracer::Tracer,
+};
 
 /// Connections per second: 10 state events each.
 const CHURN_RATE: u32 = 1_000;
 const CHURN_CLIENTS: u16 = 4;
+const CHURN_PORT: u16 = 6000;
 const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 const UPLOAD_PORT: u16 = 7000;
 const UPLOAD_BYTES: usize = 2 << 20;
@@ -45,12 +51,17 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
         UPLOAD_BYTES >> 20,
         tracer.pid()
     );
+    let _stats = BpfStats::enable()?;
+    let kernel = TransitionCount::start([
+        CHURN_PORT..CHURN_PORT + CHURN_CLIENTS,
+        UPLOAD_PORT..UPLOAD_PORT + 1,
+    ])?;
     let started = Instant::now();
     let churn = Churn {
         rate: Some(CHURN_RATE),
         duration,
         clients: CHURN_CLIENTS,
-        base_port: 6000,
+        base_port: CHURN_PORT,
     };
     let uploads = AtomicU64::new(0);
     let (report, rss) = thread::scope(|scope| {
@@ -66,8 +77,15 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
         (churning.join().expect("churn"), rss)
     });
     settle(&ns);
+    let kernel_made = kernel.stop()?;
     let elapsed = started.elapsed();
     let cpu = Usage::of(tracer.pid()).unwrap_or_default().cpu;
+    // The state programs run on every transition of the host: the most.
+    let given = bpf_program_counts(tracer.pid())
+        .values()
+        .map(|c| c.runs + c.skipped)
+        .max()
+        .unwrap_or_default();
     let ended = tracer.stop()?;
     let uploads = uploads.into_inner();
     let made = report.transitions(CHURN_CLIENTS) + uploads * BULK_UPLOAD_TRANSITIONS;
@@ -79,7 +97,7 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
         report.failures
     );
     println!(
-        "events: {} ({state} state of {made} transitions made, {} retransmit, {} session_end), lost {}",
+        "events: {} ({state} state of {kernel_made} transitions the kernel made (ftrace; the workload's own count: {made}; the kernel gave the state programs {given}, with any other TCP of the host), {} retransmit, {} session_end), lost {}",
         ended.seen.total(),
         ended.seen.kind("retransmit"),
         ended.seen.kind("session_end"),
@@ -120,9 +138,19 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
     );
     print!("{}", ended.stderr);
     ensure!(ended.seen.lost == 0, "the tracer lost events");
+    // What the kernel never gave a BPF program no BPF tool can deliver
+    // (seen on this project's VM: a few per million, in softirqs on top of
+    // one process); it is said, and the rest must all be there.
+    if given < kernel_made {
+        println!(
+            "the kernel ran no BPF program for {} of the transitions ftrace recorded",
+            kernel_made - given
+        );
+    }
+    let deliverable = kernel_made.min(given);
     ensure!(
-        state == made && report.failures == 0,
-        "{state} state events for {made} transitions made"
+        state == deliverable && report.failures == 0,
+        "{state} state events for {deliverable} transitions the kernel made and gave the state programs"
     );
     if judged {
         ensure!(
