@@ -19,6 +19,7 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 pub mod churn;
+pub mod kernel_counts;
 pub mod process;
 
 /// Upper bound for anything the lab waits on.

@@ -6,7 +6,7 @@
 //! transitions the churn made); costs come from /proc (CPU, RSS) and the
 //! kernel's BPF run-time statistics of each tool's own programs.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -19,12 +19,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use tcpretrans_lab::{Netns, bulk_upload, churn::Churn, drop_inbound, process::Watched};
-
-use crate::{
-    ftrace::TransitionCount,
-    proc::{BpfStats, Usage, bpf_program_counts},
+use tcpretrans_lab::{
+    Netns, bulk_upload,
+    churn::Churn,
+    drop_inbound,
+    kernel_counts::{
+        BpfStats, TransitionCount, bpf_program_counts, json_socket_transition, repeated_transitions,
+    },
+    process::Watched,
 };
+
+use crate::proc::Usage;
 
 /// Churn rate of the fixed-rate workload: 50,000 state events/s.
 const FIXED_RATE: u32 = 5_000;
@@ -574,28 +579,6 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
     })
 }
 
-/// How many `(socket, transition)` pairs repeat their socket's previous one.
-fn repeated_transitions<'a>(transitions: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
-    let mut last: HashMap<&str, &str> = HashMap::new();
-    transitions
-        .filter(|&(socket, transition)| last.insert(socket, transition) == Some(transition))
-        .count() as u64
-}
-
-/// The `skaddr` and the text from `old_state` to `new_state` of a JSON
-/// state event.
-fn json_socket_transition(line: &str) -> Option<(&str, &str)> {
-    let value_after = |key: &str| {
-        let start = line.find(key)? + key.len();
-        let len = line[start..].find('"')?;
-        Some((start, start + len))
-    };
-    let (socket_start, socket_end) = value_after("\"skaddr\":\"")?;
-    let (old_start, _) = value_after("\"old_state\":\"")?;
-    let (_, new_end) = value_after("\"new_state\":\"")?;
-    Some((&line[socket_start..socket_end], &line[old_start..new_end]))
-}
-
 /// What a tool said on stderr about events and losses, in one line:
 /// tcpretrans' summary, or the sum of tcpstates' per-CPU `lost N events`.
 fn said_about_events(stderr: &str) -> String {
@@ -909,43 +892,4 @@ fn report(
         sustained.cpu.as_secs_f64() / sustained.seconds as f64 * 100.0
     );
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state_line(skaddr: &str, old: &str, new: &str) -> String {
-        format!(
-            r#"{{"event":"state","time":"t","skaddr":"{skaddr}","pid":1,"old_state":"{old}","new_state":"{new}","close":null}}"#
-        )
-    }
-
-    #[test]
-    fn a_transition_repeated_for_its_socket_is_counted_once() {
-        let lines = [
-            state_line("0xa", "CLOSE", "SYN_SENT"),
-            state_line("0xb", "CLOSE", "SYN_SENT"),
-            state_line("0xa", "CLOSE", "SYN_SENT"),
-            state_line("0xa", "SYN_SENT", "ESTABLISHED"),
-            // The same transition again after another: a new connection on
-            // reused socket memory, not a copy.
-            state_line("0xb", "SYN_SENT", "CLOSE"),
-            state_line("0xb", "CLOSE", "SYN_SENT"),
-        ];
-        let transitions = lines.iter().filter_map(|l| json_socket_transition(l));
-        assert_eq!(repeated_transitions(transitions), 1);
-    }
-
-    #[test]
-    fn a_line_without_socket_or_states_has_no_transition() {
-        assert_eq!(
-            json_socket_transition(r#"{"event":"lost","count":3}"#),
-            None
-        );
-        assert_eq!(
-            json_socket_transition(&state_line("0xa", "LISTEN", "SYN_RECV")),
-            Some(("0xa", r#"LISTEN","new_state":"SYN_RECV"#))
-        );
-    }
 }

@@ -1,7 +1,6 @@
 //! Project tasks: `cargo xtask setup | run | test | dist | soak | bench`.
 mod bench;
 mod dist;
-mod ftrace;
 mod proc;
 mod setup;
 mod soak;

@@ -1,7 +1,5 @@
 //! What a running process costs, from /proc.
-use std::{collections::BTreeMap, fs, time::Duration};
-
-use anyhow::{Context as _, Result};
+use std::{fs, time::Duration};
 
 /// A process's resident memory (now, at its peak, its own) and CPU time so
 /// far.
@@ -49,56 +47,4 @@ fn clock_ticks() -> u64 {
         .ok()
         .flatten()
         .map_or(100, |t| t as u64)
-}
-
-/// `kernel.bpf_stats_enabled` on (programs' run counts and times), restored
-/// when dropped.
-pub struct BpfStats(String);
-
-impl BpfStats {
-    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-    pub fn enable() -> Result<Self> {
-        let before = fs::read_to_string(Self::PATH).context("reading bpf_stats_enabled")?;
-        fs::write(Self::PATH, "1").context("enabling bpf_stats")?;
-        Ok(Self(before.trim().to_owned()))
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = fs::write(Self::PATH, &self.0);
-    }
-}
-
-/// How often the kernel ran one BPF program, and skipped it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BpfProgramCounts {
-    /// Counted only while `BpfStats` is on.
-    pub runs: u64,
-    /// `recursion_misses`.
-    pub skipped: u64,
-}
-
-/// The BPF programs process `pid` holds, by program id, from its fdinfo
-/// (aya's program info does not carry the skipped runs).
-pub fn bpf_program_counts(pid: u32) -> BTreeMap<u32, BpfProgramCounts> {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return BTreeMap::new();
-    };
-    fds.filter_map(Result::ok)
-        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
-        .filter_map(|info| {
-            let field = |name: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            };
-            let counts = BpfProgramCounts {
-                runs: field("run_cnt:")?,
-                skipped: field("recursion_misses:")?,
-            };
-            Some((u32::try_from(field("prog_id:")?).ok()?, counts))
-        })
-        .collect()
 }

@@ -12,13 +12,14 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use tcpretrans_lab::{BULK_UPLOAD_TRANSITIONS, Netns, bulk_upload, churn::Churn, drop_inbound};
-
-use crate::{
-    ftrace::TransitionCount,
-    proc::{BpfStats, Usage, bpf_program_counts},
-    tracer::Tracer,
+use tcpretrans_lab::{
+    BULK_UPLOAD_TRANSITIONS, Netns, bulk_upload,
+    churn::Churn,
+    drop_inbound,
+    kernel_counts::{BpfStats, TransitionCount, state_transitions_given},
 };
+
+use crate::{proc::Usage, tracer::Tracer};
 
 /// Connections per second: 10 state events each.
 const CHURN_RATE: u32 = 1_000;
@@ -80,12 +81,7 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
     let kernel_made = kernel.stop()?;
     let elapsed = started.elapsed();
     let cpu = Usage::of(tracer.pid()).unwrap_or_default().cpu;
-    // The state programs run on every transition of the host: the most.
-    let given = bpf_program_counts(tracer.pid())
-        .values()
-        .map(|c| c.runs + c.skipped)
-        .max()
-        .unwrap_or_default();
+    let given = state_transitions_given(tracer.pid());
     let ended = tracer.stop()?;
     let uploads = uploads.into_inner();
     let made = report.transitions(CHURN_CLIENTS) + uploads * BULK_UPLOAD_TRANSITIONS;
