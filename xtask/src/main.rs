@@ -95,8 +95,11 @@ fn main() -> Result<()> {
             // (`recursion_misses`, which the tool counts as lost), so tracers
             // running side by side make each other report losses.
             cargo(&root, &["test", "--workspace"])?;
+            // Release: the churn test makes 100,000 state transitions/s,
+            // more than a debug build of the tracer reads.
             let mut lab: Vec<OsString> = [
                 "test",
+                "--release",
                 "--package",
                 "tcpretrans",
                 "--test",

@@ -2,9 +2,14 @@
 //! real TCP traffic inside them (both from `tcpretrans-lab`), the real
 //! tracer binary watching, and the kernel's own counters to compare with.
 use std::{
+    fs::{self, File},
     io::{BufRead, BufReader},
+    path::PathBuf,
     process::{Command, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -20,10 +25,18 @@ pub use tcpretrans_lab::{
 /// fails first).
 pub struct Tracer {
     process: Watched,
-    /// Reader of its stdout; taken by `stop`.
-    stdout: Option<thread::JoinHandle<String>>,
+    stdout: Stdout,
     /// Time from spawn to the "tracing" notice: exec → attached.
     pub attach_time: Duration,
+}
+
+/// Where the tracer's stdout goes.
+enum Stdout {
+    /// A pipe, read by a thread of the test; taken by `stop`.
+    Pipe(Option<thread::JoinHandle<String>>),
+    /// A file, read at `stop` and removed: at 100,000 events/s a pipe
+    /// read by the test would hold the tracer back.
+    File(PathBuf),
 }
 
 impl Tracer {
@@ -31,12 +44,7 @@ impl Tracer {
     /// first line (the JSON `start` event or the text header) says so.
     pub fn start(args: &[&str]) -> Self {
         let started = Instant::now();
-        let mut process = Watched::spawn(
-            Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
-                .args(args)
-                .stdout(Stdio::piped()),
-        )
-        .expect("starting tcpretrans");
+        let mut process = Self::spawn(args, Stdio::piped());
         let (ready_tx, ready_rx) = mpsc::channel();
         let stdout = BufReader::new(process.take_stdout().expect("stdout"));
         let stdout = thread::spawn(move || {
@@ -50,7 +58,40 @@ impl Tracer {
             }
             text
         });
-        if ready_rx.recv_timeout(PATIENCE).is_err() {
+        let ready = ready_rx.recv_timeout(PATIENCE).is_ok();
+        Self::started(process, ready, Stdout::Pipe(Some(stdout)), started)
+    }
+
+    /// Like `start`, with stdout going to a file of its own.
+    pub fn start_to_file(args: &[&str]) -> Self {
+        static FILES: AtomicU32 = AtomicU32::new(0);
+        let started = Instant::now();
+        let path = std::env::temp_dir().join(format!(
+            "tcpretrans-lab-{}-{}.out",
+            std::process::id(),
+            FILES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = File::create(&path).expect("creating the tracer's output file");
+        let process = Self::spawn(args, file.into());
+        let mut ready = false;
+        while !ready && started.elapsed() < PATIENCE {
+            thread::sleep(Duration::from_millis(1));
+            ready = fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        }
+        Self::started(process, ready, Stdout::File(path), started)
+    }
+
+    fn spawn(args: &[&str], stdout: Stdio) -> Watched {
+        Watched::spawn(
+            Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+                .args(args)
+                .stdout(stdout),
+        )
+        .expect("starting tcpretrans")
+    }
+
+    fn started(mut process: Watched, ready: bool, stdout: Stdout, started: Instant) -> Self {
+        if !ready {
             process.interrupt();
             panic!(
                 "tcpretrans did not start tracing (this machine must load eBPF programs as root):\n{}",
@@ -59,9 +100,13 @@ impl Tracer {
         }
         Self {
             process,
-            stdout: Some(stdout),
+            stdout,
             attach_time: started.elapsed(),
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id()
     }
 
     /// Stops it like Ctrl-C and returns what it printed; it must exit 0.
@@ -78,13 +123,23 @@ impl Tracer {
     /// Stops it like Ctrl-C: how it exited, and what it printed.
     pub fn stop_with_status(mut self) -> (ExitStatus, Output) {
         let status = self.process.interrupt().expect("tcpretrans ignored SIGINT");
-        let stdout = self
-            .stdout
-            .take()
-            .map(|reader| reader.join().expect("stdout reader"))
-            .unwrap_or_default();
+        let stdout = match &mut self.stdout {
+            Stdout::Pipe(reader) => reader
+                .take()
+                .map(|reader| reader.join().expect("stdout reader"))
+                .unwrap_or_default(),
+            Stdout::File(path) => fs::read_to_string(&*path).expect("reading the tracer's output"),
+        };
         let stderr = self.process.stderr();
         (status, Output { stdout, stderr })
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Stdout::File(path) = &self.stdout {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
