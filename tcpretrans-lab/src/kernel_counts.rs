@@ -22,7 +22,7 @@ pub struct TransitionCount {
 impl TransitionCount {
     pub fn start(ports: impl IntoIterator<Item = Range<u16>>) -> io::Result<Self> {
         static INSTANCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let instance = Path::new(TRACEFS).join("instances").join(format!(
+        let instance = tracefs()?.join("instances").join(format!(
             "tcpretrans-lab-{}-{}",
             std::process::id(),
             INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -76,6 +76,21 @@ impl Drop for TransitionCount {
         let _ = self.write_event("enable", "0");
         let _ = fs::remove_dir(&self.instance);
     }
+}
+
+/// tracefs, mounted at its usual place if nothing mounted it yet.
+fn tracefs() -> io::Result<&'static Path> {
+    let root = Path::new(TRACEFS);
+    if !root.join("instances").is_dir() {
+        nix::mount::mount(
+            Some("tracefs"),
+            root,
+            Some("tracefs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )?;
+    }
+    Ok(root)
 }
 
 /// `kernel.bpf_stats_enabled` on (programs' run counts and times), restored
