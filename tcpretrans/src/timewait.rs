@@ -42,16 +42,16 @@ impl TimeWaits {
         let Event::State(change) = event else {
             return None;
         };
-        let tuple = self.tuple_hash.hash_one(change.socket.four_tuple());
         let now = change.socket.time;
         self.expire(now);
+        let tuple = || self.tuple_hash.hash_one(change.socket.four_tuple());
         match (change.old_state, change.new_state) {
             (_, Some(TcpState::TimeWait)) => {
-                self.insert(tuple, now);
+                self.insert(tuple(), now);
                 None
             }
             (Some(TcpState::SynSent), Some(TcpState::Established)) => {
-                let entered = self.entered.remove(&tuple)?;
+                let entered = self.entered.remove(&tuple())?;
                 let age = now.duration_since(entered).unsigned_abs();
                 Some(Event::TimeWaitReuse {
                     socket: change.socket.clone(),

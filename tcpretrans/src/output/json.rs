@@ -57,7 +57,7 @@ impl<W: Write> Json<W> {
     /// caller, `}` and newline.
     fn line(&mut self, event: &'static str, time: Timestamp) -> Fields<'_> {
         self.buf.extend_from_slice(b"{\"event\":\"");
-        self.buf.extend_from_slice(event.as_bytes());
+        append(&mut self.buf, event.as_bytes());
         self.buf.push(b'"');
         let mut fields = Fields {
             buf: &mut self.buf,
@@ -111,14 +111,15 @@ impl TimeText {
             self.up_to_second.pop();
             self.second = Some(second);
         }
-        buf.extend_from_slice(&self.up_to_second);
-        let micros = time.subsec_nanosecond() / 1000;
-        buf.push(b'.');
-        let mut digits = itoa::Buffer::new();
-        let digits = digits.format(micros);
-        buf.extend(std::iter::repeat_n(b'0', 6 - digits.len()));
-        buf.extend_from_slice(digits.as_bytes());
-        buf.push(b'Z');
+        append(buf, &self.up_to_second);
+        // `.123456Z`: a piece of fixed size.
+        let mut fraction = *b".000000Z";
+        let mut micros = time.subsec_nanosecond().unsigned_abs() / 1000;
+        for digit in fraction[1..7].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        buf.extend_from_slice(&fraction);
     }
 }
 
@@ -187,7 +188,7 @@ impl Fields<'_> {
         }
         self.empty = false;
         self.buf.push(b'"');
-        self.buf.extend_from_slice(key.as_bytes());
+        append(self.buf, key.as_bytes());
         self.buf.extend_from_slice(b"\":");
     }
 
@@ -208,7 +209,7 @@ impl Fields<'_> {
     fn name(&mut self, key: Key, name: &'static str) {
         self.key(key);
         self.buf.push(b'"');
-        self.buf.extend_from_slice(name.as_bytes());
+        append(self.buf, name.as_bytes());
         self.buf.push(b'"');
     }
 
@@ -216,6 +217,14 @@ impl Fields<'_> {
     fn text(&mut self, key: Key, text: &str) {
         self.key(key);
         self.buf.push(b'"');
+        let plain = text
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+        if plain {
+            append(self.buf, text.as_bytes());
+            self.buf.push(b'"');
+            return;
+        }
         for c in text.chars() {
             match c {
                 '"' => self.buf.extend_from_slice(b"\\\""),
@@ -226,11 +235,7 @@ impl Fields<'_> {
                 c if u32::from(c) < 0x20 => {
                     let _ = write!(self.buf, "\\u{:04x}", u32::from(c));
                 }
-                c => {
-                    let mut utf8 = [0; 4];
-                    self.buf
-                        .extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-                }
+                c => append(self.buf, c.encode_utf8(&mut [0; 4]).as_bytes()),
             }
         }
         self.buf.push(b'"');
@@ -238,8 +243,7 @@ impl Fields<'_> {
 
     fn integer(&mut self, key: Key, value: impl itoa::Integer) {
         self.key(key);
-        self.buf
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        append(self.buf, itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// As serde_json writes an `f64` (`800.0`, `1.5`).
@@ -248,14 +252,15 @@ impl Fields<'_> {
             return self.null(key);
         }
         self.key(key);
-        self.buf
-            .extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
+        append(
+            self.buf,
+            zmij::Buffer::new().format_finite(value).as_bytes(),
+        );
     }
 
     fn boolean(&mut self, key: Key, value: bool) {
         self.key(key);
-        self.buf
-            .extend_from_slice(if value { b"true" } else { b"false" });
+        append(self.buf, if value { b"true" } else { b"false" });
     }
 
     /// A value whose text needs no escaping, quoted.
@@ -287,8 +292,7 @@ impl Fields<'_> {
                     if i > 0 {
                         self.buf.push(b'.');
                     }
-                    self.buf
-                        .extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+                    append(self.buf, itoa::Buffer::new().format(octet).as_bytes());
                 }
                 self.buf.push(b'"');
             }
@@ -370,9 +374,7 @@ impl Fields<'_> {
         };
         for (cause, count) in a.causes() {
             by_type.key_text(cause);
-            by_type
-                .buf
-                .extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
+            append(by_type.buf, itoa::Buffer::new().format(count).as_bytes());
         }
         self.buf.push(b'}');
         self.integer(key!("segments"), a.segments);
@@ -424,6 +426,53 @@ impl Fields<'_> {
             }
             Event::Lost { count, .. } => self.integer(key!("count"), *count),
         }
+    }
+}
+
+/// Appends a short piece of a line. `extend_from_slice` calls `memcpy` for
+/// a copy whose length is unknown at compile time, and a line is made of
+/// some 30 such pieces (numbers, names, addresses): those calls took a sixth
+/// of the tracer's time. Pieces up to 32 bytes are copied inline, as their
+/// first and last bytes in two overlapping moves of a fixed size.
+#[inline]
+fn append(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let len = bytes.len();
+    if len > 32 {
+        return buf.extend_from_slice(bytes);
+    }
+    buf.reserve(len);
+    let at = buf.len();
+    // SAFETY: there is room for `len` bytes at `at`; every move reads
+    // inside `bytes` and writes inside `at..at + len`, all of which it
+    // initializes.
+    unsafe {
+        let (src, dst) = (bytes.as_ptr(), buf.as_mut_ptr().add(at));
+        match len {
+            0 => {}
+            1 => *dst = *src,
+            2..4 => move_ends::<2>(src, dst, len),
+            4..8 => move_ends::<4>(src, dst, len),
+            8..16 => move_ends::<8>(src, dst, len),
+            _ => move_ends::<16>(src, dst, len),
+        }
+        buf.set_len(at + len);
+    }
+}
+
+/// Copies `len` bytes, `N <= len <= 2 * N`, as the first `N` and the last
+/// `N`.
+///
+/// # Safety
+///
+/// `src` is readable and `dst` writable for `len` bytes.
+#[inline(always)]
+unsafe fn move_ends<const N: usize>(src: *const u8, dst: *mut u8, len: usize) {
+    // SAFETY: per the contract, both ends lie inside the `len` bytes.
+    unsafe {
+        let head = src.cast::<[u8; N]>().read_unaligned();
+        let tail = src.add(len - N).cast::<[u8; N]>().read_unaligned();
+        dst.cast::<[u8; N]>().write_unaligned(head);
+        dst.add(len - N).cast::<[u8; N]>().write_unaligned(tail);
     }
 }
 
@@ -589,6 +638,17 @@ mod tests {
             skaddr: 0xffff_8880_0abc_d000,
             owner,
             inode: None,
+        }
+    }
+
+    #[test]
+    fn append_copies_pieces_of_every_length() {
+        let source: Vec<u8> = (0..40).map(|i| b'a' + i).collect();
+        for len in 0..=source.len() {
+            let mut buf = b"line".to_vec();
+            append(&mut buf, &source[..len]);
+            assert_eq!(&buf[..4], b"line");
+            assert_eq!(&buf[4..], &source[..len], "length {len}");
         }
     }
 
