@@ -1,5 +1,6 @@
 //! Ring-buffer records → events with addresses, names and wall-clock times.
 use std::{
+    hash::{Hash, Hasher},
     mem::size_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
@@ -155,13 +156,30 @@ pub struct Socket {
 
 /// A connection's identity across its sockets (request socket, full
 /// socket, timewait socket).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FourTuple {
     pub netns: Option<u32>,
     pub laddr: IpAddr,
     pub lport: u16,
     pub raddr: IpAddr,
     pub rport: u16,
+}
+
+/// Two words for the hasher rather than each field in turn: the tables of
+/// sessions and TIME_WAIT entries hash a 4-tuple at most events.
+impl Hash for FourTuple {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let bits = |addr: IpAddr| match addr {
+            IpAddr::V4(v4) => u128::from(v4.to_bits()),
+            IpAddr::V6(v6) => v6.to_bits(),
+        };
+        state.write_u128(bits(self.laddr) ^ bits(self.raddr).rotate_left(64));
+        state.write_u64(
+            u64::from(self.netns.unwrap_or(0)) << 32
+                | u64::from(self.lport) << 16
+                | u64::from(self.rport),
+        );
+    }
 }
 
 impl Socket {

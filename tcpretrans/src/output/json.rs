@@ -246,18 +246,6 @@ impl Fields<'_> {
         append(self.buf, itoa::Buffer::new().format(value).as_bytes());
     }
 
-    /// As serde_json writes an `f64` (`800.0`, `1.5`).
-    fn float(&mut self, key: Key, value: f64) {
-        if !value.is_finite() {
-            return self.null(key);
-        }
-        self.key(key);
-        append(
-            self.buf,
-            zmij::Buffer::new().format_finite(value).as_bytes(),
-        );
-    }
-
     fn boolean(&mut self, key: Key, value: bool) {
         self.key(key);
         append(self.buf, if value { b"true" } else { b"false" });
@@ -287,14 +275,26 @@ impl Fields<'_> {
         match address {
             IpAddr::V4(v4) => {
                 self.key(key);
-                self.buf.push(b'"');
+                // `"255.255.255.255"` at most.
+                let mut text = [b'"'; 17];
+                let mut len = 1;
                 for (i, octet) in v4.octets().into_iter().enumerate() {
                     if i > 0 {
-                        self.buf.push(b'.');
+                        text[len] = b'.';
+                        len += 1;
                     }
-                    append(self.buf, itoa::Buffer::new().format(octet).as_bytes());
+                    if octet >= 100 {
+                        text[len] = b'0' + octet / 100;
+                        len += 1;
+                    }
+                    if octet >= 10 {
+                        text[len] = b'0' + octet / 10 % 10;
+                        len += 1;
+                    }
+                    text[len] = b'0' + octet % 10;
+                    len += 1;
                 }
-                self.buf.push(b'"');
+                append(self.buf, &text[..=len]);
             }
             IpAddr::V6(v6) => self.quoted(key, v6),
         }
@@ -307,8 +307,28 @@ impl Fields<'_> {
         self.buf.push(b'"');
     }
 
+    /// Milliseconds to the microsecond, as a JSON number in the shortest
+    /// form that reads back exactly (`800.0`, `1.5`, `0.026`): the decimal
+    /// itself, made from the integer count of microseconds.
     fn millis(&mut self, key: Key, duration: Duration) {
-        self.float(key, ms(duration));
+        let micros = micros(duration);
+        self.key(key);
+        append(
+            self.buf,
+            itoa::Buffer::new().format(micros / 1000).as_bytes(),
+        );
+        let mut fraction = *b".000";
+        let mut rest = micros % 1000;
+        for digit in fraction[1..].iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        // Trailing zeros dropped, one digit kept.
+        let len = fraction
+            .iter()
+            .rposition(|&b| b != b'0')
+            .map_or(1, |i| i + 1);
+        append(self.buf, &fraction[..len.max(2)]);
     }
 
     fn state(&mut self, key: Key, state: Option<TcpState>) {
@@ -493,10 +513,6 @@ fn micros(d: Duration) -> u64 {
     d.as_secs() * 1_000_000 + u64::from(d.subsec_micros())
 }
 
-fn ms(d: Duration) -> f64 {
-    micros(d) as f64 / 1e3
-}
-
 /// RFC 3339 with microseconds, for serde lines (`TimeText`'s format).
 #[derive(Clone, Copy)]
 struct Time(Timestamp);
@@ -577,9 +593,8 @@ impl<W: Write> Output for Json<W> {
             lost: summary.lost,
             lost_skipped: summary.lost_skipped,
             transitions: summary
-                .transitions
-                .iter()
-                .map(|(&(old, new), &count)| Transition {
+                .transitions()
+                .map(|((old, new), count)| Transition {
                     old_state: state_name(old),
                     new_state: state_name(new),
                     count,
@@ -638,6 +653,45 @@ mod tests {
             skaddr: 0xffff_8880_0abc_d000,
             owner,
             inode: None,
+        }
+    }
+
+    /// What `write` makes of one field.
+    fn field(write: impl FnOnce(&mut Fields)) -> String {
+        let mut buf = Vec::new();
+        write(&mut Fields {
+            buf: &mut buf,
+            times: &mut TimeText::default(),
+            empty: false,
+        });
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn milliseconds_read_as_the_shortest_float() {
+        let samples = (0..3000).chain([999_999, 1_000_000, 1_234_567, 86_400_000_000]);
+        for micros in samples.chain([123_456_789_012_345]) {
+            let float = serde_json::to_string(&(micros as f64 / 1e3)).unwrap();
+            assert_eq!(
+                field(|f| f.millis(key!("ms"), Duration::from_micros(micros))),
+                format!(",\"ms\":{float}")
+            );
+        }
+    }
+
+    #[test]
+    fn ipv4_addresses_read_as_display_writes_them() {
+        for octets in [
+            [0, 9, 10, 99],
+            [100, 199, 200, 255],
+            [127, 0, 0, 1],
+            [255; 4],
+        ] {
+            let addr = Ipv4Addr::from(octets);
+            assert_eq!(
+                field(|f| f.address(key!("a"), IpAddr::V4(addr))),
+                format!(",\"a\":\"{addr}\"")
+            );
         }
     }
 
