@@ -334,21 +334,21 @@ pub enum Event {
     Retransmit(Box<Retransmit>),
     State(Box<StateChange>),
     Reset {
-        socket: Socket,
+        socket: Box<Socket>,
         direction: ResetDirection,
         state: Option<TcpState>,
     },
     /// A new connection on a 4-tuple still in TIME_WAIT (`tcp_tw_reuse`);
     /// derived in userspace from the state events.
     TimeWaitReuse {
-        socket: Socket,
+        socket: Box<Socket>,
         /// How long the 4-tuple had been in TIME_WAIT.
         time_wait: Duration,
     },
     /// A TCP connect() that failed; `socket` holds the caller and the
     /// destination it asked for.
     ConnectError {
-        socket: Socket,
+        socket: Box<Socket>,
         /// Positive errno.
         errno: i32,
     },
@@ -360,6 +360,10 @@ pub enum Event {
         count: u64,
     },
 }
+
+// An event is moved at every step from decode to output: variants that
+// carry a socket are boxed, keeping it a few words.
+const _: () = assert!(size_of::<Event>() <= 32);
 
 /// The end of a connection and its account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -496,7 +500,7 @@ impl Decoder {
             event_kind::CONNECT_ERROR => {
                 let raw: ConnectErrorEvent = read_record(kind, bytes)?;
                 Ok(Event::ConnectError {
-                    socket: socket(&raw.header, &raw.flow, &raw.owner, &self.clock),
+                    socket: Box::new(socket(&raw.header, &raw.flow, &raw.owner, &self.clock)),
                     errno: raw.errno,
                 })
             }
@@ -508,7 +512,7 @@ impl Decoder {
                     ResetDirection::Received
                 };
                 Ok(Event::Reset {
-                    socket: socket(&raw.header, &raw.flow, &raw.owner, &self.clock),
+                    socket: Box::new(socket(&raw.header, &raw.flow, &raw.owner, &self.clock)),
                     direction,
                     state: TcpState::from_u8(raw.state),
                 })

@@ -54,7 +54,7 @@ impl TimeWaits {
                 let entered = self.entered.remove(&tuple())?;
                 let age = now.duration_since(entered).unsigned_abs();
                 Some(Event::TimeWaitReuse {
-                    socket: change.socket.clone(),
+                    socket: Box::new(change.socket.clone()),
                     time_wait: age,
                 })
             }

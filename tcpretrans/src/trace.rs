@@ -220,13 +220,13 @@ impl Consumer<'_> {
                     if !self.args.count {
                         self.out.event(&event)?;
                     }
-                    let derived = [
-                        self.time_waits.observe(&event),
-                        self.sessions.as_mut().and_then(|s| s.observe(&event)),
-                    ];
-                    for event in derived.into_iter().flatten() {
-                        self.summary.count(&event);
-                        self.out.event(&event)?;
+                    // Each event derived is printed where it was made: moving
+                    // events (large) through a collection showed in profiles.
+                    if let Some(reuse) = self.time_waits.observe(&event) {
+                        self.derived(&reuse)?;
+                    }
+                    if let Some(end) = self.sessions.as_mut().and_then(|s| s.observe(&event)) {
+                        self.derived(&end)?;
                     }
                 }
                 Err(err) => {
@@ -238,6 +238,13 @@ impl Consumer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// An event the tool derived from the kernel's (a session's end, a
+    /// TIME_WAIT reuse).
+    fn derived(&mut self, event: &Event) -> io::Result<()> {
+        self.summary.count(event);
+        self.out.event(event)
     }
 
     /// Reports events the kernel side dropped since the last report.

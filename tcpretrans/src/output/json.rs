@@ -795,7 +795,7 @@ mod tests {
     #[test]
     fn reset_schema() {
         let v = render(&Event::Reset {
-            socket: socket(None),
+            socket: Box::new(socket(None)),
             direction: ResetDirection::Received,
             state: Some(TcpState::SynSent),
         });

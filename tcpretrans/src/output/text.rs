@@ -555,7 +555,7 @@ mod tests {
                     false,
                 ),
                 Event::Reset {
-                    socket: sock(),
+                    socket: Box::new(sock()),
                     direction: ResetDirection::Sent,
                     state: Some(TcpState::Established),
                 },
@@ -586,7 +586,7 @@ mod tests {
                 ..retransmit(None)
             })),
             Event::ConnectError {
-                socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), None),
+                socket: Box::new(socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), None)),
                 errno: 99,
             },
         ];
