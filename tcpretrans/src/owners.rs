@@ -3,26 +3,24 @@
 //! from its listener; for a socket that did all that before we started,
 //! events carry the socket's inode, and the process holding that socket
 //! is found in `/proc/*/fd`.
-use std::{
-    fs,
-    os::unix::fs::MetadataExt,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{fs, os::unix::fs::MetadataExt, path::Path};
 
 use foldhash::HashMap;
+use jiff::{SignedDuration, Timestamp};
 
 use crate::decode::{Event, Process, Socket};
 
 /// A full scan of /proc reads every process's fds: at most this often.
-const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+const RESCAN_INTERVAL: SignedDuration = SignedDuration::from_secs(1);
 /// Bounds the cache (sockets per host).
 const MAX_ENTRIES: usize = 1 << 16;
 
 #[derive(Debug, Default)]
 pub struct Owners {
     by_inode: HashMap<u64, Process>,
-    last_scan: Option<Instant>,
+    /// The time of the event that last asked for a scan: events carry
+    /// their time, reading the clock at each cost more than the lookup.
+    last_scan: Option<Timestamp>,
 }
 
 impl Owners {
@@ -44,15 +42,15 @@ impl Owners {
         if !self.by_inode.contains_key(&inode)
             && self
                 .last_scan
-                .is_none_or(|at| at.elapsed() >= RESCAN_INTERVAL)
+                .is_none_or(|at| socket.time.duration_since(at) >= RESCAN_INTERVAL)
         {
+            self.last_scan = Some(socket.time);
             self.scan();
         }
         socket.owner = self.by_inode.get(&inode).cloned();
     }
 
     fn scan(&mut self) {
-        self.last_scan = Some(Instant::now());
         self.by_inode.clear();
         let Ok(processes) = fs::read_dir("/proc") else {
             return;
