@@ -112,14 +112,14 @@ impl TimeText {
             self.second = Some(second);
         }
         append(buf, &self.up_to_second);
-        // `.123456Z`: a piece of fixed size.
-        let mut fraction = *b".000000Z";
-        let mut micros = time.subsec_nanosecond().unsigned_abs() / 1000;
-        for digit in fraction[1..7].iter_mut().rev() {
-            *digit = b'0' + (micros % 10) as u8;
-            micros /= 10;
-        }
-        buf.extend_from_slice(&fraction);
+        // `.123456Z`.
+        let micros = time.subsec_nanosecond().unsigned_abs() / 1000;
+        put::<8>(buf, |text| {
+            text[0] = b'.';
+            fill_digits(&mut text[1..7], micros.into());
+            text[7] = b'Z';
+            8
+        });
     }
 }
 
@@ -241,9 +241,17 @@ impl Fields<'_> {
         self.buf.push(b'"');
     }
 
-    fn integer(&mut self, key: Key, value: impl itoa::Integer) {
+    fn integer(&mut self, key: Key, value: impl Into<u64>) {
         self.key(key);
-        append(self.buf, itoa::Buffer::new().format(value).as_bytes());
+        decimal(self.buf, value.into());
+    }
+
+    fn signed(&mut self, key: Key, value: i32) {
+        self.key(key);
+        if value < 0 {
+            self.buf.push(b'-');
+        }
+        decimal(self.buf, value.unsigned_abs().into());
     }
 
     fn boolean(&mut self, key: Key, value: bool) {
@@ -262,13 +270,16 @@ impl Fields<'_> {
     /// `"0xffff8881062c9280"`.
     fn hex(&mut self, key: Key, value: u64) {
         self.key(key);
-        let digits = (64 - value.leading_zeros()).div_ceil(4).max(1);
-        self.buf.extend_from_slice(b"\"0x");
-        for shift in (0..digits).rev() {
-            let nibble = (value >> (shift * 4)) & 0xf;
-            self.buf.push(b"0123456789abcdef"[nibble as usize]);
-        }
-        self.buf.push(b'"');
+        let digits = (64 - value.leading_zeros()).div_ceil(4).max(1) as usize;
+        put::<20>(self.buf, |text| {
+            text[..3].copy_from_slice(b"\"0x");
+            for (i, digit) in text[3..3 + digits].iter_mut().enumerate() {
+                let nibble = (value >> ((digits - 1 - i) * 4)) & 0xf;
+                *digit = b"0123456789abcdef"[nibble as usize];
+            }
+            text[3 + digits] = b'"';
+            digits + 4
+        });
     }
 
     fn address(&mut self, key: Key, address: IpAddr) {
@@ -276,25 +287,26 @@ impl Fields<'_> {
             IpAddr::V4(v4) => {
                 self.key(key);
                 // `"255.255.255.255"` at most.
-                let mut text = [b'"'; 17];
-                let mut len = 1;
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text[len] = b'.';
-                        len += 1;
+                put::<17>(self.buf, |text| {
+                    text[0] = b'"';
+                    let mut len = 1;
+                    for octet in v4.octets() {
+                        if octet >= 100 {
+                            text[len] = b'0' + octet / 100;
+                            len += 1;
+                        }
+                        if octet >= 10 {
+                            text[len] = b'0' + octet / 10 % 10;
+                            len += 1;
+                        }
+                        text[len] = b'0' + octet % 10;
+                        text[len + 1] = b'.';
+                        len += 2;
                     }
-                    if octet >= 100 {
-                        text[len] = b'0' + octet / 100;
-                        len += 1;
-                    }
-                    if octet >= 10 {
-                        text[len] = b'0' + octet / 10 % 10;
-                        len += 1;
-                    }
-                    text[len] = b'0' + octet % 10;
-                    len += 1;
-                }
-                append(self.buf, &text[..=len]);
+                    // The last dot.
+                    text[len - 1] = b'"';
+                    len
+                });
             }
             IpAddr::V6(v6) => self.quoted(key, v6),
         }
@@ -313,22 +325,14 @@ impl Fields<'_> {
     fn millis(&mut self, key: Key, duration: Duration) {
         let micros = micros(duration);
         self.key(key);
-        append(
-            self.buf,
-            itoa::Buffer::new().format(micros / 1000).as_bytes(),
-        );
-        let mut fraction = *b".000";
-        let mut rest = micros % 1000;
-        for digit in fraction[1..].iter_mut().rev() {
-            *digit = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
-        // Trailing zeros dropped, one digit kept.
-        let len = fraction
-            .iter()
-            .rposition(|&b| b != b'0')
-            .map_or(1, |i| i + 1);
-        append(self.buf, &fraction[..len.max(2)]);
+        decimal(self.buf, micros / 1000);
+        put::<4>(self.buf, |text| {
+            text[0] = b'.';
+            fill_digits(&mut text[1..], micros % 1000);
+            // Trailing zeros dropped, one digit kept.
+            let len = text.iter().rposition(|&b| b != b'0').map_or(1, |i| i + 1);
+            len.max(2)
+        });
     }
 
     fn state(&mut self, key: Key, state: Option<TcpState>) {
@@ -353,7 +357,7 @@ impl Fields<'_> {
     fn retransmit(&mut self, r: &Retransmit) {
         let micros = |d: Option<Duration>| d.map(micros);
         self.state(key!("state"), r.state);
-        self.integer(key!("err"), r.err);
+        self.signed(key!("err"), r.err);
         self.optional(key!("type"), r.cause.map(|c| c.name()), Self::name);
         self.optional(key!("rto_ms"), r.rto, Self::millis);
         self.optional(key!("backoff"), r.backoff, Self::integer);
@@ -394,7 +398,7 @@ impl Fields<'_> {
         };
         for (cause, count) in a.causes() {
             by_type.key_text(cause);
-            append(by_type.buf, itoa::Buffer::new().format(count).as_bytes());
+            decimal(by_type.buf, count);
         }
         self.buf.push(b'}');
         self.integer(key!("segments"), a.segments);
@@ -477,6 +481,36 @@ fn append(buf: &mut Vec<u8>, bytes: &[u8]) {
         }
         buf.set_len(at + len);
     }
+}
+
+/// An integer's decimal digits.
+fn decimal(buf: &mut Vec<u8>, value: u64) {
+    let digits = value.checked_ilog10().map_or(1, |d| d as usize + 1);
+    put::<20>(buf, |text| {
+        fill_digits(&mut text[..digits], value);
+        digits
+    });
+}
+
+/// Fills `text` with the last `text.len()` decimal digits of `value`,
+/// zero-padded.
+fn fill_digits(text: &mut [u8], mut value: u64) {
+    for digit in text.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// Writes a piece of at most `N` bytes straight into the line: `write`
+/// fills the block and says how many of its bytes to keep. (Made in a
+/// block on the stack and copied, such pieces stalled the copy, whose wide
+/// loads waited for the narrow stores.)
+#[inline(always)]
+fn put<const N: usize>(buf: &mut Vec<u8>, write: impl FnOnce(&mut [u8; N]) -> usize) {
+    let at = buf.len();
+    buf.resize(at + N, 0);
+    let kept = buf[at..].first_chunk_mut::<N>().map_or(0, write);
+    buf.truncate(at + kept);
 }
 
 /// Copies `len` bytes, `N <= len <= 2 * N`, as the first `N` and the last
@@ -576,8 +610,8 @@ impl<W: Write> Output for Json<W> {
     fn flows(&mut self, at: Timestamp, flows: &[Session], total: usize) -> io::Result<()> {
         for (i, flow) in flows.iter().enumerate() {
             let mut line = self.line("flow", at);
-            line.integer(key!("rank"), i + 1);
-            line.integer(key!("flows"), total);
+            line.integer(key!("rank"), i as u64 + 1);
+            line.integer(key!("flows"), total as u64);
             line.socket(&flow.socket);
             line.account(&flow.account);
             self.end_line()?;
@@ -691,6 +725,32 @@ mod tests {
             assert_eq!(
                 field(|f| f.address(key!("a"), IpAddr::V4(addr))),
                 format!(",\"a\":\"{addr}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn hex_is_lowercase_without_leading_zeros() {
+        for value in [0, 0xf, 0x10, 0xffff_8881_062c_9280, u64::MAX] {
+            assert_eq!(
+                field(|f| f.hex(key!("h"), value)),
+                format!(",\"h\":\"{value:#x}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn integers_in_decimal() {
+        for value in [0, 9, 10, 99, 100, 4_026_532_313, u64::MAX] {
+            assert_eq!(
+                field(|f| f.integer(key!("n"), value)),
+                format!(",\"n\":{value}")
+            );
+        }
+        for value in [0, -5, 110, i32::MIN, i32::MAX] {
+            assert_eq!(
+                field(|f| f.signed(key!("n"), value)),
+                format!(",\"n\":{value}")
             );
         }
     }
