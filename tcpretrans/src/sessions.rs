@@ -24,6 +24,21 @@ pub struct Session {
     pub account: Account,
 }
 
+impl Session {
+    /// Takes what a later event of the connection tells: its time, the
+    /// socket it came from, and the owner once known (a later event may
+    /// not know it). The 4-tuple, and so the addresses, are the same.
+    fn refresh(&mut self, latest: &Socket) {
+        let kept = &mut self.socket;
+        kept.time = latest.time;
+        kept.skaddr = latest.skaddr;
+        kept.inode = latest.inode;
+        if latest.owner.is_some() && kept.owner != latest.owner {
+            kept.owner.clone_from(&latest.owner);
+        }
+    }
+}
+
 /// Live connections, bounded in number: when full, the one quiet for the
 /// longest is forgotten.
 #[derive(Debug)]
@@ -51,7 +66,7 @@ impl Sessions {
                 let begins = matches!(r.state, Some(TcpState::SynSent | TcpState::SynRecv));
                 let session = self.session(&r.socket, begins);
                 session.account.record(r);
-                session.socket.clone_from(&r.socket);
+                session.refresh(&r.socket);
                 None
             }
             Event::State(change) if !is_listener(change) => {
@@ -88,7 +103,7 @@ impl Sessions {
                     return None;
                 }
                 let session = self.session(socket, begins);
-                session.socket.clone_from(socket);
+                session.refresh(socket);
                 None
             }
             _ => None,
@@ -195,6 +210,25 @@ mod tests {
         assert_eq!(end.account.max_rto, Some(Duration::from_millis(400)));
         assert_eq!(end.account.causes().collect::<Vec<_>>(), [("RTO", 2)]);
         assert_eq!(sessions.live.len(), 1, "port 40001 lives on");
+    }
+
+    #[test]
+    fn a_flow_keeps_its_owner_once_known_and_its_latest_time() {
+        let mut sessions = Sessions::new(16);
+        let mut owned = retransmit(Cause::Rto, 200, 1, 40000, 100);
+        if let Event::Retransmit(r) = &mut owned {
+            r.socket.owner = Some(crate::decode::Process {
+                pid: 42,
+                uid: 0,
+                comm: "curl".into(),
+            });
+        }
+        sessions.observe(&owned);
+        sessions.observe(&retransmit(Cause::Rto, 400, 1, 40000, 500));
+        let flows = sessions.take();
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].socket.owner.as_ref().map(|o| o.pid), Some(42));
+        assert_eq!(flows[0].socket.time, socket(40000, 500).time);
     }
 
     #[test]
