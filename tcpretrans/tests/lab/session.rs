@@ -147,8 +147,9 @@ fn duration_ends_the_session_on_time() {
     );
 }
 
-/// A one-page ring buffer and a burst of transitions: events are lost, and
-/// every one is accounted for — `lost` events as it happens, the summary,
+/// A one-page ring buffer and a burst of transitions while the tracer is
+/// stopped (SIGSTOP: its reader cannot drain): events are lost, and every
+/// one is accounted for — `lost` events as it happens, the summary,
 /// exit status 3 — while none is printed twice or mangled.
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
@@ -163,6 +164,8 @@ fn ring_overflow_is_counted_reported_and_in_the_exit_status() {
         "--netns",
         &ns.inode.to_string(),
     ]);
+    let tracer_pid = Pid::from_raw(tracer.pid() as i32);
+    kill(tracer_pid, Signal::SIGSTOP).expect("SIGSTOP the tracer");
     ns.enter(|| {
         let listener = TcpListener::bind("127.0.0.1:8092").expect("bind");
         for _ in 0..CONNECTIONS {
@@ -174,6 +177,7 @@ fn ring_overflow_is_counted_reported_and_in_the_exit_status() {
     })
     .join()
     .expect("churn");
+    kill(tracer_pid, Signal::SIGCONT).expect("SIGCONT the tracer");
     // Let the last closes finish (LAST_ACK -> CLOSE) before stopping.
     thread::sleep(Duration::from_millis(100));
     let (status, output) = tracer.stop_with_status();
