@@ -582,18 +582,10 @@ pub mod state_nesting {
     /// Transitions the second program handled (which `recursion_misses`
     /// counted as skipped).
     pub const RECOVERED: u32 = 0;
-    /// The transition the state program took at task level, then the one
-    /// at softirq level.
-    pub const TAKEN: u32 = 1;
+    pub const COUNT: u32 = 1;
+    /// The levels notes are kept for (the kernel side's `STATE_TAKEN`): the
+    /// task's, then a softirq's.
     pub const LEVELS: u32 = 2;
-    pub const COUNT: u32 = TAKEN + LEVELS;
-
-    /// A transition's identity: the socket's address (whose top 16 bits,
-    /// always set in a kernel address, make room) and its two states.
-    #[inline(always)]
-    pub const fn identity(skaddr: u64, old_state: u8, new_state: u8) -> u64 {
-        (skaddr & 0x0000_ffff_ffff_ffff) | (old_state as u64) << 56 | (new_state as u64) << 48
-    }
 }
 
 /// Event kinds, the first byte of every ring-buffer record.
@@ -648,13 +640,42 @@ pub struct EventHeader {
     pub sock_ino: u64,
 }
 
+/// An IPv6 address's 16 bytes in network order, held as 4 words in memory
+/// order: the kernel side moves words, where it would move a byte array byte
+/// by byte (the BPF target has no unaligned loads or stores).
+pub type Address = [u32; 4];
+
+/// `Address` to and from its bytes.
+pub mod address {
+    use super::Address;
+
+    pub fn octets(address: &Address) -> [u8; 16] {
+        let mut octets = [0; 16];
+        for (chunk, word) in octets.chunks_exact_mut(4).zip(address) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        octets
+    }
+
+    pub fn from_octets(octets: [u8; 16]) -> Address {
+        core::array::from_fn(|i| {
+            u32::from_ne_bytes([
+                octets[4 * i],
+                octets[4 * i + 1],
+                octets[4 * i + 2],
+                octets[4 * i + 3],
+            ])
+        })
+    }
+}
+
 /// A connection's addresses. For IPv4 sockets the addresses are IPv4-mapped
 /// IPv6 (`::ffff:a.b.c.d`), as the kernel stores them in the tracepoint record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
+    pub saddr: Address,
+    pub daddr: Address,
     /// Host byte order.
     pub sport: u16,
     pub dport: u16,
@@ -775,7 +796,7 @@ pub struct ConnectErrorEvent {
 pub struct PendingConnect {
     pub sk: u64,
     /// The destination, IPv4-mapped for IPv4.
-    pub daddr: [u8; 16],
+    pub daddr: Address,
     /// Host order.
     pub dport: u16,
     /// `AF_INET` or `AF_INET6`.

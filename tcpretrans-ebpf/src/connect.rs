@@ -11,14 +11,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcpretrans_common::{
-    ABSENT, AF_INET, AF_INET6, ConnectErrorEvent, EventHeader, Flow, PendingConnect, TcpOffsets,
-    event_kind, lost_slot,
+    ABSENT, AF_INET, AF_INET6, Address, ConnectErrorEvent, EventHeader, Flow, PendingConnect,
+    TcpOffsets, event_kind, lost_slot,
 };
 
 use crate::{
     maps::{CONNECT_FIELDS, CONNECTS, FILTER, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner,
-    sock::{self, read},
+    sock::{self, Probed, read},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -60,21 +60,14 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let tcp = TCP_OFFSETS.get();
     let sk = tcp_socket_of_fd(fd, tcp);
-    if sk == 0 || sock::kept(sk, SOCK_OFFSETS.get(), filter).is_none() {
+    if sk == 0 || sock::kept::<Probed>(sk, SOCK_OFFSETS.get(), filter).is_none() {
         return Ok(());
     }
-    let daddr: [u8; 16] = if family == AF_INET6 {
+    let daddr: Address = if family == AF_INET6 {
         // SAFETY: as above.
-        unsafe { bpf_probe_read_user((uservaddr + 8) as *const [u8; 16]) }?
+        unsafe { bpf_probe_read_user((uservaddr + 8) as *const Address) }?
     } else {
-        // IPv4-mapped, built from words: a zeroed byte array becomes an
-        // out-of-line memset.
-        let mapped = [
-            0u64,
-            u64::from_ne_bytes([0, 0, 0xff, 0xff, head[4], head[5], head[6], head[7]]),
-        ];
-        // SAFETY: same size, any bit pattern is valid.
-        unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(mapped) }
+        sock::ipv4_mapped(u32::from_ne_bytes([head[4], head[5], head[6], head[7]]))
     };
     let dport = u16::from_be_bytes([head[2], head[3]]);
     // The caller is the owner; the local end is not bound yet: filters on
@@ -122,8 +115,9 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
             return Ok(());
         }
     }
-    let netns = sock::kept(pending.sk, SOCK_OFFSETS.get(), FILTER.get()).map_or(0, |n| n.inum);
-    let local = sock::flow(pending.sk, tcp).map(|(flow, _)| flow);
+    let netns =
+        sock::kept::<Probed>(pending.sk, SOCK_OFFSETS.get(), FILTER.get()).map_or(0, |n| n.inum);
+    let local = sock::flow::<Probed>(pending.sk, tcp).map(|(flow, _)| flow);
     let Some(mut entry) = reserve::<ConnectErrorEvent>(lost_slot::CONNECT) else {
         return Ok(());
     };
@@ -142,7 +136,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
         });
         (&raw mut (*event).owner).write(owner::current());
         (&raw mut (*event).flow).write(Flow {
-            saddr: local.map_or([0; 16], |l| l.saddr),
+            saddr: local.map_or([0; 4], |l| l.saddr),
             daddr: pending.daddr,
             sport: local.map_or(0, |l| l.sport),
             dport: pending.dport,

@@ -66,6 +66,22 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost_slot::COU
 #[map]
 pub static STATE_NESTING: PerCpuArray<u64> = PerCpuArray::with_max_entries(state_nesting::COUNT, 0);
 
+/// The transition the state program took, per CPU and level (see
+/// `state_nesting`).
+#[map]
+pub static STATE_TAKEN: PerCpuArray<Taken> =
+    PerCpuArray::with_max_entries(state_nesting::LEVELS, 0);
+
+/// A transition: its socket and its two states. Two words, not one: a BTF
+/// program's socket is a typed pointer, which the verifier allows compared
+/// and stored but not masked or shifted.
+#[repr(C)]
+pub struct Taken {
+    pub sk: u64,
+    /// `old_state << 8 | new_state`.
+    pub states: u64,
+}
+
 /// What we know about each socket between events, keyed by its address.
 /// Entries go when the socket reaches CLOSE; the LRU bounds what is never
 /// closed while we watch. Userspace sets the size (`--max-sockets`).

@@ -29,12 +29,13 @@ pub unsafe fn write_owner(dst: *mut Owner, owner: Option<&Owner>) {
 /// The current task as the socket's owner.
 #[inline(always)]
 pub fn current() -> Owner {
-    let mut comm = MaybeUninit::<[u8; 16]>::uninit();
+    // Words, not bytes: a byte array is copied byte by byte.
+    let mut comm = MaybeUninit::<[u64; 2]>::uninit();
     // SAFETY: the helper always writes all 16 bytes: the name zero-padded, or
-    // zeros on failure.
+    // zeros on failure. Any bytes are a valid `[u8; 16]`.
     let comm = unsafe {
         generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16);
-        comm.assume_init()
+        core::mem::transmute::<[u64; 2], [u8; 16]>(comm.assume_init())
     };
     Owner {
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,

@@ -7,12 +7,12 @@ use core::mem::size_of;
 
 use aya_ebpf::{EbpfContext as _, helpers::generated, programs::TracePointContext};
 use tcpretrans_common::{
-    ABSENT, AF_INET, AF_INET6, EventHeader, Filter, Flow, FlowFields, RECORD_LEN,
+    ABSENT, AF_INET, AF_INET6, Address, EventHeader, Filter, Flow, FlowFields, RECORD_LEN,
 };
 
 use crate::{
     maps::{RECORDS, SOCK_OFFSETS, TCP_OFFSETS},
-    sock::{self, Netns},
+    sock::{self, Memory, Netns, Probed},
 };
 
 /// Room for a 16-byte address at any offset below `RECORD_LEN`, 8-aligned so
@@ -74,29 +74,28 @@ impl Record {
         }
     }
 
-    /// Copies a 16-byte address field (a `__u8[16]`, 2-aligned in every known
-    /// layout) straight into an event.
+    /// A 16-byte address field (a `__u8[16]`, 2-aligned in every known
+    /// layout).
     #[inline(always)]
-    fn copy_addr(&self, offset: u16, dst: &mut [u8; 16]) {
+    fn address(&self, offset: u16) -> Address {
         let at = offset & !1;
-        for i in 0..8 {
-            let word: u16 = self.load(at + 2 * i);
-            dst[usize::from(2 * i)..usize::from(2 * i + 2)].copy_from_slice(&word.to_ne_bytes());
-        }
+        core::array::from_fn(|i| {
+            let [a, b] = self.load::<u16>(at + 4 * i as u16).to_ne_bytes();
+            let [c, d] = self.load::<u16>(at + 4 * i as u16 + 2).to_ne_bytes();
+            u32::from_ne_bytes([a, b, c, d])
+        })
     }
 
     /// The record's flow and family: the same as the socket's, as the
     /// kernel copied it when the tracepoint fired.
     #[inline(always)]
     fn flow(&self, fields: &FlowFields) -> (Flow, u16) {
-        let mut flow = Flow {
-            saddr: [0; 16],
-            daddr: [0; 16],
+        let flow = Flow {
+            saddr: self.address(fields.saddr_v6),
+            daddr: self.address(fields.daddr_v6),
             sport: self.load(fields.sport),
             dport: self.load(fields.dport),
         };
-        self.copy_addr(fields.saddr_v6, &mut flow.saddr);
-        self.copy_addr(fields.daddr_v6, &mut flow.daddr);
         (flow, self.family(fields))
     }
 }
@@ -129,7 +128,7 @@ impl Hit {
         let record = Record::read(ctx)?;
         let (flow, family) = record.flow(fields);
         Ok(
-            Self::filtered(flow, family, record.load(fields.skaddr), filter)
+            Self::filtered::<Probed>(flow, family, record.load(fields.skaddr), filter)
                 .map(|hit| (hit, record)),
         )
     }
@@ -137,15 +136,15 @@ impl Hit {
     /// The flow of `flow_sk` (a full or request socket) from its
     /// `sock_common`, for an event about `sk`, if they pass the filters.
     #[inline(always)]
-    pub fn from_sock(flow_sk: u64, sk: u64, filter: &Filter) -> Option<Self> {
-        let (flow, family) = sock::flow(flow_sk, TCP_OFFSETS.get())?;
-        Self::filtered(flow, family, sk, filter)
+    pub fn from_sock<M: Memory>(flow_sk: u64, sk: u64, filter: &Filter) -> Option<Self> {
+        let (flow, family) = sock::flow::<M>(flow_sk, TCP_OFFSETS.get())?;
+        Self::filtered::<M>(flow, family, sk, filter)
     }
 
     /// Family, ports and addresses first (they are at hand), then the
     /// namespace and cgroup (pointer chases).
     #[inline(always)]
-    fn filtered(flow: Flow, family: u16, sk: u64, filter: &Filter) -> Option<Self> {
+    fn filtered<M: Memory>(flow: Flow, family: u16, sk: u64, filter: &Filter) -> Option<Self> {
         if !filter.keeps_family(family) {
             return None;
         }
@@ -161,7 +160,7 @@ impl Hit {
         {
             return None;
         }
-        let netns = sock::kept(sk, SOCK_OFFSETS.get(), filter)?;
+        let netns = sock::kept::<M>(sk, SOCK_OFFSETS.get(), filter)?;
         Some(Self {
             flow,
             sk,

@@ -14,7 +14,7 @@ use tcpretrans_common::{
 use crate::{
     maps::{FILTER, RESET_FIELDS, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
-    sock::{self, read, words},
+    sock::{self, Probed, read, words},
 };
 
 /// The classic tracepoints: the socket from their records (used when BTF
@@ -69,13 +69,13 @@ fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
     }
     let filter = FILTER.get();
     let tcp = TCP_OFFSETS.get();
-    let Some((flow, family)) = sock::flow(sk, tcp) else {
+    let Some((flow, family)) = sock::flow::<Probed>(sk, tcp) else {
         return Ok(());
     };
     if !filter.keeps_family(family) {
         return Ok(());
     }
-    let Some(netns) = sock::kept(sk, SOCK_OFFSETS.get(), filter) else {
+    let Some(netns) = sock::kept::<Probed>(sk, SOCK_OFFSETS.get(), filter) else {
         return Ok(());
     };
     let info = SOCKETS.get_ptr_mut(sk);
@@ -98,7 +98,7 @@ fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
     {
         return Ok(());
     }
-    let (owner, sock_ino) = sock::owner_or_inode(sk, known_owner, tcp);
+    let (owner, sock_ino) = sock::owner_or_inode::<Probed>(sk, known_owner, tcp);
     let Some(mut entry) = reserve::<ResetEvent>(if direction == reset_direction::SENT {
         lost_slot::RESET_SENT
     } else {

@@ -13,7 +13,7 @@ use crate::{
     maps::{FILTER, RETRANSMIT_FIELDS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
     record::Hit,
-    sock::{self, read, read_bitfield},
+    sock::{self, Probed, read, read_bitfield},
 };
 
 /// The classic tracepoint: its record (used when BTF lacks what the raw
@@ -49,7 +49,7 @@ pub fn tcp_retransmit_skb_raw(ctx: RawTracePointContext) -> u32 {
 
 fn try_tcp_retransmit_skb_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
     let sk: u64 = ctx.arg(0);
-    let Some(hit) = Hit::from_sock(sk, sk, FILTER.get()) else {
+    let Some(hit) = Hit::from_sock::<Probed>(sk, sk, FILTER.get()) else {
         return Ok(());
     };
     let err = if RETRANSMIT_FIELDS.get().err == ABSENT {
@@ -81,7 +81,7 @@ fn retransmit(hit: &Hit, skb: u64, state: u8, err: i32) -> Result<(), i64> {
     // field is written before submit.
     unsafe {
         let now = bpf_ktime_get_ns();
-        let (owner, sock_ino) = sock::owner_or_inode(sk, known_owner, tcp);
+        let (owner, sock_ino) = sock::owner_or_inode::<Probed>(sk, known_owner, tcp);
         hit.write_head(
             event_kind::RETRANSMIT,
             now,
@@ -148,7 +148,7 @@ fn retry_budget(sk: u64, net: u64, state: u8, tcp: &TcpOffsets) -> (u8, u8, u8) 
             read(net, tcp.net_syn_linear_timeouts),
         );
     }
-    if sock::orphan(sk, tcp) == 1 {
+    if sock::orphan::<Probed>(sk, tcp) == 1 {
         return (retry_budget::ORPHAN, read(net, tcp.net_orphan_retries), 0);
     }
     (retry_budget::RETRIES2, read(net, tcp.net_retries2), 0)

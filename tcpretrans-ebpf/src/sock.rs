@@ -1,18 +1,72 @@
 //! Reads from kernel objects (`struct sock`, `sk_buff`, `net`, ...) at member
 //! offsets userspace resolved from BTF. Unknown offsets read as 0.
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated};
 use tcpretrans_common::{
-    ABSENT, AF_INET6, Bitfield, Filter, Flow, Owner, SockOffsets, TcpOffsets, tcp_state::TIME_WAIT,
+    ABSENT, AF_INET6, Address, Bitfield, Filter, Flow, Owner, SockOffsets, TcpOffsets,
+    tcp_state::TIME_WAIT,
 };
 
-/// `base + offset` as a `T`; 0 when the offset is unknown or the read fails.
+/// How a program reads kernel objects at the offsets userspace resolved.
+pub trait Memory {
+    /// `base + offset` as a `T`; 0 when the offset is unknown or the read
+    /// fails.
+    fn read<T: Copy + Default>(base: u64, offset: u16) -> T;
+
+    /// The current task, as this reader takes pointers.
+    fn current_task() -> u64;
+}
+
+/// Any kernel address, through `bpf_probe_read_kernel`: the pointers of raw
+/// and classic tracepoints, and addresses computed at run time.
+pub enum Probed {}
+
+/// A BTF-typed pointer — a `tp_btf` program's argument, or a pointer member
+/// loaded through one — read with a plain load. The verifier checks each
+/// load against the member it falls in, so only members of the pointer's own
+/// type, read whole or within one integer or array; the JIT makes a faulting
+/// load (a NULL pointer's) read 0. `T` is an integer: volatile loads keep
+/// LLVM from merging neighbouring members into one wider load.
+pub enum Typed {}
+
+impl Memory for Probed {
+    #[inline(always)]
+    fn read<T: Copy + Default>(base: u64, offset: u16) -> T {
+        if base == 0 || offset == ABSENT {
+            return T::default();
+        }
+        // SAFETY: probe reads of kernel memory fail safely on a bad address.
+        unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn current_task() -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_current_task() }
+    }
+}
+
+impl Memory for Typed {
+    #[inline(always)]
+    fn read<T: Copy + Default>(base: u64, offset: u16) -> T {
+        if offset == ABSENT {
+            return T::default();
+        }
+        // SAFETY: see `Typed`: the verifier admits only loads inside the
+        // pointed-to object's members, and faults read as 0.
+        unsafe { ((base + u64::from(offset)) as *const T).read_volatile() }
+    }
+
+    #[inline(always)]
+    fn current_task() -> u64 {
+        // SAFETY: helper without preconditions.
+        unsafe { generated::bpf_get_current_task_btf() as u64 }
+    }
+}
+
+/// A probe read: `Probed::read`.
 #[inline(always)]
 pub fn read<T: Copy + Default>(base: u64, offset: u16) -> T {
-    if base == 0 || offset == ABSENT {
-        return T::default();
-    }
-    // SAFETY: probe reads of kernel memory fail safely on a bad address.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.unwrap_or_default()
+    Probed::read(base, offset)
 }
 
 #[inline(always)]
@@ -33,16 +87,17 @@ pub struct Netns {
 /// The socket's namespace, if the socket passes the namespace and cgroup
 /// filters.
 #[inline(always)]
-pub fn kept(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> Option<Netns> {
-    let net: u64 = read(skaddr, offsets.sk_net);
-    let inum: u32 = read(net, offsets.net_inum);
+pub fn kept<M: Memory>(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> Option<Netns> {
+    let net: u64 = M::read(skaddr, offsets.sk_net);
+    let inum: u32 = M::read(net, offsets.net_inum);
     let kept = (filter.netns == 0 || filter.netns == inum)
         && (filter.cgroup_id == 0 || in_cgroup(skaddr, offsets, filter));
     kept.then_some(Netns { net, inum })
 }
 
 /// Whether the socket's cgroup is the filter's or below it: its ancestor at
-/// the filter's level has the filter's id.
+/// the filter's level has the filter's id. Probe reads: `ancestors` is a
+/// flexible array, beyond what the verifier lets a typed pointer reach.
 #[inline(always)]
 fn in_cgroup(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> bool {
     let cgroup: u64 = read(skaddr, offsets.sk_cgroup);
@@ -61,28 +116,26 @@ fn in_cgroup(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> bool {
 /// A socket's flow from its `sock_common` (full, request or timewait
 /// socket), as `(flow, AF_*)`; `None` when the offsets are unknown.
 #[inline(always)]
-pub fn flow(sk: u64, tcp: &TcpOffsets) -> Option<(Flow, u16)> {
+pub fn flow<M: Memory>(sk: u64, tcp: &TcpOffsets) -> Option<(Flow, u16)> {
     if sk == 0 || tcp.skc_portpair == ABSENT || tcp.skc_family == ABSENT {
         return None;
     }
-    let family: u16 = read(sk, tcp.skc_family);
-    let ports: [u8; 4] = read(sk, tcp.skc_portpair);
-    let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
-    if family == AF_INET6 {
-        saddr = read(sk, tcp.skc_v6_rcv_saddr);
-        daddr = read(sk, tcp.skc_v6_daddr);
+    let family: u16 = M::read(sk, tcp.skc_family);
+    let ports = M::read::<u32>(sk, tcp.skc_portpair).to_ne_bytes();
+    let (saddr, daddr) = if family == AF_INET6 {
+        (
+            address::<M>(sk, tcp.skc_v6_rcv_saddr),
+            address::<M>(sk, tcp.skc_v6_daddr),
+        )
     } else {
-        let pair: [u8; 8] = read(sk, tcp.skc_addrpair);
-        for addr in [&mut saddr, &mut daddr] {
-            addr[10] = 0xff;
-            addr[11] = 0xff;
-        }
-        daddr[12..].copy_from_slice(&pair[..4]);
-        saddr[12..].copy_from_slice(&pair[4..]);
-    }
+        // `skc_daddr`, then `skc_rcv_saddr`.
+        let [daddr, saddr] = halves(M::read(sk, tcp.skc_addrpair));
+        (ipv4_mapped(saddr), ipv4_mapped(daddr))
+    };
     // `skc_num` is in host order, `skc_dport` in network order.
     let mut sport = u16::from_ne_bytes([ports[2], ports[3]]);
     if sport == 0 {
+        // A member of `struct inet_sock`, past `struct sock`: probed.
         sport = u16::from_be(read(sk, tcp.inet_sport));
     }
     let flow = Flow {
@@ -92,6 +145,33 @@ pub fn flow(sk: u64, tcp: &TcpOffsets) -> Option<(Flow, u16)> {
         dport: u16::from_be_bytes([ports[0], ports[1]]),
     };
     Some((flow, family))
+}
+
+/// An IPv6 address member (8-aligned in `sock_common`), read as two words.
+#[inline(always)]
+fn address<M: Memory>(sk: u64, offset: u16) -> Address {
+    if offset == ABSENT {
+        return [0; 4];
+    }
+    let [a, b] = halves(M::read(sk, offset));
+    let [c, d] = halves(M::read(sk, offset + 8));
+    [a, b, c, d]
+}
+
+/// A word's two halves in memory order.
+#[inline(always)]
+fn halves(word: u64) -> [u32; 2] {
+    let [a, b, c, d, e, f, g, h] = word.to_ne_bytes();
+    [
+        u32::from_ne_bytes([a, b, c, d]),
+        u32::from_ne_bytes([e, f, g, h]),
+    ]
+}
+
+/// `::ffff:a.b.c.d`, how IPv6 holds an IPv4 address (in network order).
+#[inline(always)]
+pub fn ipv4_mapped(ipv4: u32) -> Address {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), ipv4]
 }
 
 /// Chain entries looked at for a connection's timewait socket.
@@ -139,9 +219,11 @@ pub fn timewait_substate(sk: u64, net: u64, lport: u16, tcp: &TcpOffsets, sk_net
 }
 
 /// The socket's inode number (what `/proc/PID/fd` links name), or 0.
+/// From the `struct socket` on, probed: the inode is in `struct
+/// socket_alloc`, around it.
 #[inline(always)]
-pub fn inode(sk: u64, tcp: &TcpOffsets) -> u64 {
-    let socket: u64 = read(sk, tcp.sk_socket);
+pub fn inode<M: Memory>(sk: u64, tcp: &TcpOffsets) -> u64 {
+    let socket: u64 = M::read(sk, tcp.sk_socket);
     if socket == 0 || tcp.socket_alloc_inode == ABSENT {
         return 0;
     }
@@ -151,29 +233,33 @@ pub fn inode(sk: u64, tcp: &TcpOffsets) -> u64 {
 /// What an event says about a socket's owner: the owner if known, else the
 /// socket's inode for userspace to look up.
 #[inline(always)]
-pub fn owner_or_inode<'a>(
+pub fn owner_or_inode<'a, M: Memory>(
     sk: u64,
     owner: Option<&'a Owner>,
     tcp: &TcpOffsets,
 ) -> (Option<&'a Owner>, u64) {
     match owner.filter(|o| o.pid != 0) {
         Some(owner) => (Some(owner), 0),
-        None => (None, inode(sk, tcp)),
+        None => (None, inode::<M>(sk, tcp)),
     }
 }
 
 /// An address as 8 words in memory order, as the address filters take it.
 #[inline(always)]
-pub fn words(addr: &[u8; 16]) -> [u16; 8] {
-    core::array::from_fn(|i| u16::from_ne_bytes([addr[2 * i], addr[2 * i + 1]]))
+pub fn words(addr: &Address) -> [u16; 8] {
+    core::array::from_fn(|i| {
+        let [a, b, c, d] = addr[i / 2].to_ne_bytes();
+        let half = if i % 2 == 0 { [a, b] } else { [c, d] };
+        u16::from_ne_bytes(half)
+    })
 }
 
 /// Whether the owner has closed the socket (`SOCK_DEAD`).
 #[inline(always)]
-pub fn orphan(sk: u64, tcp: &TcpOffsets) -> u8 {
+pub fn orphan<M: Memory>(sk: u64, tcp: &TcpOffsets) -> u8 {
     if tcp.sk_flags == ABSENT {
         return 0;
     }
-    let flags: u64 = read(sk, tcp.sk_flags);
+    let flags: u64 = M::read(sk, tcp.sk_flags);
     (flags >> (tcp.sock_dead_bit & 63) & 1) as u8
 }

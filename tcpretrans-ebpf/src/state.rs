@@ -1,10 +1,10 @@
 //! `sock:inet_sock_set_state` for TCP: tracks each socket's time in its state
 //! and its owner, and reports the transitions userspace asked for.
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    EbpfContext,
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use tcpretrans_common::{
     ABSENT, ConnectErrorEvent, DURATION_UNKNOWN, ListenerKey, Owner, SockInfo, StateEvent,
@@ -17,12 +17,12 @@ use tcpretrans_common::{
 
 use crate::{
     maps::{
-        FILTER, LISTENERS, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, STATE_NESTING, TCP_OFFSETS,
-        add_one, reserve, submit,
+        FILTER, LISTENERS, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, STATE_NESTING, STATE_TAKEN,
+        TCP_OFFSETS, add_one, reserve, submit,
     },
     owner::{self, write_owner},
     record::Hit,
-    sock::{self, read},
+    sock::{self, Memory, Probed, Typed},
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -44,7 +44,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     if record.load::<u16>(fields.protocol) != u16::from(IPPROTO_TCP) {
         return Ok(());
     }
-    transition(
+    transition::<Probed>(
         &hit,
         record.load::<i32>(fields.oldstate) as u8,
         record.load::<i32>(fields.newstate) as u8,
@@ -52,12 +52,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     )
 }
 
-/// The raw tracepoint: `TP_PROTO(const struct sock *sk, const int oldstate,
-/// const int newstate)`, the flow read from the socket.
+/// The raw tracepoint: the flow read from the socket with probe reads.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
-    note_taken(&ctx);
-    let _ = try_inet_sock_set_state_raw(&ctx, lost_slot::STATE);
+    take::<Probed>(&Arguments::of(&ctx));
     0
 }
 
@@ -66,81 +64,137 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
 /// They are handled with the same code (its own copy: a tail call into the
 /// interrupted program would share its private stack and corrupt it).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> u32 {
-    if !clear_taken(raw_identity(&ctx)) {
-        add_one(&STATE_NESTING, state_nesting::RECOVERED);
-        let _ = try_inet_sock_set_state_raw(&ctx, lost_slot::STATE_NESTED);
-    }
+pub fn inet_sock_set_state_raw_nested(ctx: RawTracePointContext) -> u32 {
+    recover::<Probed>(&Arguments::of(&ctx));
     0
 }
 
+/// The BTF tracepoint: the same as the raw one, but the socket pointer is
+/// typed, so its members are plain loads instead of probe-read calls.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+    take::<Typed>(&Arguments::of(&ctx));
+    0
+}
+
+/// `inet_sock_set_state_raw_nested` for the BTF tracepoint.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf_nested(ctx: BtfTracePointContext) -> u32 {
+    recover::<Typed>(&Arguments::of(&ctx));
+    0
+}
+
+/// `TP_PROTO(const struct sock *sk, const int oldstate, const int
+/// newstate)`, as raw and BTF tracepoints pass it: an array of words.
+struct Arguments {
+    sk: u64,
+    old_state: u8,
+    new_state: u8,
+    /// Where the array lies: on the stack of the context running the
+    /// tracepoint.
+    at: u64,
+}
+
+impl Arguments {
+    #[inline(always)]
+    fn of(ctx: &impl EbpfContext) -> Self {
+        let words = ctx.as_ptr() as *const u64;
+        // SAFETY: the tracepoint's three arguments; a BTF tracepoint's
+        // first is the typed socket pointer.
+        let word = |i| unsafe { words.add(i).read() };
+        Self {
+            sk: word(0),
+            old_state: word(1) as u8,
+            new_state: word(2) as u8,
+            at: words as u64,
+        }
+    }
+
+    #[inline(always)]
+    fn states(&self) -> u64 {
+        u64::from(self.old_state) << 8 | u64::from(self.new_state)
+    }
+}
+
+/// The state program: notes the transition, then handles it.
 #[inline(always)]
-fn raw_identity(ctx: &RawTracePointContext) -> u64 {
-    state_nesting::identity(ctx.arg(0), ctx.arg::<i32>(1) as u8, ctx.arg::<i32>(2) as u8)
+fn take<M: Memory>(args: &Arguments) {
+    note_taken::<M>(args);
+    let _ = handle::<M>(args, lost_slot::STATE);
+}
+
+/// The nested program: handles the transition if the state program did not
+/// note it.
+#[inline(always)]
+fn recover<M: Memory>(args: &Arguments) {
+    if !clear_taken(args) {
+        add_one(&STATE_NESTING, state_nesting::RECOVERED);
+        let _ = handle::<M>(args, lost_slot::STATE_NESTED);
+    }
 }
 
 /// Notes the transition the state program is taking, first thing, in its
 /// level's slot. The level: whether the tracepoint's arguments are on the
 /// current task's kernel stack (a softirq runs on the CPU's IRQ stack).
 #[inline(always)]
-fn note_taken(ctx: &RawTracePointContext) {
+fn note_taken<M: Memory>(args: &Arguments) {
     let tcp = TCP_OFFSETS.get();
     let at_task_level = tcp.task_stack == ABSENT || {
-        // SAFETY: helper without preconditions.
-        let task = unsafe { bpf_get_current_task() };
-        let stack: u64 = read(task, tcp.task_stack);
+        let stack: u64 = M::read(M::current_task(), tcp.task_stack);
         // Compared, never subtracted: the verifier refuses arithmetic on
         // the context pointer. Opaque bounds keep LLVM from subtracting.
         let start = core::hint::black_box(stack);
         let end = core::hint::black_box(stack.wrapping_add(1 << (tcp.stack_shift & 63)));
-        let args = ctx.as_ptr() as u64;
-        args >= start && args < end
+        args.at >= start && args.at < end
     };
-    let slot = state_nesting::TAKEN + u32::from(!at_task_level);
-    if let Some(taken) = STATE_NESTING.get_ptr_mut(slot) {
+    if let Some(taken) = STATE_TAKEN.get_ptr_mut(u32::from(!at_task_level)) {
         // SAFETY: this CPU's slot of this level; runs at one level never
         // overlap.
-        unsafe { *taken = raw_identity(ctx) };
+        unsafe {
+            (*taken).sk = args.sk;
+            (*taken).states = args.states();
+        }
     }
 }
 
 /// Clears the note of this transition, if the state program took it.
 #[inline(always)]
-fn clear_taken(identity: u64) -> bool {
+fn clear_taken(args: &Arguments) -> bool {
     (0..state_nesting::LEVELS).any(|level| {
-        STATE_NESTING
-            .get_ptr_mut(state_nesting::TAKEN + level)
+        STATE_TAKEN
+            .get_ptr_mut(level)
             // SAFETY: as in `note_taken`.
             .is_some_and(|taken| unsafe {
-                let noted = *taken == identity;
+                let noted = (*taken).sk == args.sk && (*taken).states == args.states();
                 if noted {
-                    *taken = 0;
+                    (*taken).sk = 0;
                 }
                 noted
             })
     })
 }
 
-fn try_inet_sock_set_state_raw(ctx: &RawTracePointContext, lost_slot: u32) -> Result<(), i64> {
-    let sk: u64 = ctx.arg(0);
-    if read::<u8>(sk, TCP_OFFSETS.get().sk_protocol) != IPPROTO_TCP {
+#[inline(always)]
+fn handle<M: Memory>(args: &Arguments, lost_slot: u32) -> Result<(), i64> {
+    let sk = args.sk;
+    if M::read::<u8>(sk, TCP_OFFSETS.get().sk_protocol) != IPPROTO_TCP {
         return Ok(());
     }
-    let Some(hit) = Hit::from_sock(sk, sk, FILTER.get()) else {
+    let Some(hit) = Hit::from_sock::<M>(sk, sk, FILTER.get()) else {
         return Ok(());
     };
-    transition(
-        &hit,
-        ctx.arg::<i32>(1) as u8,
-        ctx.arg::<i32>(2) as u8,
-        lost_slot,
-    )
+    transition::<M>(&hit, args.old_state, args.new_state, lost_slot)
 }
 
 /// Tracks the socket and reports the transition; `lost_slot` counts the
 /// events the ring buffer has no room for.
 #[inline(always)]
-fn transition(hit: &Hit, old_state: u8, new_state: u8, lost_slot: u32) -> Result<(), i64> {
+fn transition<M: Memory>(
+    hit: &Hit,
+    old_state: u8,
+    new_state: u8,
+    lost_slot: u32,
+) -> Result<(), i64> {
     let (filter, skaddr) = (FILTER.get(), hit.sk);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -154,7 +208,7 @@ fn transition(hit: &Hit, old_state: u8, new_state: u8, lost_slot: u32) -> Result
     let tracked = track(skaddr, old_state, new_state, now, &listener);
     let tcp = TCP_OFFSETS.get();
     let error = if new_state == CLOSE {
-        read::<i32>(skaddr, tcp.sk_err)
+        M::read::<i32>(skaddr, tcp.sk_err)
     } else {
         0
     };
@@ -188,7 +242,7 @@ fn transition(hit: &Hit, old_state: u8, new_state: u8, lost_slot: u32) -> Result
     // SAFETY: `event` points at a reserved slot of the event's size; every
     // field is written before submit.
     unsafe {
-        let (owner, sock_ino) = sock::owner_or_inode(skaddr, Some(&tracked.owner), tcp);
+        let (owner, sock_ino) = sock::owner_or_inode::<M>(skaddr, Some(&tracked.owner), tcp);
         hit.write_head(
             event_kind::STATE,
             now,
@@ -204,7 +258,7 @@ fn transition(hit: &Hit, old_state: u8, new_state: u8, lost_slot: u32) -> Result
         (&raw mut (*event).timewait).write(timewait);
         (&raw mut (*event).reset).write(tracked.reset);
         (&raw mut (*event).error).write(error);
-        (&raw mut (*event).orphan).write(sock::orphan(skaddr, tcp));
+        (&raw mut (*event).orphan).write(sock::orphan::<M>(skaddr, tcp));
         (&raw mut (*event)._pad0).write(0);
         (&raw mut (*event)._pad1).write(0);
     }

@@ -13,7 +13,7 @@ use crate::{
     maps::{FILTER, SOCKETS, SYNACK_FIELDS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
     record::Hit,
-    sock::{self, read, read_bitfield},
+    sock::{self, Probed, read, read_bitfield},
 };
 
 /// `TCPHDR_SYN | TCPHDR_ACK`.
@@ -47,7 +47,7 @@ pub fn tcp_retransmit_synack_raw(ctx: RawTracePointContext) -> u32 {
 
 fn try_tcp_retransmit_synack_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
     let (listener, req): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    let Some(hit) = Hit::from_sock(req, listener, FILTER.get()) else {
+    let Some(hit) = Hit::from_sock::<Probed>(req, listener, FILTER.get()) else {
         return Ok(());
     };
     synack(&hit, req)
@@ -82,7 +82,7 @@ fn synack(hit: &Hit, req: u64) -> Result<(), i64> {
     unsafe {
         let now = bpf_ktime_get_ns();
         // Accepted connections belong to whoever listens.
-        let (owner, sock_ino) = sock::owner_or_inode(listener, known_owner, tcp);
+        let (owner, sock_ino) = sock::owner_or_inode::<Probed>(listener, known_owner, tcp);
         hit.write_head(
             event_kind::SYNACK,
             now,

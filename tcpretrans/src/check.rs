@@ -9,7 +9,7 @@ use crate::{
     btf::{self, Btf},
     cli::Args,
     kernel,
-    loader::{PROGRAMS, Tracer},
+    loader::{HookCount, PROGRAMS, Tracer},
     trace::{self, Setup},
     tracefs::Tracefs,
 };
@@ -132,10 +132,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
             .and_then(|Setup { plan, .. }| Tracer::load(&plan).map_err(|e| e.to_string()));
         match loaded {
             Ok(tracer) => {
-                let (raw, all) = tracer.links.count();
+                let HookCount { btf, raw, all } = tracer.links.count();
                 writeln!(
                     out,
-                    "programs    load, verify and attach: ok ({:.1?}; {raw} of {all} on raw tracepoints)",
+                    "programs    load, verify and attach: ok ({:.1?}; of {all} hooks, {btf} on BTF \
+                     and {raw} on raw tracepoints)",
                     started.elapsed(),
                 )?
             }

@@ -9,7 +9,7 @@ use std::{
 use jiff::Timestamp;
 use nix::time::{ClockId, clock_gettime};
 use tcpretrans_common::{
-    ABSENT, ConnectErrorEvent, DURATION_UNKNOWN, EventHeader, Flow, Owner, ResetEvent,
+    ABSENT, Address, ConnectErrorEvent, DURATION_UNKNOWN, EventHeader, Flow, Owner, ResetEvent,
     RetransmitEvent, StateEvent, TcpOffsets, event_kind, reset_direction, retry_budget,
 };
 
@@ -743,9 +743,9 @@ fn socket(header: &EventHeader, flow: &Flow, owner: &Owner, clock: &Clock) -> So
     Socket {
         time: clock.wall(header.timestamp_ns),
         family: header.family,
-        laddr: address(header.family, flow.saddr),
+        laddr: address(header.family, &flow.saddr),
         lport: flow.sport,
-        raddr: address(header.family, flow.daddr),
+        raddr: address(header.family, &flow.daddr),
         rport: flow.dport,
         netns: (header.netns != 0).then_some(header.netns),
         skaddr: header.skaddr,
@@ -756,7 +756,8 @@ fn socket(header: &EventHeader, flow: &Flow, owner: &Owner, clock: &Clock) -> So
 
 /// IPv4 sockets' addresses arrive IPv4-mapped; IPv6 sockets talking to IPv4
 /// peers carry mapped addresses too. Both are shown as IPv4.
-fn address(family: u8, bytes: [u8; 16]) -> IpAddr {
+fn address(family: u8, address: &Address) -> IpAddr {
+    let bytes = tcpretrans_common::address::octets(address);
     let v6 = Ipv6Addr::from(bytes);
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
@@ -785,7 +786,7 @@ fn process(owner: &Owner) -> Option<Process> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use tcpretrans_common::{Bitfield, tcp_state};
+    use tcpretrans_common::{Bitfield, address, tcp_state};
 
     use super::*;
 
@@ -797,12 +798,12 @@ pub(crate) mod tests {
         .to_vec()
     }
 
-    fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    fn mapped(v4: [u8; 4]) -> Address {
         let mut a = [0; 16];
         a[10] = 0xff;
         a[11] = 0xff;
         a[12..].copy_from_slice(&v4);
-        a
+        address::from_octets(a)
     }
 
     pub fn header(kind: u8, family: u8) -> EventHeader {
@@ -1191,7 +1192,7 @@ pub(crate) mod tests {
             header: header(event_kind::STATE, 6),
             owner: Owner::UNKNOWN,
             flow: Flow {
-                saddr: Ipv6Addr::LOCALHOST.octets(),
+                saddr: address::from_octets(Ipv6Addr::LOCALHOST.octets()),
                 daddr: mapped([192, 0, 2, 1]),
                 sport: 1,
                 dport: 2,

@@ -12,7 +12,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        Program, ProgramError, raw_trace_point::RawTracePointLink, trace_point::TracePointLink,
+        Program, ProgramError, raw_trace_point::RawTracePointLink, tp_btf::BtfTracePointLink,
+        trace_point::TracePointLink,
     },
 };
 use landlock::{AccessFs, Ruleset, RulesetAttr as _};
@@ -23,43 +24,85 @@ use tcpretrans_common::{
 };
 use thiserror::Error;
 
+use crate::btf;
+
 /// The kernel object built from tcpretrans-ebpf (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpretrans"));
 
-/// Programs, and the tracepoints they attach to.
-/// The hooks: tracepoint category and name, and the program for its raw
-/// tracepoint when there is one. Raw tracepoints cost less and are guarded
-/// against recursion per program, where a classic tracepoint program is
-/// skipped whenever any other one runs on its CPU (a softirq interrupting
-/// it); they need BTF to read the socket. System calls have no raw
-/// tracepoint of their own.
+/// The hooks: tracepoint category and name, and the cheapest kind of
+/// program the object has for each. BTF and raw tracepoints cost less than
+/// classic ones and are guarded against recursion per program, where a
+/// classic tracepoint program is skipped whenever any other one runs on its
+/// CPU (a softirq interrupting it); they need BTF to read the socket. A BTF
+/// tracepoint reads the members of `struct sock` with plain loads instead of
+/// probe-read calls: the state hook, which runs on every transition of the
+/// host, has one. System calls have no raw tracepoint of their own.
 pub const PROGRAMS: [Hook; 7] = [
-    Hook::new("tcp", "tcp_retransmit_skb", true),
-    Hook::new("tcp", "tcp_retransmit_synack", true),
-    Hook::new("sock", "inet_sock_set_state", true),
-    Hook::new("tcp", "tcp_send_reset", true),
-    Hook::new("tcp", "tcp_receive_reset", true),
-    Hook::new("syscalls", "sys_enter_connect", false),
-    Hook::new("syscalls", "sys_exit_connect", false),
+    Hook::new("tcp", "tcp_retransmit_skb", Via::Raw),
+    Hook::new("tcp", "tcp_retransmit_synack", Via::Raw),
+    Hook::new("sock", "inet_sock_set_state", Via::Btf),
+    Hook::new("tcp", "tcp_send_reset", Via::Raw),
+    Hook::new("tcp", "tcp_receive_reset", Via::Raw),
+    Hook::new("syscalls", "sys_enter_connect", Via::Classic),
+    Hook::new("syscalls", "sys_exit_connect", Via::Classic),
 ];
 
-/// A tracepoint and its programs: `NAME` (classic) and `NAME_raw`.
+/// The BTF type the kernel knows the state tracepoint by, for BTF programs.
+pub const STATE_BTF_TRACEPOINT: &str = "btf_trace_inet_sock_set_state";
+
+/// A tracepoint, and the cheapest kind of program for it.
 #[derive(Debug, Clone, Copy)]
 pub struct Hook {
     pub category: &'static str,
     pub name: &'static str,
-    raw: bool,
+    best: Via,
 }
 
 impl Hook {
-    const fn new(category: &'static str, name: &'static str, raw: bool) -> Self {
+    const fn new(category: &'static str, name: &'static str, best: Via) -> Self {
         Self {
             category,
             name,
-            raw,
+            best,
+        }
+    }
+
+    /// The hook's program of kind `via`: `NAME`, `NAME_raw` or `NAME_btf`.
+    fn program(&self, via: Via) -> String {
+        match via {
+            Via::Classic => self.name.to_owned(),
+            Via::Raw => format!("{}_raw", self.name),
+            Via::Btf => format!("{}_btf", self.name),
+        }
+    }
+
+    /// The hook's programs of kind `via`: the state hook's raw and BTF
+    /// programs come with the program that handles the transitions the
+    /// kernel skips for them (see `state_nesting`), `PROGRAM_nested`.
+    fn programs(&self, via: Via) -> Vec<String> {
+        let program = self.program(via);
+        if self.name == STATE_HOOK && via != Via::Classic {
+            let nested = format!("{program}{NESTED_SUFFIX}");
+            vec![program, nested]
+        } else {
+            vec![program]
         }
     }
 }
+
+/// The kinds of program, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Via {
+    /// A BTF tracepoint (`tp_btf`): a typed socket pointer.
+    Btf,
+    /// A raw tracepoint: the socket probe-read at BTF offsets.
+    Raw,
+    /// A classic tracepoint: its record.
+    Classic,
+}
+
+const STATE_HOOK: &str = "inet_sock_set_state";
+const NESTED_SUFFIX: &str = "_nested";
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -136,6 +179,29 @@ pub struct Plan {
     pub ring_bytes: u32,
     /// Entries of the per-socket state map.
     pub max_sockets: u32,
+    /// The id of `STATE_BTF_TRACEPOINT` in the running kernel's BTF, when
+    /// that is the BTF read: the state hook then runs BTF programs.
+    pub state_btf_id: Option<u32>,
+}
+
+impl Plan {
+    /// The kind of program for `hook`: the cheapest the object has for it
+    /// that what we know of this kernel allows.
+    fn via(&self, hook: &Hook) -> Via {
+        let allowed = match (self.tcp.reads_flows(), self.state_btf_id) {
+            (false, _) => Via::Classic,
+            (true, None) => Via::Raw,
+            (true, Some(_)) => Via::Btf,
+        };
+        hook.best.max(allowed)
+    }
+
+    /// What BTF programs find their tracepoint in.
+    fn attach_target(&self) -> Option<aya::Btf> {
+        let id = self.state_btf_id?;
+        // Unbuildable, it leaves the hook on its raw programs.
+        btf::attach_target(STATE_BTF_TRACEPOINT, id).ok()
+    }
 }
 
 /// Loaded and attached programs with the maps userspace reads.
@@ -151,32 +217,52 @@ pub struct Tracer {
 /// The programs' attachments: dropping them detaches the programs.
 pub struct Links(Vec<Attachment>);
 
+/// Hooks attached, by kind of program.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HookCount {
+    pub btf: usize,
+    pub raw: usize,
+    pub all: usize,
+}
+
 impl Links {
-    /// Hooks attached: to raw tracepoints, and in all.
-    pub fn count(&self) -> (usize, usize) {
-        let hooks = self
-            .0
-            .iter()
-            .filter(|a| !matches!(a, Attachment::Nested(_)));
-        let raw = hooks
-            .clone()
-            .filter(|a| matches!(a, Attachment::Raw(_)))
-            .count();
-        (raw, hooks.count())
+    pub fn count(&self) -> HookCount {
+        let mut count = HookCount::default();
+        // A nested program is not a hook of its own.
+        for attachment in self.0.iter().filter(|a| !a.nested) {
+            match attachment.link {
+                Link::Btf(_) => count.btf += 1,
+                Link::Raw(_) => count.raw += 1,
+                Link::Classic(_) => {}
+            }
+            count.all += 1;
+        }
+        count
     }
 }
 
-enum Attachment {
-    Classic(TracePointLink),
-    Raw(RawTracePointLink),
-    /// The program that handles the state transitions the kernel skips for
-    /// the raw state program (see `state_nesting`): not a hook of its own.
-    Nested(RawTracePointLink),
+struct Attachment {
+    link: Link,
+    /// The program handles the state transitions the kernel skipped for the
+    /// hook's program (see `state_nesting`).
+    nested: bool,
 }
 
-/// The raw state program, and the one that runs it nested.
-const STATE_PROGRAM: &str = "inet_sock_set_state_raw";
-const NESTED_STATE_PROGRAM: &str = "inet_sock_set_state_nested";
+enum Link {
+    Classic(TracePointLink),
+    Raw(RawTracePointLink),
+    Btf(BtfTracePointLink),
+}
+
+impl Link {
+    fn detach(self) {
+        match self {
+            Self::Classic(link) => drop(link),
+            Self::Raw(link) => drop(link),
+            Self::Btf(link) => drop(link),
+        }
+    }
+}
 
 impl Drop for Links {
     /// Each detach waits for an RCU grace period (50-80 ms here); side by
@@ -184,10 +270,7 @@ impl Drop for Links {
     fn drop(&mut self) {
         std::thread::scope(|scope| {
             for attachment in self.0.drain(..) {
-                scope.spawn(move || match attachment {
-                    Attachment::Classic(link) => drop(link),
-                    Attachment::Raw(link) | Attachment::Nested(link) => drop(link),
-                });
+                scope.spawn(move || attachment.link.detach());
             }
         });
     }
@@ -333,56 +416,80 @@ impl Tracer {
         let state_events = plan.filter.flags & filter_flags::STATE_EVENTS != 0;
         // Resets only explain endings of state events: without them, two
         // fewer programs to verify and attach (and to run on every reset).
-        let raw = plan.tcp.reads_flows();
-        let mut needed: StdHashMap<String, Hook> = PROGRAMS
+        let mut chosen: Vec<(Hook, Via)> = PROGRAMS
             .into_iter()
             .filter(|hook| state_events || !hook.name.ends_with("_reset"))
-            .map(|hook| {
-                let program = if raw && hook.raw {
-                    format!("{}_raw", hook.name)
-                } else {
-                    hook.name.to_owned()
-                };
-                (program, hook)
+            .map(|hook| (hook, plan.via(&hook)))
+            .collect();
+        let mut wanted: StdHashMap<String, (Hook, Via)> = StdHashMap::new();
+        for &(hook, via) in &chosen {
+            // A BTF hook's raw programs stand by in case this kernel
+            // refuses BTF tracepoints.
+            let vias: &[Via] = if via == Via::Btf {
+                &[Via::Btf, Via::Raw]
+            } else {
+                &[via]
+            };
+            for &via in vias {
+                for program in hook.programs(via) {
+                    wanted.insert(program, (hook, via));
+                }
+            }
+        }
+        let mut programs: Vec<Candidate> = ebpf
+            .programs_mut()
+            .filter_map(|(name, program)| {
+                let (hook, via) = wanted.remove(name)?;
+                Some(Candidate {
+                    hook,
+                    via,
+                    name,
+                    program,
+                })
             })
             .collect();
-        if let Some(&state) = needed.get(STATE_PROGRAM) {
-            needed.insert(NESTED_STATE_PROGRAM.to_owned(), state);
-        }
-        let mut programs: Vec<(Hook, &str, &mut Program)> = ebpf
-            .programs_mut()
-            .filter_map(|(name, program)| Some((needed.remove(name)?, name, program)))
-            .collect();
-        if let Some(program) = needed.into_keys().next() {
+        if let Some(program) = wanted.into_keys().next() {
             return Err(LoadError::MissingProgram { program });
         }
-        // The verifier takes most of the start-up: each program on its own
-        // thread, side by side.
-        thread::scope(|scope| {
-            let loading: Vec<_> = programs
-                .iter_mut()
-                .map(|(_, name, program)| scope.spawn(move || load(name, program)))
-                .collect();
-            loading.into_iter().try_for_each(|thread| {
-                thread
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-        })?;
+        let is_chosen = |chosen: &[(Hook, Via)], c: &Candidate| {
+            chosen
+                .iter()
+                .any(|&(hook, via)| hook.name == c.hook.name && via == c.via)
+        };
+        let target = plan.attach_target();
+        let refused = load_side_by_side(
+            programs.iter_mut().filter(|c| is_chosen(&chosen, c)),
+            target.as_ref(),
+        )?;
+        if !refused.is_empty() {
+            for (hook, via) in &mut chosen {
+                if refused.contains(&hook.name) {
+                    *via = Via::Raw;
+                }
+            }
+            let again = load_side_by_side(
+                programs
+                    .iter_mut()
+                    .filter(|c| c.via == Via::Raw && refused.contains(&c.hook.name)),
+                None,
+            )?;
+            debug_assert!(again.is_empty(), "only BTF programs are retried");
+        }
+        programs.retain(|c| is_chosen(&chosen, c));
         // A tracepoint runs its programs in the order they were attached;
-        // the nested state program must run after the state program (it
-        // handles what that one did not log): attached last.
-        programs.sort_by_key(|&(_, name, _)| name == NESTED_STATE_PROGRAM);
+        // a nested state program must run after the state program (it
+        // handles what that one did not note): attached last.
+        programs.sort_by_key(Candidate::nested);
         let links = Links(
             programs
                 .into_iter()
-                .map(|(hook, name, program)| attach(hook, name, program))
+                .map(Candidate::attach)
                 .collect::<Result<_, _>>()?,
         );
 
         let fdinfo = ebpf
             .programs()
-            .filter(|&(name, _)| name != NESTED_STATE_PROGRAM)
+            .filter(|&(name, _)| !name.ends_with(NESTED_SUFFIX))
             .filter_map(|(_, program)| program.fd().ok())
             .map(|fd| PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())))
             .collect();
@@ -421,42 +528,98 @@ const fn libc_eperm() -> i32 {
     nix::errno::Errno::EPERM as i32
 }
 
-/// Loads `program` (the hook's raw or classic program) into the kernel.
-fn load(name: &str, program: &mut Program) -> Result<(), LoadError> {
-    match program {
-        Program::RawTracePoint(program) => program.load(),
-        Program::TracePoint(program) => program.load(),
-        _ => Err(ProgramError::UnexpectedProgramType),
-    }
-    .map_err(load_error(name))
+/// A program of the object that a hook may run.
+struct Candidate<'a> {
+    hook: Hook,
+    via: Via,
+    name: &'a str,
+    program: &'a mut Program,
 }
 
-/// Attaches a loaded `program` to its hook's tracepoint.
-fn attach(hook: Hook, name: &str, program: &mut Program) -> Result<Attachment, LoadError> {
-    let (category, tracepoint) = (hook.category, hook.name);
-    let attach_error = |source| LoadError::Attach {
-        category,
-        name: tracepoint,
-        source,
-    };
-    match program {
-        Program::RawTracePoint(program) => {
-            let link = program.attach(tracepoint).map_err(attach_error)?;
-            let link = program.take_link(link).map_err(attach_error)?;
-            Ok(if name == NESTED_STATE_PROGRAM {
-                Attachment::Nested(link)
-            } else {
-                Attachment::Raw(link)
-            })
-        }
-        Program::TracePoint(program) => {
-            let link = program.attach(category, tracepoint).map_err(attach_error)?;
-            Ok(Attachment::Classic(
-                program.take_link(link).map_err(attach_error)?,
-            ))
-        }
-        _ => Err(attach_error(ProgramError::UnexpectedProgramType)),
+impl Candidate<'_> {
+    fn nested(&self) -> bool {
+        self.name.ends_with(NESTED_SUFFIX)
     }
+
+    /// Loads the program into the kernel; BTF tracepoints find their
+    /// tracepoint in `target`.
+    fn load(&mut self, target: Option<&aya::Btf>) -> Result<(), LoadError> {
+        match &mut *self.program {
+            Program::RawTracePoint(program) => program.load(),
+            Program::TracePoint(program) => program.load(),
+            Program::BtfTracePoint(program) => match target {
+                Some(target) => program.load(self.hook.name, target),
+                None => Err(ProgramError::NotLoaded),
+            },
+            _ => Err(ProgramError::UnexpectedProgramType),
+        }
+        .map_err(load_error(self.name))
+    }
+
+    /// Attaches the loaded program to its hook's tracepoint.
+    fn attach(self) -> Result<Attachment, LoadError> {
+        let (category, tracepoint) = (self.hook.category, self.hook.name);
+        let attach_error = |source| LoadError::Attach {
+            category,
+            name: tracepoint,
+            source,
+        };
+        let nested = self.nested();
+        let link = match self.program {
+            Program::RawTracePoint(program) => {
+                let link = program.attach(tracepoint).map_err(attach_error)?;
+                Link::Raw(program.take_link(link).map_err(attach_error)?)
+            }
+            Program::BtfTracePoint(program) => {
+                let link = program.attach().map_err(attach_error)?;
+                Link::Btf(program.take_link(link).map_err(attach_error)?)
+            }
+            Program::TracePoint(program) => {
+                let link = program.attach(category, tracepoint).map_err(attach_error)?;
+                Link::Classic(program.take_link(link).map_err(attach_error)?)
+            }
+            _ => return Err(attach_error(ProgramError::UnexpectedProgramType)),
+        };
+        Ok(Attachment { link, nested })
+    }
+}
+
+/// Loads the programs, each on its own thread: the verifier takes most of
+/// the start-up. Returns the hooks whose BTF programs the kernel refused
+/// (for reasons other than privileges), which can fall back to raw ones.
+fn load_side_by_side<'a, 'b: 'a>(
+    programs: impl Iterator<Item = &'a mut Candidate<'b>>,
+    target: Option<&aya::Btf>,
+) -> Result<Vec<&'static str>, LoadError> {
+    let results: Vec<(Hook, Via, Result<(), LoadError>)> = thread::scope(|scope| {
+        let loading: Vec<_> = programs
+            .map(|candidate| {
+                let (hook, via) = (candidate.hook, candidate.via);
+                (hook, via, scope.spawn(move || candidate.load(target)))
+            })
+            .collect();
+        loading
+            .into_iter()
+            .map(|(hook, via, thread)| {
+                let result = thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (hook, via, result)
+            })
+            .collect()
+    });
+    let mut refused = Vec::new();
+    for (hook, via, result) in results {
+        match result {
+            Err(LoadError::Program { .. }) if via == Via::Btf => {
+                if !refused.contains(&hook.name) {
+                    refused.push(hook.name);
+                }
+            }
+            result => result?,
+        }
+    }
+    Ok(refused)
 }
 
 /// Why the kernel refused to load `program`: most often, privileges.

@@ -20,7 +20,7 @@ use crate::{
     cli::Args,
     decode::{Clock, Decoder, Event},
     kernel,
-    loader::{LoadError, LostCounter, Plan, Tracer},
+    loader::{self, LoadError, LostCounter, Plan, Tracer},
     netns,
     output::{self, Output},
     owners::Owners,
@@ -97,7 +97,7 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
         receive_skaddr: tracefs.format("tcp", "tcp_receive_reset")?.reset_skaddr()?,
     };
     let btf_path = args.btf.as_deref().unwrap_or(Path::new(btf::VMLINUX));
-    let resolved = match Btf::from_file(btf_path) {
+    let (resolved, state_btf_id) = match Btf::from_file(btf_path) {
         Ok(btf) => {
             let resolved = btf::resolve(&btf);
             let missing: Vec<String> = resolved.missing().map(btf::Member::describe).collect();
@@ -107,7 +107,12 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
                     missing.join(", ")
                 );
             }
-            resolved
+            // BTF tracepoints name their target by its id in the kernel's
+            // own BTF.
+            let state_btf_id = (btf_path == Path::new(btf::VMLINUX))
+                .then(|| btf.typedef_id(loader::STATE_BTF_TRACEPOINT))
+                .flatten();
+            (resolved, state_btf_id)
         }
         Err(err) => {
             if args.netns.is_some() {
@@ -120,7 +125,7 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
                 "tcpretrans: {}; namespaces, timers, RTT, congestion and retry budgets are shown as unknown",
                 describe_btf_error(&err)
             );
-            btf::Resolved::unknown()
+            (btf::Resolved::unknown(), None)
         }
     };
     if args.netns.is_some() && !resolved.sock.has_netns() {
@@ -148,6 +153,7 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
         filter,
         ring_bytes: args.ring_size,
         max_sockets: args.max_sockets,
+        state_btf_id,
     };
     let decoder = Decoder {
         clock: Clock::new(),
@@ -167,6 +173,18 @@ fn describe_btf_error(err: &BtfError) -> String {
     }
 }
 
+/// Hands the heap that start-up freed (the BTF index, aya's parse of the
+/// object, the BTF programs' attach target: several MB) back to the system.
+/// glibc keeps a freed heap's pages mapped, and counted in RSS, while any
+/// allocation lies above them.
+fn release_startup_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no preconditions; it only returns free memory.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// Runs a session to its end: Ctrl-C, SIGTERM, `--duration`, or a closed
 /// output pipe. Events go to stdout; with `--json --state` a `summary` event
 /// ends them; the stderr summary is the caller's to print.
@@ -178,6 +196,7 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     let tracefs = Tracefs::find_or_mount()?;
     let Setup { plan, decoder } = prepare(args, &tracefs)?;
     let tracer = Tracer::load(&plan)?;
+    release_startup_heap();
     let mut out = output::new(args.style(), io::stdout());
     let mut summary = consume(args, tracer, decoder, out.as_mut(), args.duration).await?;
     if args.state.is_some() && !summary.output_closed && !args.quiet {

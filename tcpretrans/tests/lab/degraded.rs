@@ -188,8 +188,8 @@ fn check_reports_what_this_kernel_offers() {
         "net.ipv4.ip_local_port_range",
         "programs    load, verify and attach: ok",
         // Without --state, no reset hooks; every hook but the two system
-        // calls has a raw tracepoint.
-        "3 of 5 on raw tracepoints)",
+        // calls has a raw tracepoint, the state hook a BTF one.
+        "of 5 hooks, 1 on BTF and 2 on raw tracepoints)",
         "result      tcpretrans can trace here",
     ] {
         assert!(

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},
+    process::Command,
     time::Duration,
 };
 
@@ -41,9 +42,37 @@ fn skaddr_where(states: &[&Value], pred: impl Fn(&Value) -> bool) -> Value {
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn client_and_server_transitions_appear_in_order() {
+    client_and_server_transitions(&[]);
+}
+
+/// BTF from a file, not the kernel's own (whose type ids a BTF tracepoint
+/// is named by), puts the state hook on its raw tracepoint programs: they
+/// see the same.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn raw_state_programs_see_the_same_transitions() {
+    let copy = tempfile::NamedTempFile::new().expect("temporary file");
+    std::fs::copy("/sys/kernel/btf/vmlinux", copy.path()).expect("copying the kernel's BTF");
+    let btf = copy.path().to_str().expect("UTF-8 path");
+    let check = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+        .args(["--check", "--btf", btf])
+        .output()
+        .expect("running --check");
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        report.contains("of 5 hooks, 0 on BTF and 3 on raw tracepoints)"),
+        "{report}"
+    );
+    client_and_server_transitions(&["--btf", btf]);
+}
+
+fn client_and_server_transitions(args: &[&str]) {
     let ns = Netns::new("life");
     let server: SocketAddr = "127.0.0.1:8080".parse().expect("address");
-    let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
+    let netns = ns.inode.to_string();
+    let mut tracer_args = vec!["--json", "--state", "--netns", &netns];
+    tracer_args.extend_from_slice(args);
+    let tracer = Tracer::start(&tracer_args);
     let client = short_connection(&ns, server);
     let events = tracer.stop().events();
     let states = of_kind(&events, "state");
