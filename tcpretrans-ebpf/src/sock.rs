@@ -183,16 +183,26 @@ const TIMEWAIT_SEARCH_DEPTH: usize = 4;
 /// of the connection's ehash bucket just before the transition. `lport` is
 /// the record's: by now `inet_put_port()` has zeroed the socket's `skc_num`.
 /// Its own BPF function: it runs only on the way to CLOSE, and inlined, its
-/// loop made LLVM spill a pointer in a way the verifier rejects.
+/// loop made LLVM spill a pointer in a way the verifier rejects. The socket
+/// and the hash table are read with `M`; the bucket's address is computed
+/// and the chain's sockets are found through it: probed.
 #[inline(never)]
-pub fn timewait_substate(sk: u64, net: u64, lport: u16, tcp: &TcpOffsets, sk_net: u16) -> u8 {
+pub fn timewait_substate<M: Memory>(
+    sk: u64,
+    net: u64,
+    lport: u16,
+    tcp: &TcpOffsets,
+    sk_net: u16,
+) -> u8 {
     if tcp.hashinfo_ehash == ABSENT || tcp.skc_nulls_node == ABSENT || tcp.tw_substate == ABSENT {
         return 0;
     }
-    let hashinfo: u64 = read(net, tcp.net_tw_hashinfo);
-    let ehash: u64 = read(hashinfo, tcp.hashinfo_ehash);
-    let mask: u32 = read(hashinfo, tcp.hashinfo_ehash_mask);
-    let hash: u32 = read(sk, tcp.skc_hash);
+    let hashinfo: u64 = M::read(net, tcp.net_tw_hashinfo);
+    let ehash: u64 = M::read(hashinfo, tcp.hashinfo_ehash);
+    let mask: u32 = M::read(hashinfo, tcp.hashinfo_ehash_mask);
+    let hash: u32 = M::read(sk, tcp.skc_hash);
+    let dport: u16 = M::read(sk, tcp.skc_portpair);
+    let addresses: u64 = M::read(sk, tcp.skc_addrpair);
     // `struct inet_ehash_bucket` is one `hlist_nulls_head`: a pointer.
     let mut node: u64 = read(ehash + u64::from(hash & mask) * 8, 0);
     // The timewait socket went in at the head; other sockets hashing to
@@ -205,9 +215,9 @@ pub fn timewait_substate(sk: u64, net: u64, lport: u16, tcp: &TcpOffsets, sk_net
         }
         let tw = node - u64::from(tcp.skc_nulls_node);
         let same_connection = read::<u8>(tw, tcp.skc_state) == TIME_WAIT
-            && read::<u16>(tw, tcp.skc_portpair) == read::<u16>(sk, tcp.skc_portpair)
+            && read::<u16>(tw, tcp.skc_portpair) == dport
             && read::<u16>(tw, tcp.skc_portpair + 2) == lport
-            && read::<u64>(tw, tcp.skc_addrpair) == read::<u64>(sk, tcp.skc_addrpair)
+            && read::<u64>(tw, tcp.skc_addrpair) == addresses
             && read::<u64>(tw, sk_net) == net;
         if same_connection {
             return read(tw, tcp.tw_substate);

@@ -228,7 +228,13 @@ fn transition<M: Memory>(
     // itself never reports TIME_WAIT).
     let timewait = if new_state == CLOSE {
         if old_state == FIN_WAIT2 || old_state == CLOSING {
-            sock::timewait_substate(skaddr, hit.netns.net, lport, tcp, SOCK_OFFSETS.get().sk_net)
+            sock::timewait_substate::<M>(
+                skaddr,
+                hit.netns.net,
+                lport,
+                tcp,
+                SOCK_OFFSETS.get().sk_net,
+            )
         } else {
             0
         }
@@ -305,7 +311,10 @@ struct Tracked {
 /// CLOSE.
 #[inline(always)]
 fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &ListenerKey) -> Tracked {
-    let caller = new_owner(old_state, new_state, listener);
+    let listening = track_listener(old_state, new_state, listener);
+    // Asked only while the socket's owner is unknown: the helpers that tell
+    // the current task cost more than the rest of a transition's work.
+    let caller = || listening.or_else(|| new_owner(old_state, new_state, listener));
     let tracked = match SOCKETS.get_ptr_mut(skaddr) {
         Some(info) => {
             // SAFETY: valid map value pointer; racing updates of one socket's
@@ -313,7 +322,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
             let info = unsafe { &mut *info };
             let since = core::mem::replace(&mut info.state_since_ns, now);
             if info.owner.pid == 0
-                && let Some(owner) = caller
+                && let Some(owner) = caller()
             {
                 info.owner = owner;
             }
@@ -329,10 +338,11 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
             }
         }
         None => {
+            let owner = caller().unwrap_or(Owner::UNKNOWN);
             if new_state != CLOSE {
                 let info = SockInfo {
                     state_since_ns: now,
-                    owner: caller.unwrap_or(Owner::UNKNOWN),
+                    owner,
                     reset: reset_direction::NONE,
                     nonblocking_connect: 0,
                     _pad1: 0,
@@ -342,7 +352,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
             }
             Tracked {
                 prev_state_ns: DURATION_UNKNOWN,
-                owner: caller.unwrap_or(Owner::UNKNOWN),
+                owner,
                 reset: reset_direction::NONE,
                 nonblocking_connect: 0,
             }
@@ -354,13 +364,11 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
     tracked
 }
 
-/// The owner a transition reveals: the calling process for the transitions
-/// only a system call on the socket makes (connect, listen, close,
-/// shutdown), and the listener's owner for an accepted socket being created
-/// (in softirq, where the current task is whoever was interrupted).
-/// Listeners are remembered by (namespace, port) while they listen.
+/// Remembers listening sockets' owners by (namespace, port) while they
+/// listen: accepted sockets are created in softirq and inherit them. The
+/// owner of a socket starting to listen, which is the caller.
 #[inline(always)]
-fn new_owner(old_state: u8, new_state: u8, listener: &ListenerKey) -> Option<Owner> {
+fn track_listener(old_state: u8, new_state: u8, listener: &ListenerKey) -> Option<Owner> {
     match (old_state, new_state) {
         (CLOSE, LISTEN) => {
             let owner = owner::current();
@@ -371,6 +379,17 @@ fn new_owner(old_state: u8, new_state: u8, listener: &ListenerKey) -> Option<Own
             let _ = LISTENERS.remove(listener);
             None
         }
+        _ => None,
+    }
+}
+
+/// The owner a transition reveals: the calling process for the transitions
+/// only a system call on the socket makes (connect, close, shutdown), and
+/// the listener's owner for an accepted socket being created (in softirq,
+/// where the current task is whoever was interrupted).
+#[inline(always)]
+fn new_owner(old_state: u8, new_state: u8, listener: &ListenerKey) -> Option<Owner> {
+    match (old_state, new_state) {
         // SAFETY: the owner is copied out at once.
         (LISTEN, SYN_RECV) => unsafe { LISTENERS.get(listener) }.copied(),
         (CLOSE, SYN_SENT) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => {
