@@ -89,12 +89,14 @@ fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
     // SAFETY (map value): copied at once, as for retransmissions.
     let known_owner = info.map(|info| unsafe { &(*info).owner });
     if !filter.keeps_owner(known_owner.map_or(0, |o| o.pid))
-        || !filter.keeps_flow(
-            flow.sport,
-            flow.dport,
-            &words(&flow.saddr),
-            &words(&flow.daddr),
-        )
+        || !filter.keeps_ports(flow.sport, flow.dport)
+        || (filter.filters_addresses()
+            && !filter.keeps_flow(
+                flow.sport,
+                flow.dport,
+                &words(&flow.saddr),
+                &words(&flow.daddr),
+            ))
     {
         return Ok(());
     }

@@ -376,6 +376,11 @@ impl Tracer {
         }
         raise_memlock_limit();
         let wakeup_bytes = plan.ring_bytes / 4;
+        // Made while aya parses the object and creates the maps.
+        let target = {
+            let plan = *plan;
+            thread::spawn(move || plan.attach_target())
+        };
         let mut ebpf = loader_without_kernel_btf()
             // No CO-RE relocations in the object: we resolve the offsets we
             // need ourselves.
@@ -456,7 +461,8 @@ impl Tracer {
                 .iter()
                 .any(|&(hook, via)| hook.name == c.hook.name && via == c.via)
         };
-        let target = plan.attach_target();
+        // The thread only fails by panicking, which it has then reported.
+        let target = target.join().unwrap_or(None);
         let refused = load_side_by_side(
             programs.iter_mut().filter(|c| is_chosen(&chosen, c)),
             target.as_ref(),
