@@ -100,7 +100,7 @@ fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
     {
         return Ok(());
     }
-    let (owner, sock_ino) = sock::owner_or_inode::<Probed>(sk, known_owner, tcp);
+    let (owner, sock_ino) = sock::owner_or_inode(sk, known_owner, tcp);
     let Some(mut entry) = reserve::<ResetEvent>(if direction == reset_direction::SENT {
         lost_slot::RESET_SENT
     } else {

@@ -81,7 +81,7 @@ fn retransmit(hit: &Hit, skb: u64, state: u8, err: i32) -> Result<(), i64> {
     // field is written before submit.
     unsafe {
         let now = bpf_ktime_get_ns();
-        let (owner, sock_ino) = sock::owner_or_inode::<Probed>(sk, known_owner, tcp);
+        let (owner, sock_ino) = sock::owner_or_inode(sk, known_owner, tcp);
         hit.write_head(
             event_kind::RETRANSMIT,
             now,

@@ -248,7 +248,7 @@ fn transition<M: Memory>(
     // SAFETY: `event` points at a reserved slot of the event's size; every
     // field is written before submit.
     unsafe {
-        let (owner, sock_ino) = sock::owner_or_inode::<M>(skaddr, Some(&tracked.owner), tcp);
+        let (owner, sock_ino) = sock::owner_or_inode(skaddr, Some(&tracked.owner), tcp);
         hit.write_head(
             event_kind::STATE,
             now,

@@ -82,7 +82,7 @@ fn synack(hit: &Hit, req: u64) -> Result<(), i64> {
     unsafe {
         let now = bpf_ktime_get_ns();
         // Accepted connections belong to whoever listens.
-        let (owner, sock_ino) = sock::owner_or_inode::<Probed>(listener, known_owner, tcp);
+        let (owner, sock_ino) = sock::owner_or_inode(listener, known_owner, tcp);
         hit.write_head(
             event_kind::SYNACK,
             now,

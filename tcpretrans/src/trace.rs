@@ -173,6 +173,17 @@ fn describe_btf_error(err: &BtfError) -> String {
     }
 }
 
+/// One heap for every thread: glibc gives each thread its own arena (the
+/// loader's verifying threads, the attach target's), and an arena's freed
+/// pages stay mapped after the thread ends. Set before any thread starts.
+fn single_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no preconditions; it only tunes the allocator.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Hands the heap that start-up freed (the BTF index, aya's parse of the
 /// object, the BTF programs' attach target: several MB) back to the system.
 /// glibc keeps a freed heap's pages mapped, and counted in RSS, while any
@@ -193,6 +204,7 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     if !kernel::Privileges::current().suffice() {
         return Err(LoadError::Permission.into());
     }
+    single_heap();
     let tracefs = Tracefs::find_or_mount()?;
     let Setup { plan, decoder } = prepare(args, &tracefs)?;
     let tracer = Tracer::load(&plan)?;
