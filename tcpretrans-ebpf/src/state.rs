@@ -59,13 +59,14 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// The second program on the raw tracepoint, attached after the first, for
-/// the transitions the kernel skipped for the first: those it did not note.
-/// They are handled with the same code (its own copy: a tail call into the
-/// interrupted program would share its private stack and corrupt it).
+/// The second program on the tracepoint, attached after the state program
+/// (raw or BTF), for the transitions the kernel skipped for it: those it did
+/// not note. They are handled with the same code (its own copy: a tail call
+/// into the interrupted program would share its private stack and corrupt
+/// it), with probe reads: it handles few.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw_nested(ctx: RawTracePointContext) -> u32 {
-    recover::<Probed>(&Arguments::of(&ctx));
+    recover(&Arguments::of(&ctx));
     0
 }
 
@@ -74,13 +75,6 @@ pub fn inet_sock_set_state_raw_nested(ctx: RawTracePointContext) -> u32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     take::<Typed>(&Arguments::of(&ctx));
-    0
-}
-
-/// `inet_sock_set_state_raw_nested` for the BTF tracepoint.
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state_btf_nested(ctx: BtfTracePointContext) -> u32 {
-    recover::<Typed>(&Arguments::of(&ctx));
     0
 }
 
@@ -126,10 +120,10 @@ fn take<M: Memory>(args: &Arguments) {
 /// The nested program: handles the transition if the state program did not
 /// note it.
 #[inline(always)]
-fn recover<M: Memory>(args: &Arguments) {
+fn recover(args: &Arguments) {
     if !clear_taken(args) {
         add_one(&STATE_NESTING, state_nesting::RECOVERED);
-        let _ = handle::<M>(args, lost_slot::STATE_NESTED);
+        let _ = handle::<Probed>(args, lost_slot::STATE_NESTED);
     }
 }
 

@@ -76,17 +76,19 @@ impl Hook {
         }
     }
 
-    /// The hook's programs of kind `via`: the state hook's raw and BTF
-    /// programs come with the program that handles the transitions the
-    /// kernel skips for them (see `state_nesting`), `PROGRAM_nested`.
-    fn programs(&self, via: Via) -> Vec<String> {
-        let program = self.program(via);
+    /// The hook's programs when it runs on kind `via`, each with its own
+    /// kind: the state hook's raw and BTF programs come with the program
+    /// that handles the transitions the kernel skips for them (see
+    /// `state_nesting`), `NAME_raw_nested`. A raw one for both: it handles
+    /// so few that probe reads cost nothing, and it verifies in a third of
+    /// a BTF program's time.
+    fn programs(&self, via: Via) -> Vec<(String, Via)> {
+        let mut programs = vec![(self.program(via), via)];
         if self.name == STATE_HOOK && via != Via::Classic {
-            let nested = format!("{program}{NESTED_SUFFIX}");
-            vec![program, nested]
-        } else {
-            vec![program]
+            let nested = format!("{}{NESTED_SUFFIX}", self.program(Via::Raw));
+            programs.push((nested, Via::Raw));
         }
+        programs
     }
 }
 
@@ -436,8 +438,8 @@ impl Tracer {
                 &[via]
             };
             for &via in vias {
-                for program in hook.programs(via) {
-                    wanted.insert(program, (hook, via));
+                for (program, kind) in hook.programs(via) {
+                    wanted.insert(program, (hook, kind));
                 }
             }
         }
@@ -457,9 +459,9 @@ impl Tracer {
             return Err(LoadError::MissingProgram { program });
         }
         let is_chosen = |chosen: &[(Hook, Via)], c: &Candidate| {
-            chosen
-                .iter()
-                .any(|&(hook, via)| hook.name == c.hook.name && via == c.via)
+            chosen.iter().any(|&(hook, via)| {
+                hook.name == c.hook.name && (via == c.via || (c.nested() && via != Via::Classic))
+            })
         };
         // The thread only fails by panicking, which it has then reported.
         let target = target.join().unwrap_or(None);
@@ -473,10 +475,11 @@ impl Tracer {
                     *via = Via::Raw;
                 }
             }
+            // The nested program is loaded already.
             let again = load_side_by_side(
                 programs
                     .iter_mut()
-                    .filter(|c| c.via == Via::Raw && refused.contains(&c.hook.name)),
+                    .filter(|c| c.via == Via::Raw && !c.nested() && refused.contains(&c.hook.name)),
                 None,
             )?;
             debug_assert!(again.is_empty(), "only BTF programs are retried");
