@@ -307,7 +307,7 @@ impl TcpOffsets {
     };
 
     /// Whether a socket's flow, protocol and state can be read from it:
-    /// what the raw tracepoint programs need instead of a record.
+    /// what the raw and BTF tracepoint programs need instead of a record.
     pub const fn reads_flows(&self) -> bool {
         self.skc_family != ABSENT
             && self.skc_state != ABSENT
@@ -551,7 +551,7 @@ impl Filter {
 }
 
 /// Slots of the per-CPU `LOST` counter, one per program that reports: a
-/// raw tracepoint program may interrupt another on its CPU, but never
+/// raw or BTF tracepoint program may interrupt another on its CPU, but never
 /// itself, so no two writers ever share a slot.
 pub mod lost_slot {
     pub const RETRANSMIT: u32 = 0;
@@ -565,7 +565,7 @@ pub mod lost_slot {
 }
 
 /// Slots of the per-CPU `STATE_NESTING` array. The kernel never runs a raw
-/// tracepoint program inside itself on one CPU: a transition made by a
+/// or BTF tracepoint program inside itself on one CPU: a transition made by a
 /// softirq that interrupts the state program (or arrives while the kernel
 /// is entering or leaving it) is skipped for it, and counted in its
 /// `recursion_misses`. A second program, attached after it, runs after it

@@ -1,8 +1,8 @@
 //! What every program starts from: the socket an event is about and its
 //! flow, filtered. Classic tracepoints' records are read once and decoded
 //! with the field offsets userspace found in the running kernel's tracefs
-//! `format` files; raw tracepoints read the socket's `sock_common` at BTF
-//! offsets.
+//! `format` files; raw and BTF tracepoints read the socket's `sock_common`
+//! at BTF offsets.
 use core::mem::size_of;
 
 use aya_ebpf::{EbpfContext as _, helpers::generated, programs::TracePointContext};
@@ -101,8 +101,8 @@ impl Record {
 }
 
 /// A tracepoint hit whose socket passed the filters: the prologue of every
-/// program, from a classic tracepoint's record or from a raw tracepoint's
-/// socket.
+/// program, from a classic tracepoint's record or from a raw or BTF
+/// tracepoint's socket.
 pub struct Hit {
     pub flow: Flow,
     /// The socket the event is about (for SYN-ACKs, the listener).
