@@ -73,7 +73,7 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
     // The caller is the owner; the local end is not bound yet: filters on
     // it see port 0 and the unspecified address.
     let caller = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !filter.keeps_owner(caller) || !filter.keeps_flow(0, dport, &[0; 8], &sock::words(&daddr)) {
+    if !filter.keeps_owner(caller) || !filter.keeps_flow(0, dport, &[0; 4], &daddr) {
         return Ok(());
     }
     let pending = PendingConnect {

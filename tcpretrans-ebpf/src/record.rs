@@ -149,15 +149,7 @@ impl Hit {
             return None;
         }
         let version = family_version(family)?;
-        if !filter.keeps_ports(flow.sport, flow.dport)
-            || (filter.filters_addresses()
-                && !filter.keeps_flow(
-                    flow.sport,
-                    flow.dport,
-                    &sock::words(&flow.saddr),
-                    &sock::words(&flow.daddr),
-                ))
-        {
+        if !filter.keeps_flow(flow.sport, flow.dport, &flow.saddr, &flow.daddr) {
             return None;
         }
         let netns = sock::kept::<M>(sk, SOCK_OFFSETS.get(), filter)?;

@@ -14,7 +14,7 @@ use tcpretrans_common::{
 use crate::{
     maps::{FILTER, RESET_FIELDS, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
-    sock::{self, Probed, read, words},
+    sock::{self, Probed, read},
 };
 
 /// The classic tracepoints: the socket from their records (used when BTF
@@ -89,14 +89,7 @@ fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
     // SAFETY (map value): copied at once, as for retransmissions.
     let known_owner = info.map(|info| unsafe { &(*info).owner });
     if !filter.keeps_owner(known_owner.map_or(0, |o| o.pid))
-        || !filter.keeps_ports(flow.sport, flow.dport)
-        || (filter.filters_addresses()
-            && !filter.keeps_flow(
-                flow.sport,
-                flow.dport,
-                &words(&flow.saddr),
-                &words(&flow.daddr),
-            ))
+        || !filter.keeps_flow(flow.sport, flow.dport, &flow.saddr, &flow.daddr)
     {
         return Ok(());
     }

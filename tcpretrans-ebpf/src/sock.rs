@@ -270,16 +270,6 @@ pub fn owner_or_inode<'a>(
     }
 }
 
-/// An address as 8 words in memory order, as the address filters take it.
-#[inline(always)]
-pub fn words(addr: &Address) -> [u16; 8] {
-    core::array::from_fn(|i| {
-        let [a, b, c, d] = addr[i / 2].to_ne_bytes();
-        let half = if i % 2 == 0 { [a, b] } else { [c, d] };
-        u16::from_ne_bytes(half)
-    })
-}
-
 /// Whether the owner has closed the socket (`SOCK_DEAD`).
 #[inline(always)]
 pub fn orphan<M: Memory>(sk: u64, tcp: &TcpOffsets) -> u8 {
