@@ -558,6 +558,8 @@ impl Candidate<'_> {
             Program::TracePoint(program) => program.load(),
             Program::BtfTracePoint(program) => match target {
                 Some(target) => program.load(self.hook.name, target),
+                // No attach target could be made: refused like a kernel
+                // refusal, so the hook falls back to its raw programs.
                 None => Err(ProgramError::NotLoaded),
             },
             _ => Err(ProgramError::UnexpectedProgramType),
