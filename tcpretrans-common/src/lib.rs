@@ -225,6 +225,11 @@ pub struct TcpOffsets {
     /// `struct task_struct` → `stack`: its kernel stack, `1 << stack_shift`
     /// bytes (tells a task's tracepoint calls from a softirq's).
     pub task_stack: u16,
+    /// `struct task_struct` → `comm`, and `cred` → `struct cred` → `uid`:
+    /// the owner read from the current task (cheaper than the helpers).
+    pub task_comm: u16,
+    pub task_cred: u16,
+    pub cred_uid: u16,
     pub files_fdt: u16,
     pub fdtable_fd: u16,
     pub file_private_data: u16,
@@ -289,6 +294,9 @@ impl TcpOffsets {
         inet_sport: ABSENT,
         task_files: ABSENT,
         task_stack: ABSENT,
+        task_comm: ABSENT,
+        task_cred: ABSENT,
+        cred_uid: ABSENT,
         files_fdt: ABSENT,
         fdtable_fd: ABSENT,
         file_private_data: ABSENT,
@@ -849,7 +857,7 @@ const _: () = {
     assert!(size_of::<RetransmitFields>() == 20);
     assert!(size_of::<SynackFields>() == 14);
     assert!(size_of::<Bitfield>() == 4);
-    assert!(size_of::<TcpOffsets>() == 106);
+    assert!(size_of::<TcpOffsets>() == 112);
     assert!(size_of::<ConnectFields>() == 8);
     assert!(size_of::<ListenerKey>() == 8);
     assert!(size_of::<ConnectErrorEvent>() == 96);

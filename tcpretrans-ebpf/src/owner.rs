@@ -3,7 +3,9 @@
 use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated};
-use tcpretrans_common::Owner;
+use tcpretrans_common::{ABSENT, Owner};
+
+use crate::{maps::TCP_OFFSETS, sock::Memory};
 
 /// Writes `owner`, or the unknown owner, into an event.
 ///
@@ -26,20 +28,59 @@ pub unsafe fn write_owner(dst: *mut Owner, owner: Option<&Owner>) {
     }
 }
 
-/// The current task as the socket's owner.
+/// A copy of `owner`, read word by word: LLVM copies the struct with an
+/// out-of-line byte-by-byte `memmove` otherwise.
 #[inline(always)]
-pub fn current() -> Owner {
-    // Words, not bytes: a byte array is copied byte by byte.
+pub fn copied(owner: &Owner) -> Owner {
+    const WORDS: usize = size_of::<Owner>() / 8;
+    let src = core::ptr::from_ref(owner).cast::<u64>();
+    // SAFETY: `Owner` is 8-aligned plain data of `WORDS` words.
+    unsafe {
+        let words: [u64; WORDS] = core::array::from_fn(|i| src.add(i).read_volatile());
+        core::mem::transmute::<[u64; WORDS], Owner>(words)
+    }
+}
+
+/// The current task as the socket's owner. Its name and uid are read from
+/// the task where BTF gave their offsets (plain loads in a BTF program):
+/// the helpers' string copy and uid mapping cost several times that.
+#[inline(always)]
+pub fn current<M: Memory>() -> Owner {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tcp = TCP_OFFSETS.get();
+    if tcp.task_comm == ABSENT || tcp.task_cred == ABSENT || tcp.cred_uid == ABSENT {
+        return Owner {
+            pid,
+            uid: bpf_get_current_uid_gid() as u32,
+            comm: current_comm(),
+        };
+    }
+    let task = M::current_task();
+    // Words, not bytes: a byte array is copied byte by byte. The kernel
+    // zero-pads `comm` after its NUL, as the helper does.
+    let comm = [
+        M::read::<u64>(task, tcp.task_comm),
+        M::read::<u64>(task, tcp.task_comm.wrapping_add(8)),
+    ];
+    // `current_cred()->uid` is the kernel uid, which is the uid as the
+    // initial user namespace (and the helper) tells it.
+    let cred: u64 = M::read(task, tcp.task_cred);
+    Owner {
+        pid,
+        uid: M::read(cred, tcp.cred_uid),
+        // SAFETY: any bytes are a valid `[u8; 16]`.
+        comm: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(comm) },
+    }
+}
+
+/// The current task's name, by the helper.
+#[inline(always)]
+fn current_comm() -> [u8; 16] {
     let mut comm = MaybeUninit::<[u64; 2]>::uninit();
     // SAFETY: the helper always writes all 16 bytes: the name zero-padded, or
     // zeros on failure. Any bytes are a valid `[u8; 16]`.
-    let comm = unsafe {
+    unsafe {
         generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16);
         core::mem::transmute::<[u64; 2], [u8; 16]>(comm.assume_init())
-    };
-    Owner {
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        comm,
     }
 }

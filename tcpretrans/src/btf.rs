@@ -399,6 +399,9 @@ pub const SKC_V6_RCV_SADDR: Member = member("sock_common", &["skc_v6_rcv_saddr"]
 pub const INET_SPORT: Member = member("inet_sock", &["inet_sport"]);
 pub const TASK_FILES: Member = member("task_struct", &["files"]);
 pub const TASK_STACK: Member = member("task_struct", &["stack"]);
+pub const TASK_COMM: Member = member("task_struct", &["comm"]);
+pub const TASK_CRED: Member = member("task_struct", &["cred"]);
+pub const CRED_UID: Member = member("cred", &["uid"]);
 pub const FILES_FDT: Member = member("files_struct", &["fdt"]);
 pub const FDTABLE_FD: Member = member("fdtable", &["fd"]);
 pub const FILE_PRIVATE_DATA: Member = member("file", &["private_data"]);
@@ -414,7 +417,7 @@ pub const HASHINFO_EHASH: Member = member("inet_hashinfo", &["ehash"]);
 pub const HASHINFO_EHASH_MASK: Member = member("inet_hashinfo", &["ehash_mask"]);
 
 /// Every member the kernel programs use.
-pub const MEMBERS: [Member; 58] = [
+pub const MEMBERS: [Member; 61] = [
     SK_NET,
     NET_INUM,
     SK_CGROUP,
@@ -460,6 +463,9 @@ pub const MEMBERS: [Member; 58] = [
     INET_SPORT,
     TASK_FILES,
     TASK_STACK,
+    TASK_COMM,
+    TASK_CRED,
+    CRED_UID,
     FILES_FDT,
     FDTABLE_FD,
     FILE_PRIVATE_DATA,
@@ -674,6 +680,9 @@ pub fn resolve(btf: &Btf) -> Resolved {
         inet_sport: byte(INET_SPORT),
         task_files: byte(TASK_FILES),
         task_stack: byte(TASK_STACK),
+        task_comm: byte(TASK_COMM),
+        task_cred: byte(TASK_CRED),
+        cred_uid: byte(CRED_UID),
         files_fdt: byte(FILES_FDT),
         fdtable_fd: byte(FDTABLE_FD),
         file_private_data: byte(FILE_PRIVATE_DATA),

@@ -241,6 +241,43 @@ fn pid_and_port_filters_keep_only_their_connections() {
     );
 }
 
+/// A process of another user: its uid and name on every transition of its
+/// sockets, the accepted ones (created in softirq) among them.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn sockets_of_another_user_carry_its_uid_and_name() {
+    let ns = Netns::new("uid");
+    let tracer = Tracer::start(&["--json", "--state", "--netns", &ns.inode.to_string()]);
+    let other = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        // The system's python: one in root's home is out of nobody's reach.
+        .args(["/usr/bin/python3", "-c", OTHER_PROCESS])
+        .output()
+        .expect("python3 as nobody");
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let events = tracer.stop().events();
+    let states = of_kind(&events, "state");
+
+    // The listener's 2 transitions, and 5 connections of 5 each per side.
+    assert_eq!(states.len(), 2 + 5 * 10, "{states:?}");
+    assert!(
+        states
+            .iter()
+            .all(|e| e["uid"] == 65534 && e["comm"] == "python3"),
+        "{states:?}"
+    );
+}
+
 /// Connects to its own listener on 8310 a few times, then exits; with an
 /// argument, first waits for a line on stdin.
 const OTHER_PROCESS: &str = "\
