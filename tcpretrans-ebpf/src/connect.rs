@@ -134,7 +134,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
             skaddr: pending.sk,
             sock_ino: 0,
         });
-        (&raw mut (*event).owner).write(owner::current::<Probed>());
+        (&raw mut (*event).owner).write(owner::current());
         (&raw mut (*event).flow).write(Flow {
             saddr: local.map_or([0; 4], |l| l.saddr),
             daddr: pending.daddr,

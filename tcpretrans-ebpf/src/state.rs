@@ -199,7 +199,7 @@ fn transition<M: Memory>(
         port: lport,
         _pad: 0,
     };
-    let tracked = track::<M>(skaddr, old_state, new_state, now, &listener);
+    let tracked = track(skaddr, old_state, new_state, now, &listener);
     let tcp = TCP_OFFSETS.get();
     let error = if new_state == CLOSE {
         M::read::<i32>(skaddr, tcp.sk_err)
@@ -304,17 +304,11 @@ struct Tracked {
 /// Updates the socket's entry. The entry goes away when the socket reaches
 /// CLOSE.
 #[inline(always)]
-fn track<M: Memory>(
-    skaddr: u64,
-    old_state: u8,
-    new_state: u8,
-    now: u64,
-    listener: &ListenerKey,
-) -> Tracked {
-    let listening = track_listener::<M>(old_state, new_state, listener);
-    // Asked only while the socket's owner is unknown: the helpers that tell
-    // the current task cost more than the rest of a transition's work.
-    let caller = || listening.or_else(|| new_owner::<M>(old_state, new_state, listener));
+fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &ListenerKey) -> Tracked {
+    let listening = track_listener(old_state, new_state, listener);
+    // Asked only while the socket's owner is unknown: reading the current
+    // task is among the dearest work of a transition.
+    let caller = || listening.or_else(|| new_owner(old_state, new_state, listener));
     let tracked = match SOCKETS.get_ptr_mut(skaddr) {
         Some(info) => {
             // SAFETY: valid map value pointer; racing updates of one socket's
@@ -368,14 +362,10 @@ fn track<M: Memory>(
 /// listen: accepted sockets are created in softirq and inherit them. The
 /// owner of a socket starting to listen, which is the caller.
 #[inline(always)]
-fn track_listener<M: Memory>(
-    old_state: u8,
-    new_state: u8,
-    listener: &ListenerKey,
-) -> Option<Owner> {
+fn track_listener(old_state: u8, new_state: u8, listener: &ListenerKey) -> Option<Owner> {
     match (old_state, new_state) {
         (CLOSE, LISTEN) => {
-            let owner = owner::current::<M>();
+            let owner = owner::current();
             let _ = LISTENERS.insert(listener, owner, 0);
             Some(owner)
         }
@@ -392,12 +382,12 @@ fn track_listener<M: Memory>(
 /// the listener's owner for an accepted socket being created (in softirq,
 /// where the current task is whoever was interrupted).
 #[inline(always)]
-fn new_owner<M: Memory>(old_state: u8, new_state: u8, listener: &ListenerKey) -> Option<Owner> {
+fn new_owner(old_state: u8, new_state: u8, listener: &ListenerKey) -> Option<Owner> {
     match (old_state, new_state) {
         // SAFETY: the owner is copied out at once.
         (LISTEN, SYN_RECV) => unsafe { LISTENERS.get(listener) }.copied(),
         (CLOSE, SYN_SENT) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => {
-            Some(owner::current::<M>())
+            Some(owner::current())
         }
         _ => None,
     }
