@@ -3,7 +3,7 @@
 //! retransmission and connection lifetime.
 use std::{
     fs,
-    io::{self, Read},
+    io::{self, BufRead, BufReader},
     path::Path,
 };
 
@@ -32,25 +32,33 @@ pub fn hz() -> Result<u32, UnknownHz> {
 }
 
 fn hz_from_config() -> Option<u32> {
-    let mut text = String::new();
-    if let Ok(file) = fs::File::open("/proc/config.gz") {
-        GzDecoder::new(file).read_to_string(&mut text).ok()?;
-    } else {
-        let release = nix::sys::utsname::uname()
-            .ok()?
-            .release()
-            .to_string_lossy()
-            .into_owned();
-        text = fs::read_to_string(Path::new("/boot").join(format!("config-{release}"))).ok()?;
+    match fs::File::open("/proc/config.gz") {
+        // Read up to the line: it comes early, and the rest is most of
+        // the decompression.
+        Ok(file) => config_hz(
+            BufReader::new(GzDecoder::new(file))
+                .lines()
+                .map_while(Result::ok),
+        ),
+        Err(_) => {
+            let release = nix::sys::utsname::uname()
+                .ok()?
+                .release()
+                .to_string_lossy()
+                .into_owned();
+            let text =
+                fs::read_to_string(Path::new("/boot").join(format!("config-{release}"))).ok()?;
+            config_hz(text.lines())
+        }
     }
-    config_hz(&text)
 }
 
-fn config_hz(config: &str) -> Option<u32> {
-    config
-        .lines()
-        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
-        .and_then(|v| v.trim().parse().ok())
+fn config_hz<L: AsRef<str>>(mut config: impl Iterator<Item = L>) -> Option<u32> {
+    config.find_map(|l| {
+        l.as_ref()
+            .strip_prefix("CONFIG_HZ=")
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// Jiffies start at `2^32 - 300 * HZ` (to catch wrap bugs early), so one
@@ -154,10 +162,10 @@ mod tests {
     #[test]
     fn reads_config_hz() {
         assert_eq!(
-            config_hz("CONFIG_X=y\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
+            config_hz("CONFIG_X=y\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n".lines()),
             Some(250)
         );
-        assert_eq!(config_hz("CONFIG_HZ_1000=y\n"), None);
+        assert_eq!(config_hz("CONFIG_HZ_1000=y\n".lines()), None);
     }
 
     #[test]

@@ -458,6 +458,9 @@ impl Tracer {
         if let Some(program) = wanted.into_keys().next() {
             return Err(LoadError::MissingProgram { program });
         }
+        // Longest verification first (the state hook's, a BTF program's
+        // the longest of them): started last, it ends last.
+        programs.sort_by_key(|c| (c.hook.name != STATE_HOOK, c.via != Via::Btf));
         let is_chosen = |chosen: &[(Hook, Via)], c: &Candidate| {
             chosen.iter().any(|&(hook, via)| {
                 hook.name == c.hook.name && (via == c.via || (c.nested() && via != Via::Classic))
