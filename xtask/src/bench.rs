@@ -85,10 +85,8 @@ struct Tool {
     /// Output lines before the first event (headers, "Attaching ...",
     /// tcpretrans' `start`): printed once attached.
     preamble: usize,
-    /// BPF links it holds once attached (one per program); 0: it is
-    /// ready once it printed its preamble (bpftrace, which attaches
-    /// without links).
-    links: usize,
+    /// How to tell that its programs are attached.
+    ready: Ready,
     /// Its stdout is block-buffered by stdio when not a terminal: timing
     /// its first event needs `stdbuf -oL`.
     stdio_buffered: bool,
@@ -101,6 +99,19 @@ struct Tool {
     /// has both: the same transition twice in a row for one socket is a
     /// copy (the kernel never repeats one).
     socket_transition: Option<SocketTransition>,
+}
+
+/// When a tool's programs are attached.
+#[derive(Debug, Clone, Copy)]
+enum Ready {
+    /// It holds this many BPF links (one per program).
+    Links(usize),
+    /// It printed its preamble, which it does once attached (tcpretrans'
+    /// `start`).
+    Printed,
+    /// Shortly after its preamble: bpftrace prints it just before
+    /// attaching, without links.
+    Settled,
 }
 
 /// Reads a state event line's socket and transition.
@@ -284,7 +295,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             command: vec![],
             discard: true,
             preamble: 0,
-            links: 0,
+            ready: Ready::Printed,
             stdio_buffered: false,
             is_state: any_line,
             socket_transition: None,
@@ -295,7 +306,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             command: ours(&["--state"]),
             discard: false,
             preamble: 1,
-            links: 8,
+            ready: Ready::Links(8),
             stdio_buffered: false,
             is_state: json_state,
             socket_transition: Some(json_socket_transition),
@@ -306,7 +317,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             command: ours(&["--state"]),
             discard: true,
             preamble: 1,
-            links: 8,
+            ready: Ready::Links(8),
             stdio_buffered: false,
             is_state: json_state,
             socket_transition: Some(json_socket_transition),
@@ -317,7 +328,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             command: ours(&[]),
             discard: false,
             preamble: 1,
-            links: 6,
+            ready: Ready::Links(6),
             stdio_buffered: false,
             is_state: json_state,
             socket_transition: Some(json_socket_transition),
@@ -325,7 +336,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
         Tool {
             label: "libbpf-tools tcpstates",
             reports_states: true,
-            links: 1,
+            ready: Ready::Links(1),
             stdio_buffered: true,
             command: vec!["tcpstates".into()],
             discard: false,
@@ -336,7 +347,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
         Tool {
             label: "bpftrace tcpstates.bt",
             reports_states: true,
-            links: 0,
+            ready: Ready::Settled,
             stdio_buffered: false,
             command: bpftrace("tcpstates.bt"),
             discard: false,
@@ -347,7 +358,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
         Tool {
             label: "bpftrace tcpretrans.bt",
             reports_states: false,
-            links: 0,
+            ready: Ready::Settled,
             stdio_buffered: false,
             command: bpftrace("tcpretrans.bt"),
             discard: false,
@@ -358,7 +369,7 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
         Tool {
             label: "bpftrace empty program",
             reports_states: false,
-            links: 0,
+            ready: Ready::Settled,
             stdio_buffered: false,
             command: bpftrace("empty.bt"),
             discard: false,
@@ -375,9 +386,8 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             Tool {
                 label: "baseline --state > file",
                 command: tcpretrans(baseline, &["--state"]),
-                // Its program count may differ: ready once it printed
-                // `start`, which it does once attached.
-                links: 0,
+                // Its program count may differ.
+                ready: Ready::Printed,
                 ..ours
             },
         );
@@ -397,6 +407,31 @@ impl Traced {
     /// Starts `tool` and waits until its programs are attached.
     fn start(tool: &Tool, out_dir: &Path) -> Result<Self> {
         let before = program_ids();
+        let mut traced = Self::spawn(tool, out_dir)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = match tool.ready {
+                Ready::Links(links) => bpf_links(traced.process.id()) >= links,
+                Ready::Printed | Ready::Settled => traced.lines() >= tool.preamble as u64,
+            };
+            let loaded: BTreeSet<u32> = program_ids().difference(&before).copied().collect();
+            if ready && !loaded.is_empty() {
+                traced.programs = loaded;
+                if let Ready::Settled = tool.ready {
+                    thread::sleep(Duration::from_millis(100));
+                }
+                break;
+            }
+            if Instant::now() > deadline || !traced.process.running() {
+                bail!("{} did not start: {}", tool.label, traced.process.stderr());
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        Ok(traced)
+    }
+
+    /// Starts `tool`, without waiting: its `programs` stay unknown.
+    fn spawn(tool: &Tool, out_dir: &Path) -> Result<Self> {
         let output = out_dir.join(format!("{}.out", tool.label.replace([' ', '/', '>'], "_")));
         let stdout = if tool.discard {
             Stdio::null()
@@ -410,34 +445,12 @@ impl Traced {
                 .stdout(stdout),
         )
         .with_context(|| format!("starting {}", tool.label))?;
-        let mut traced = Self {
+        Ok(Self {
             process,
             output,
             programs: BTreeSet::new(),
             started,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = if tool.links > 0 {
-                bpf_links(traced.process.id()) >= tool.links
-            } else {
-                traced.lines() >= tool.preamble as u64
-            };
-            let loaded: BTreeSet<u32> = program_ids().difference(&before).copied().collect();
-            if ready && !loaded.is_empty() {
-                traced.programs = loaded;
-                if tool.links == 0 {
-                    // bpftrace prints its preamble just before attaching.
-                    thread::sleep(Duration::from_millis(100));
-                }
-                break;
-            }
-            if Instant::now() > deadline || !traced.process.running() {
-                bail!("{} did not start: {}", tool.label, traced.process.stderr());
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        Ok(traced)
+        })
     }
 
     fn lines(&self) -> u64 {
@@ -639,13 +652,21 @@ fn start_times(tools: &[Tool], samples: usize, out_dir: &Path) -> Result<Vec<Vec
                     if tool.stdio_buffered {
                         tool.command.splice(0..0, ["stdbuf".into(), "-oL".into()]);
                     }
-                    let mut traced = Traced::start(&tool, out_dir)?;
+                    // Not `start`: its readiness checks would add their
+                    // sleeps and /proc scans to the time measured.
+                    let mut traced = Traced::spawn(&tool, out_dir)?;
                     let deadline = Instant::now() + Duration::from_secs(10);
                     while traced.lines() <= tool.preamble as u64 && Instant::now() < deadline {
+                        if !traced.process.running() {
+                            bail!("{} did not start: {}", tool.label, traced.process.stderr());
+                        }
                         thread::sleep(Duration::from_micros(200));
                     }
                     times.push(traced.started.elapsed());
                     traced.stop();
+                    // A tracer's programs and maps are freed after its exit,
+                    // in the background: not on the next one's time.
+                    thread::sleep(Duration::from_millis(300));
                 }
             }
             Ok(times)
