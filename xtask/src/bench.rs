@@ -65,6 +65,13 @@ pub struct Options {
     /// untraced baseline always runs), e.g. `--tools tcpretrans,tcpstates`.
     #[arg(long, value_delimiter = ',')]
     pub tools: Vec<String>,
+    /// With `--baseline`: instead of everything else, both builds trace one
+    /// churn at once, in turns first and second (the second attached runs
+    /// with caches warm; use an even number of rounds), and their kernel
+    /// time per state event is compared. Steadier than interleaved runs on
+    /// a VM whose speed drifts.
+    #[arg(long, requires = "baseline")]
+    pub side_by_side: bool,
     /// Another tcpretrans binary (e.g. a build of the previous commit)
     /// measured as "baseline --state > file" beside this one.
     #[arg(long)]
@@ -212,6 +219,14 @@ pub fn run(binary: &Path, root: &Path, options: &Options) -> Result<()> {
         options.workloads.clone()
     };
     let _stats = BpfStats::enable()?;
+    if options.side_by_side {
+        let [ours, baseline] = ["tcpretrans --state > file", "baseline --state > file"]
+            .map(|label| tools.iter().find(|t| t.label == label));
+        let (Some(ours), Some(baseline)) = (ours, baseline) else {
+            bail!("--side-by-side needs both builds' `--state > file` among --tools");
+        };
+        return side_by_side(ours, baseline, options, &out_dir);
+    }
 
     let mut runs: BTreeMap<(Workload, usize), Vec<Run>> = BTreeMap::new();
     for round in 0..options.rounds {
@@ -594,6 +609,84 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
         private_kib: usage.private_kib,
         programs,
     })
+}
+
+/// Both builds on one churn at `FIXED_RATE`, each round in the other
+/// attach order: kernel ns per state event of each, and their ratio.
+fn side_by_side(ours: &Tool, baseline: &Tool, options: &Options, out_dir: &Path) -> Result<()> {
+    let mut ns = [Vec::new(), Vec::new()];
+    for round in 0..options.rounds {
+        let ns_lab = &lab();
+        let order = if round % 2 == 0 {
+            [ours, baseline]
+        } else {
+            [baseline, ours]
+        };
+        let traced = order
+            .iter()
+            .map(|tool| Traced::start(tool, out_dir))
+            .collect::<Result<Vec<_>>>()?;
+        let before: Vec<_> = traced
+            .iter()
+            .map(|t| program_stats(t.process.id(), &t.programs))
+            .collect();
+        Churn {
+            rate: Some(FIXED_RATE),
+            duration: Duration::from_secs(options.seconds),
+            clients: CHURN_CLIENTS,
+            base_port: CHURN_PORT,
+        }
+        .run(ns_lab);
+        let per_event: Vec<f64> = traced
+            .iter()
+            .zip(&before)
+            .map(|(t, before)| {
+                let programs = program_stats(t.process.id(), &t.programs)
+                    .iter()
+                    .map(|(id, after)| after.since(before.get(id)))
+                    .collect();
+                let run = Run {
+                    programs,
+                    ..Run::default()
+                };
+                busiest(&run).map_or(f64::NAN, |(_, _, ns)| ns)
+            })
+            .collect();
+        for mut t in traced {
+            let _ = fs::remove_file(&t.output);
+            t.stop();
+        }
+        let (first, second) = (per_event[0], per_event[1]);
+        let (this, base) = if round % 2 == 0 {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        eprintln!(
+            "bench: round {} side by side, {} first: {this:.0} vs baseline {base:.0} ns per state event",
+            round + 1,
+            if round % 2 == 0 {
+                "this build"
+            } else {
+                "baseline"
+            },
+        );
+        ns[0].push(this);
+        ns[1].push(base);
+    }
+    // Each build is first in every other round: the mean over an even
+    // number of rounds weighs both places alike (the first pays ~20 % more
+    // for cold caches).
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (this, base) = (mean(&ns[0]), mean(&ns[1]));
+    println!(
+        "side by side, {} rounds x {} s at {} conn/s, mean of both places: this build {this:.0} ns per state event, baseline {base:.0} ns: {:.3}x",
+        options.rounds,
+        options.seconds,
+        FIXED_RATE,
+        this / base,
+    );
+    Ok(())
 }
 
 /// What a tool said on stderr about events and losses, in one line:
