@@ -468,6 +468,19 @@ impl Traced {
         })
     }
 
+    /// Its programs' counts so far.
+    fn program_stats(&self) -> BTreeMap<u32, ProgramStats> {
+        program_stats(self.process.id(), &self.programs)
+    }
+
+    /// Its programs' counts since `before`.
+    fn programs_since(&self, before: &BTreeMap<u32, ProgramStats>) -> Vec<ProgramStats> {
+        self.program_stats()
+            .iter()
+            .map(|(id, after)| after.since(before.get(id)))
+            .collect()
+    }
+
     fn lines(&self) -> u64 {
         fs::read(&self.output).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
     }
@@ -526,7 +539,7 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
     let usage_before = pid.and_then(Usage::of).unwrap_or_default();
     let stats_before = traced
         .as_ref()
-        .map(|t| program_stats(t.process.id(), &t.programs))
+        .map(Traced::program_stats)
         .unwrap_or_default();
     let started = Instant::now();
     let (throughput, made) = match workload {
@@ -573,10 +586,7 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
     // Let the last events reach the output.
     thread::sleep(Duration::from_millis(300));
     let usage = Usage::of(traced.process.id()).unwrap_or_default();
-    let programs = program_stats(traced.process.id(), &traced.programs)
-        .iter()
-        .map(|(id, after)| after.since(stats_before.get(id)))
-        .collect();
+    let programs = traced.programs_since(&stats_before);
     let output = traced.output.clone();
     let stderr = traced.stop();
     let text = fs::read_to_string(&output).unwrap_or_default();
@@ -626,10 +636,7 @@ fn side_by_side(ours: &Tool, baseline: &Tool, options: &Options, out_dir: &Path)
             .iter()
             .map(|tool| Traced::start(tool, out_dir))
             .collect::<Result<Vec<_>>>()?;
-        let before: Vec<_> = traced
-            .iter()
-            .map(|t| program_stats(t.process.id(), &t.programs))
-            .collect();
+        let before: Vec<_> = traced.iter().map(Traced::program_stats).collect();
         Churn {
             rate: Some(FIXED_RATE),
             duration: Duration::from_secs(options.seconds),
@@ -640,17 +647,7 @@ fn side_by_side(ours: &Tool, baseline: &Tool, options: &Options, out_dir: &Path)
         let per_event: Vec<f64> = traced
             .iter()
             .zip(&before)
-            .map(|(t, before)| {
-                let programs = program_stats(t.process.id(), &t.programs)
-                    .iter()
-                    .map(|(id, after)| after.since(before.get(id)))
-                    .collect();
-                let run = Run {
-                    programs,
-                    ..Run::default()
-                };
-                busiest(&run).map_or(f64::NAN, |(_, _, ns)| ns)
-            })
+            .map(|(t, before)| busiest(&t.programs_since(before)).map_or(f64::NAN, |(_, _, ns)| ns))
             .collect();
         for mut t in traced {
             let _ = fs::remove_file(&t.output);
@@ -840,10 +837,9 @@ fn spread(mut values: Vec<f64>, digits: usize) -> String {
 /// The program a tool runs most under churn (its state program): its name
 /// and runs, and the time per run of all the tool's programs of that name
 /// (those on the same tracepoint: tcpretrans has two on the state one).
-fn busiest(run: &Run) -> Option<(&str, u64, f64)> {
-    let busiest = run.programs.iter().max_by_key(|p| p.runs)?;
-    let ns: u64 = run
-        .programs
+fn busiest(programs: &[ProgramStats]) -> Option<(&str, u64, f64)> {
+    let busiest = programs.iter().max_by_key(|p| p.runs)?;
+    let ns: u64 = programs
         .iter()
         .filter(|p| p.name == busiest.name)
         .map(|p| p.ns)
@@ -926,11 +922,11 @@ fn report(
             );
             let program = runs
                 .first()
-                .and_then(busiest)
+                .and_then(|r| busiest(&r.programs))
                 .map_or("-".into(), |(name, _, _)| name.to_owned());
             let ns_per_run = spread(
                 runs.iter()
-                    .filter_map(busiest)
+                    .filter_map(|r| busiest(&r.programs))
                     .filter(|&(_, runs, _)| runs > 0)
                     .map(|(_, _, ns)| ns)
                     .collect(),
@@ -939,7 +935,8 @@ fn report(
             let runs_per_s = spread(
                 runs.iter()
                     .filter_map(|r| {
-                        busiest(r).map(|(_, runs, _)| runs as f64 / r.elapsed.as_secs_f64())
+                        busiest(&r.programs)
+                            .map(|(_, runs, _)| runs as f64 / r.elapsed.as_secs_f64())
                     })
                     .collect(),
                 0,

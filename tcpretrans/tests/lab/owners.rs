@@ -3,7 +3,7 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -260,6 +260,18 @@ fn sockets_of_another_user_carry_its_uid_and_name() {
         .args(["/usr/bin/python3", "-c", OTHER_PROCESS])
         .output()
         .expect("python3 as nobody");
+    let events = other_process_events(tracer, &other);
+    assert!(
+        of_kind(&events, "state")
+            .iter()
+            .all(|e| e["uid"] == 65534 && e["comm"] == "python3"),
+        "{events:?}"
+    );
+}
+
+/// What `tracer` saw of one run of `OTHER_PROCESS` (which exited as
+/// `other`): its listener's 2 transitions and 5 connections of 5 per side.
+fn other_process_events(tracer: Tracer, other: &Output) -> Vec<Value> {
     assert!(
         other.status.success(),
         "{}",
@@ -267,15 +279,8 @@ fn sockets_of_another_user_carry_its_uid_and_name() {
     );
     let events = tracer.stop().events();
     let states = of_kind(&events, "state");
-
-    // The listener's 2 transitions, and 5 connections of 5 each per side.
     assert_eq!(states.len(), 2 + 5 * 10, "{states:?}");
-    assert!(
-        states
-            .iter()
-            .all(|e| e["uid"] == 65534 && e["comm"] == "python3"),
-        "{states:?}"
-    );
+    events
 }
 
 /// Connects to its own listener on 8310 a few times, then exits; with an
@@ -362,16 +367,7 @@ fn cgroup_filter_keeps_only_sockets_of_that_cgroup_tree() {
         .write_all(b"go\n")
         .expect("go");
     let worker = worker.wait_with_output().expect("python3");
-    assert!(
-        worker.status.success(),
-        "{}",
-        String::from_utf8_lossy(&worker.stderr)
-    );
-    let events = tracer.stop().events();
-    let states = of_kind(&events, "state");
-
-    // The listener's 2 transitions, and 5 connections of 5 each per side.
-    assert_eq!(states.len(), 2 + 5 * 10, "{states:?}");
+    let events = other_process_events(tracer, &worker);
     assert!(
         events
             .iter()
