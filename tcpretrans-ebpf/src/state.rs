@@ -302,14 +302,25 @@ struct Tracked {
 }
 
 /// Updates the socket's entry. The entry goes away when the socket reaches
-/// CLOSE.
+/// CLOSE (a socket never seen has none to remove).
 #[inline(always)]
 fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &ListenerKey) -> Tracked {
     let listening = track_listener(old_state, new_state, listener);
     // Asked only while the socket's owner is unknown: reading the current
     // task is among the dearest work of a transition.
     let caller = || listening.or_else(|| new_owner(old_state, new_state, listener));
-    let tracked = match SOCKETS.get_ptr_mut(skaddr) {
+    // A socket's first transition: not looked up (an entry at its address
+    // is a dead socket's whose CLOSE went unseen, and is overwritten).
+    let born = matches!(
+        (old_state, new_state),
+        (CLOSE, SYN_SENT | LISTEN) | (LISTEN, SYN_RECV)
+    );
+    let known = if born {
+        None
+    } else {
+        SOCKETS.get_ptr_mut(skaddr)
+    };
+    match known {
         Some(info) => {
             // SAFETY: valid map value pointer; racing updates of one socket's
             // entry are serialized by the socket lock in the kernel.
@@ -320,7 +331,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
             {
                 info.owner = owner;
             }
-            Tracked {
+            let tracked = Tracked {
                 prev_state_ns: if since == 0 {
                     DURATION_UNKNOWN
                 } else {
@@ -329,7 +340,11 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
                 owner: owner::copied(&info.owner),
                 reset: info.reset,
                 nonblocking_connect: info.nonblocking_connect,
+            };
+            if new_state == CLOSE {
+                let _ = SOCKETS.remove(skaddr);
             }
+            tracked
         }
         None => {
             let owner = caller().unwrap_or(Owner::UNKNOWN);
@@ -351,11 +366,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
                 nonblocking_connect: 0,
             }
         }
-    };
-    if new_state == CLOSE {
-        let _ = SOCKETS.remove(skaddr);
     }
-    tracked
 }
 
 /// Remembers listening sockets' owners by (namespace, port) while they
