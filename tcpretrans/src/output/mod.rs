@@ -52,7 +52,7 @@ pub struct Style {
 }
 
 /// The output the arguments ask for, over `writer`.
-pub fn new<W: Write + 'static>(style: Style, writer: W) -> Box<dyn Output> {
+pub fn new<W: Write + Send + 'static>(style: Style, writer: W) -> Box<dyn Output + Send> {
     if style.json {
         Box::new(json::Json::new(writer, style.quiet))
     } else {
