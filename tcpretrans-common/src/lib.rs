@@ -236,7 +236,7 @@ pub struct TcpOffsets {
     pub socket_sk: u16,
     /// `struct socket` → `file`: proves `private_data` was a socket.
     pub socket_file: u16,
-    /// `struct sock` → `sk_protocol` (a `u16` since 5.6).
+    /// `struct sock` → `sk_protocol`, `sk_protocol_bits` wide.
     pub sk_protocol: u16,
     // From a socket to its inode number: sock → sk_socket (struct socket,
     // the first member of struct socket_alloc) → vfs_inode → i_ino.
@@ -253,6 +253,10 @@ pub struct TcpOffsets {
     /// Bit number of `SOCK_DEAD` in `sk_flags`.
     pub sock_dead_bit: u8,
     pub stack_shift: u8,
+    /// 16 (a `u16` since 5.6) or 8 (an 8-bit bitfield before, `sk_type`'s
+    /// bits after it): read narrower, MPTCP's 262 would pass for TCP's 6.
+    pub sk_protocol_bits: u8,
+    pub _pad: u8,
 }
 
 impl TcpOffsets {
@@ -312,6 +316,8 @@ impl TcpOffsets {
         hashinfo_ehash_mask: ABSENT,
         sock_dead_bit: 0,
         stack_shift: 0,
+        sk_protocol_bits: 0,
+        _pad: 0,
     };
 
     /// Whether a socket's flow, protocol and state can be read from it:
@@ -857,7 +863,7 @@ const _: () = {
     assert!(size_of::<RetransmitFields>() == 20);
     assert!(size_of::<SynackFields>() == 14);
     assert!(size_of::<Bitfield>() == 4);
-    assert!(size_of::<TcpOffsets>() == 112);
+    assert!(size_of::<TcpOffsets>() == 114);
     assert!(size_of::<ConnectFields>() == 8);
     assert!(size_of::<ListenerKey>() == 8);
     assert!(size_of::<ConnectErrorEvent>() == 96);

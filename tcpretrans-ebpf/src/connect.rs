@@ -18,10 +18,9 @@ use tcpretrans_common::{
 use crate::{
     maps::{CONNECT_FIELDS, CONNECTS, FILTER, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner,
-    sock::{self, Probed, read},
+    sock::{self, IPPROTO_TCP, Probed, read},
 };
 
-const IPPROTO_TCP: u16 = 6;
 const EINPROGRESS: i64 = 115;
 
 #[tracepoint]
@@ -170,7 +169,7 @@ fn tcp_socket_of_fd(fd: u64, tcp: &TcpOffsets) -> u64 {
         return 0;
     }
     let sk: u64 = read(socket, tcp.socket_sk);
-    if read::<u16>(sk, tcp.sk_protocol) == IPPROTO_TCP {
+    if sock::protocol::<Probed>(sk, tcp) == IPPROTO_TCP {
         sk
     } else {
         0

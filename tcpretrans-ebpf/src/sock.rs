@@ -292,6 +292,18 @@ pub fn owner_or_inode<'a>(
     }
 }
 
+pub const IPPROTO_TCP: u16 = 6;
+
+/// The socket's `sk_protocol`, read as wide as the kernel has it.
+#[inline(always)]
+pub fn protocol<M: Memory>(sk: u64, tcp: &TcpOffsets) -> u16 {
+    if tcp.sk_protocol_bits == 16 {
+        M::read(sk, tcp.sk_protocol)
+    } else {
+        u16::from(M::read::<u8>(sk, tcp.sk_protocol))
+    }
+}
+
 /// Whether the owner has closed the socket (`SOCK_DEAD`).
 #[inline(always)]
 pub fn orphan<M: Memory>(sk: u64, tcp: &TcpOffsets) -> u8 {

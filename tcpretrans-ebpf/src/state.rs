@@ -22,10 +22,8 @@ use crate::{
     },
     owner::{self, write_owner},
     record::Hit,
-    sock::{self, Memory, Probed, Typed},
+    sock::{self, IPPROTO_TCP, Memory, Probed, Typed},
 };
-
-const IPPROTO_TCP: u8 = 6;
 
 /// The classic tracepoint: its record (used when BTF lacks what the raw
 /// one needs).
@@ -41,7 +39,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let Some((hit, record)) = Hit::from_record(ctx, &fields.flow, FILTER.get())? else {
         return Ok(());
     };
-    if record.load::<u16>(fields.protocol) != u16::from(IPPROTO_TCP) {
+    if record.load::<u16>(fields.protocol) != IPPROTO_TCP {
         return Ok(());
     }
     transition::<Probed>(
@@ -171,7 +169,8 @@ fn clear_taken(args: &Arguments) -> bool {
 #[inline(always)]
 fn handle<M: Memory>(args: &Arguments, lost_slot: u32) -> Result<(), i64> {
     let sk = args.sk;
-    if M::read::<u8>(sk, TCP_OFFSETS.get().sk_protocol) != IPPROTO_TCP {
+    // Not MPTCP's sockets either: each of its subflows is a TCP socket.
+    if sock::protocol::<M>(sk, TCP_OFFSETS.get()) != IPPROTO_TCP {
         return Ok(());
     }
     let Some(hit) = Hit::from_sock::<M>(sk, sk, FILTER.get()) else {

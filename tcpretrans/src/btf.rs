@@ -774,6 +774,12 @@ pub fn resolve(btf: &Btf) -> Resolved {
         hashinfo_ehash_mask: byte(HASHINFO_EHASH_MASK),
         sock_dead_bit,
         stack_shift: kernel_stack_shift(btf),
+        sk_protocol_bits: match get(SK_PROTOCOL) {
+            Some(o) if o.bitfield_bits > 0 => o.bitfield_bits as u8,
+            Some(_) => 16,
+            None => 0,
+        },
+        _pad: 0,
     };
     let sock = SockOffsets {
         sk_net: byte(SK_NET),
@@ -981,6 +987,25 @@ mod tests {
     }
 
     #[test]
+    fn sk_protocol_is_read_as_wide_as_the_kernel_has_it() {
+        // A `u16` since 5.6; an 8-bit bitfield beside `sk_type` before.
+        for (bit, bitfield_bits, byte, bits) in [(4128, 0, 516, 16), (4136, 8, 517, 8)] {
+            let mut b = Builder::new();
+            b.int("unsigned short", 2); // 1
+            b.composite(
+                KIND_STRUCT,
+                "sock",
+                1024,
+                &[("sk_protocol", 1, bit, bitfield_bits)],
+            ); // 2
+            let tcp = resolve(&Btf::parse(b.build()).unwrap()).tcp;
+            assert_eq!((tcp.sk_protocol, tcp.sk_protocol_bits), (byte, bits));
+        }
+        let tcp = resolve(&sample()).tcp;
+        assert_eq!((tcp.sk_protocol, tcp.sk_protocol_bits), (ABSENT, 0));
+    }
+
+    #[test]
     fn reads_enum_values() {
         let mut b = Builder::new();
         let name = b.string("sock_flags");
@@ -1021,6 +1046,7 @@ mod tests {
         assert!(resolved.sock.has_netns());
         assert_eq!(resolved.tcp.sock_dead_bit, 0);
         assert!(resolved.tcp.icsk_ca_state.width >= 5);
+        assert_eq!(resolved.tcp.sk_protocol_bits, 16);
         eprintln!("read + resolve vmlinux BTF: {took:?}");
     }
 }

@@ -901,6 +901,8 @@ pub(crate) mod tests {
             hashinfo_ehash_mask: 1,
             sock_dead_bit: 0,
             stack_shift: 0,
+            sk_protocol_bits: 16,
+            _pad: 0,
         }
     }
 

@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     process::Command,
     time::Duration,
 };
 
-use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::socket::{Backlog, SockaddrIn, bind, connect, listen, setsockopt, sockopt};
 use serde_json::Value;
 
 use crate::harness::{
@@ -51,8 +52,7 @@ fn client_and_server_transitions_appear_in_order() {
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn raw_state_programs_see_the_same_transitions() {
-    let copy = tempfile::NamedTempFile::new().expect("temporary file");
-    std::fs::copy("/sys/kernel/btf/vmlinux", copy.path()).expect("copying the kernel's BTF");
+    let copy = kernel_btf_copy();
     let btf = copy.path().to_str().expect("UTF-8 path");
     let check = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
         .args(["--check", "--btf", btf])
@@ -64,6 +64,86 @@ fn raw_state_programs_see_the_same_transitions() {
         "{report}"
     );
     client_and_server_transitions(&["--btf", btf]);
+}
+
+/// The kernel's BTF in a file of its own, which makes the tool run the state
+/// hook's raw programs.
+fn kernel_btf_copy() -> tempfile::NamedTempFile {
+    let copy = tempfile::NamedTempFile::new().expect("temporary file");
+    std::fs::copy("/sys/kernel/btf/vmlinux", copy.path()).expect("copying the kernel's BTF");
+    copy
+}
+
+/// MPTCP's own sockets change state through the same tracepoint as TCP's,
+/// as protocol 262, which a one-byte read of `sk_protocol` takes for TCP's
+/// 6. Only an MPTCP connection's subflows, which are TCP sockets, are TCP
+/// connections: the BTF and the raw state programs report those alone.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn mptcp_connections_show_only_their_tcp_subflows() {
+    mptcp_subflows_alone(&[]);
+    let copy = kernel_btf_copy();
+    mptcp_subflows_alone(&["--btf", copy.path().to_str().expect("UTF-8 path")]);
+}
+
+fn mptcp_subflows_alone(args: &[&str]) {
+    const PORT: u16 = 8085;
+    let ns = Netns::new("mptcp");
+    let netns = ns.inode.to_string();
+    let mut tracer_args = vec!["--json", "--state", "--netns", &netns];
+    tracer_args.extend_from_slice(args);
+    let tracer = Tracer::start(&tracer_args);
+    ns.enter(|| {
+        let server = SockaddrIn::new(127, 0, 0, 1, PORT);
+        let listening = mptcp_socket();
+        bind(listening.as_raw_fd(), &server).expect("bind");
+        listen(&listening, Backlog::new(8).expect("backlog")).expect("listen");
+        let listener = TcpListener::from(listening);
+        let connecting = mptcp_socket();
+        connect(connecting.as_raw_fd(), &server).expect("connect");
+        let mut client = TcpStream::from(connecting);
+        let (mut accepted, _) = listener.accept().expect("accept");
+        client.write_all(b"x").expect("write");
+        drop(client);
+        let mut received = Vec::new();
+        accepted
+            .read_to_end(&mut received)
+            .expect("read to the client's FIN");
+        assert_eq!(received, b"x");
+    })
+    .join()
+    .expect("MPTCP connection");
+    let events = tracer.stop().events();
+    let states = of_kind(&events, "state");
+    let sockets: std::collections::BTreeSet<String> =
+        states.iter().map(|e| e["skaddr"].to_string()).collect();
+    let seen = transitions(&states);
+    assert_eq!(
+        sockets.len(),
+        3,
+        "the listening, connecting and accepted subflows ({args:?}): {seen:?}"
+    );
+    for expected in pairs(&[
+        ("CLOSE", "LISTEN"),
+        ("CLOSE", "SYN_SENT"),
+        ("LISTEN", "SYN_RECV"),
+    ]) {
+        assert!(seen.contains(&expected), "{expected:?} in {seen:?}");
+    }
+}
+
+/// A stream socket of `IPPROTO_MPTCP`.
+fn mptcp_socket() -> OwnedFd {
+    use nix::libc;
+    // SAFETY: no pointers; the descriptor is owned from here on.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP) };
+    assert!(
+        fd >= 0,
+        "an MPTCP socket: {} (net.mptcp.enabled must be 1)",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 fn client_and_server_transitions(args: &[&str]) {
