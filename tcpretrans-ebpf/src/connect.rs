@@ -1,8 +1,10 @@
-//! `syscalls:sys_enter_connect` / `sys_exit_connect`: TCP `connect()` calls
-//! that fail. Entry remembers the destination and the socket (resolved from
-//! the fd, so UDP and Unix sockets stay out); exit reports an error, or marks
-//! the socket when a non-blocking connect is still under way (its failure is
-//! reported by the state program when the socket closes with an error).
+//! `syscalls:sys_enter_connect` / `sys_exit_connect`: TCP and MPTCP
+//! `connect()` calls that fail. Entry remembers the destination and the
+//! socket (resolved from the fd, so UDP and Unix sockets stay out); exit
+//! reports an error, or marks the socket when a non-blocking connect is
+//! still under way (its failure is reported by the state program when the
+//! socket closes with an error; not for MPTCP, whose state the program
+//! follows in the TCP subflows, which no descriptor names).
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_user,
@@ -18,7 +20,7 @@ use tcpretrans_common::{
 use crate::{
     maps::{CONNECT_FIELDS, CONNECTS, FILTER, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner,
-    sock::{self, IPPROTO_TCP, Probed, read},
+    sock::{self, IPPROTO_MPTCP, IPPROTO_TCP, Probed, read},
 };
 
 const EINPROGRESS: i64 = 115;
@@ -58,7 +60,7 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let tcp = TCP_OFFSETS.get();
-    let sk = tcp_socket_of_fd(fd, tcp);
+    let sk = stream_socket_of_fd(fd, tcp);
     if sk == 0 || sock::kept::<Probed>(sk, SOCK_OFFSETS.get(), filter).is_none() {
         return Ok(());
     }
@@ -151,9 +153,11 @@ fn thread_id() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-/// The TCP socket behind the calling task's `fd`, or 0.
+/// The TCP or MPTCP socket behind the calling task's `fd`, or 0. (An MPTCP
+/// socket's TCP subflows have no descriptor: its `connect()` is the one the
+/// program sees fail.)
 #[inline(always)]
-fn tcp_socket_of_fd(fd: u64, tcp: &TcpOffsets) -> u64 {
+fn stream_socket_of_fd(fd: u64, tcp: &TcpOffsets) -> u64 {
     // SAFETY: helper without preconditions.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read(task, tcp.task_files);
@@ -169,7 +173,10 @@ fn tcp_socket_of_fd(fd: u64, tcp: &TcpOffsets) -> u64 {
         return 0;
     }
     let sk: u64 = read(socket, tcp.socket_sk);
-    if sock::protocol::<Probed>(sk, tcp) == IPPROTO_TCP {
+    if matches!(
+        sock::protocol::<Probed>(sk, tcp),
+        IPPROTO_TCP | IPPROTO_MPTCP
+    ) {
         sk
     } else {
         0

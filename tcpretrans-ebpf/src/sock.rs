@@ -293,6 +293,7 @@ pub fn owner_or_inode<'a>(
 }
 
 pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_MPTCP: u16 = 262;
 
 /// The socket's `sk_protocol`, read as wide as the kernel has it.
 #[inline(always)]

@@ -387,6 +387,34 @@ fn time_wait_overflow_is_reported_per_connection() {
     );
 }
 
+/// An MPTCP `connect()` that fails is reported like a TCP one (its socket
+/// is not TCP, its subflow has no descriptor).
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn refused_mptcp_connect_is_reported() {
+    let ns = Netns::new("mprefused");
+    let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
+    let refused = ns
+        .enter(|| {
+            let socket = mptcp_socket();
+            connect(socket.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 8103))
+        })
+        .join()
+        .expect("connect");
+    let events = tracer.stop().events();
+    assert_eq!(refused, Err(nix::errno::Errno::ECONNREFUSED));
+    let errors = of_kind(&events, "connect_error");
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert_eq!(
+        (&errors[0]["error"], &errors[0]["rport"], &errors[0]["pid"]),
+        (
+            &"ECONNREFUSED".into(),
+            &8103.into(),
+            &std::process::id().into()
+        )
+    );
+}
+
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn refused_connect_is_a_received_reset_with_econnrefused() {
