@@ -557,8 +557,18 @@ fn orphan_in_fin_wait1_retransmits_under_tcp_orphan_retries() {
     drop_inbound_matching(&ns, &format!("tcp dport {}", server.port()));
     (&client).write_all(&[0x5a; 1000]).expect("write");
     drop(client);
-    // RTOs of 0.2, 0.4, 0.8 s, then the orphan budget runs out.
-    std::thread::sleep(Duration::from_millis(3500));
+    // RTOs of 0.2, 0.4, 0.8 s (more after a slow handshake on this VM), then
+    // the orphan budget runs out, by 3 s at those RTOs: waited for, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let filter = format!("( sport = :{client_port} )");
+    while !ns
+        .exec(&["ss", "-Htn", "state", "fin-wait-1", &filter])
+        .trim()
+        .is_empty()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let events = tracer.stop().events();
 
     let mine = |e: &&Value| e["lport"] == client_port;
