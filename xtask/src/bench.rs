@@ -24,7 +24,8 @@ use tcpretrans_lab::{
     churn::Churn,
     drop_inbound,
     kernel_counts::{
-        BpfStats, TransitionCount, bpf_program_counts, json_socket_transition, repeated_transitions,
+        BpfStats, TransitionCount, Transitions, bpf_program_counts, json_socket_transition,
+        repeated_transitions,
     },
     process::Watched,
 };
@@ -778,7 +779,7 @@ struct Checked {
     events_per_second: f64,
     made: u64,
     /// The kernel's count of the transitions on the churn's ports.
-    kernel_made: u64,
+    kernel_made: Transitions,
     /// Times the kernel ran, or skipped, the tool's state programs: once
     /// per transition it gave them.
     given: u64,
@@ -1010,18 +1011,21 @@ fn report(
         let _ = writeln!(
             out,
             "- {} for {} s: {:.0} state events/s made, {} delivered of {} (the kernel's count; the churn's \
-             own: {}; the kernel gave the tool's state programs {}): {} missing, {} delivered twice; the \
-             tool said: {}. Tracer CPU {:.1} s ({:.2}% of a core)",
+             own: {}; the kernel gave the tool's state programs {}): {} missing ({} of the kernel's count made \
+             on process 1's threads, where this VM runs no BPF program), {} delivered twice; the tool said: {}. \
+             Tracer CPU {:.1} s ({:.2}% of a core)",
             check.workload.name(),
             check.seconds,
             check.events_per_second,
             check.delivered,
-            check.kernel_made,
+            check.kernel_made.made,
             check.made,
             check.given,
             check
                 .kernel_made
+                .made
                 .saturating_sub(check.delivered - check.repeated),
+            check.kernel_made.on_init_threads,
             check.repeated,
             check.said,
             check.cpu.as_secs_f64(),

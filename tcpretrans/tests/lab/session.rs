@@ -289,7 +289,7 @@ fn every_transition_given_is_printed_once_under_churn() {
     .run(&ns);
     // Let the last closes finish (LAST_ACK -> CLOSE).
     thread::sleep(Duration::from_millis(200));
-    let made = kernel.stop().expect("ftrace count");
+    let made = kernel.stop().expect("ftrace count").made;
     let given = state_transitions_given(tracer.pid());
     let output = tracer.stop();
     let states: Vec<&str> = output
