@@ -3,6 +3,7 @@
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -360,15 +361,23 @@ fn dropped_handshake_ack_retransmits_the_syn_ack() {
     );
     let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
     let before = ns.counters();
-    ns.enter(move || {
+    let (done, until_done) = mpsc::channel::<()>();
+    let handshake = ns.enter(move || {
         let _listener = TcpListener::bind(server).expect("bind");
         let _client = TcpStream::connect(server).expect("the client's side completes");
-        // SYN-ACK timers: 1 s, then 2 s.
-        thread::sleep(Duration::from_millis(3500));
-    })
-    .join()
-    .expect("handshake");
-    let after = ns.counters();
+        let _ = until_done.recv();
+    });
+    // SYN-ACK timers: 1 s, then 2 s (which the timer wheel may fire a
+    // quarter second late, later on a busy VM); the third would be at 7 s.
+    // Until the kernel counted two, bounded.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut after = ns.counters();
+    while delta(&before, &after, "TcpExt.TCPSynRetrans") < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        after = ns.counters();
+    }
+    drop(done);
+    handshake.join().expect("handshake");
     let events = tracer.stop().events();
     let retransmits = of_kind(&events, "retransmit");
     let synacks = of_type(&retransmits, "SYNACK");
