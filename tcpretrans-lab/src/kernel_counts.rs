@@ -27,8 +27,8 @@ pub struct Transitions {
     /// Of them, those made while a thread of process 1 was current: in
     /// softirqs that interrupted it. On this project's VM, whose process 1
     /// is the VM's agent, the kernel runs no BPF program for those (every
-    /// transition missing from a BPF tracer's output in the seventh and
-    /// eighth sessions' runs was one).
+    /// transition missing from a BPF tracer's output in the third and
+    /// eighth sessions' checks was one).
     pub on_init_threads: u64,
 }
 
