@@ -5,14 +5,18 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages: LLVM 22 for bpf-linker, nftables and iproute2 for the
-/// lab, zsh and fish to check the completion scripts with.
-const APT_PACKAGES: [&str; 8] = [
+/// lab, real programs the lab traces (nginx, a prefork server; curl; iperf3),
+/// zsh and fish to check the completion scripts with.
+const APT_PACKAGES: [&str; 11] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "nftables",
     "iproute2",
+    "nginx-light",
+    "curl",
+    "iperf3",
     "zsh",
     "fish",
 ];
