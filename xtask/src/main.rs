@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | run | test | dist | soak | bench`.
+//! Project tasks: `cargo xtask setup | run | test | vm-test | dist | soak | bench`.
 mod bench;
 mod dist;
 mod proc;
 mod setup;
 mod soak;
 mod tracer;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -46,6 +47,9 @@ enum Task {
     /// tcpretrans against libbpf-tools tcpstates and bpftrace on the same
     /// loopback workloads, interleaved (root; not part of the tests).
     Bench(bench::Options),
+    /// The kernel matrix: `--check` and the kernel lab in Debian's 5.10,
+    /// 6.1 and 6.12 kernels under qemu (root), then a table of them.
+    VmTest(vm::Options),
     /// Every test: unit tests and the kernel lab (root, real kernel).
     Test {
         /// Extra arguments for the test harness, e.g. a test name filter.
@@ -68,6 +72,12 @@ fn main() -> Result<()> {
             setup::bench_packages()?;
             require_root("the benchmark")?;
             bench::run(&release_binary(&root)?, &root, &options)
+        }
+        Task::VmTest(options) => {
+            setup::run()?;
+            require_root("the kernel matrix")?;
+            setup::vm_packages()?;
+            vm::run(&root, &options)
         }
         Task::Dist => {
             setup::run()?;

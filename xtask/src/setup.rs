@@ -41,6 +41,42 @@ pub fn bench_packages() -> Result<()> {
     apt_install(&BENCH_PACKAGES)
 }
 
+/// What `cargo xtask vm-test` boots kernels with: qemu (bookworm's 7.2 is
+/// older than the 10.0 the matrix was measured with, so it comes from
+/// bookworm-backports), a static busybox for the initramfs, cpio to pack it,
+/// and kmod, xz and zstd for the guest kernels' modules.
+const VM_PACKAGES: [&str; 5] = ["busybox-static", "cpio", "kmod", "xz-utils", "zstd"];
+const QEMU: &str = "qemu-system-x86";
+/// A sources file of its own, so the host's own lists stay as they are;
+/// backports have a low default priority: nothing else is upgraded from it.
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/tcpretrans-bookworm-backports.sources";
+
+pub fn vm_packages() -> Result<()> {
+    apt_install(&VM_PACKAGES)?;
+    if dpkg_installed(QEMU) {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian package {QEMU}: run `cargo xtask vm-test` as root");
+    }
+    if !std::path::Path::new(BACKPORTS_SOURCES).exists() {
+        std::fs::write(
+            BACKPORTS_SOURCES,
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        )
+        .with_context(|| format!("writing {BACKPORTS_SOURCES}"))?;
+    }
+    eprintln!("xtask: installing {QEMU} from bookworm-backports");
+    run_checked(Command::new("apt-get").arg("update").arg("-q"))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(["-t", "bookworm-backports", QEMU])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
 fn apt_packages() -> Result<()> {
     apt_install(&APT_PACKAGES)
 }
@@ -137,7 +173,7 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-fn run_checked(command: &mut Command) -> Result<()> {
+pub fn run_checked(command: &mut Command) -> Result<()> {
     let status = command
         .status()
         .with_context(|| format!("starting {command:?}"))?;

@@ -1,0 +1,139 @@
+//! `cargo xtask vm-test`: the kernel matrix. Each Debian kernel boots
+//! under qemu with the host's root shared read-only, and runs the tracer's
+//! `--check` and the kernel lab built on the host; then a table of them.
+mod guest;
+mod kernel;
+mod report;
+
+use std::{
+    fs,
+    io::BufRead as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, builder::PossibleValuesParser};
+use serde_json::Value;
+
+use self::{guest::Binaries, report::Row};
+
+#[derive(Args)]
+pub struct Options {
+    /// The kernel series to boot: a Debian release's kernel.
+    #[arg(long, default_value = "all", value_parser = PossibleValuesParser::new(
+        kernel::SERIES.map(|s| s.name).into_iter().chain(["all"])
+    ))]
+    kernel: String,
+    /// Extra arguments for the lab's test harness, e.g. a test name filter.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub fn run(root: &Path, options: &Options) -> Result<()> {
+    let binaries = build(root, &root.join("target/vm/bin"))?;
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for series in kernel::SERIES
+        .iter()
+        .filter(|s| options.kernel == "all" || options.kernel == s.name)
+    {
+        let kernel = kernel::get(series)?;
+        eprintln!("xtask: booting {} under qemu (TCG)", kernel.release);
+        let run = root.join("target/vm").join(series.name);
+        let outcome = guest::run(&kernel, &run, &binaries, &options.args)?;
+        if !outcome.missing_modules.is_empty() {
+            eprintln!(
+                "xtask: {} could not load modules {}",
+                kernel.release,
+                outcome.missing_modules.join(" ")
+            );
+        }
+        if let Some(why) = &outcome.unfinished {
+            eprintln!("xtask: {}: {why}", kernel.release);
+            failed.push(kernel.release.clone());
+        }
+        let row = Row {
+            series: series.name,
+            release: kernel.release,
+            version: kernel.version,
+            distribution: series.distribution,
+            check: report::Check::parse(&outcome.check_output),
+            tests: report::lab(&outcome.lab_output),
+            boot: outcome.boot,
+            check_time: outcome.check,
+            lab_time: outcome.lab,
+            wall: outcome.wall,
+        };
+        let (passed, skipped, failures) = row.count();
+        eprintln!(
+            "xtask: {}: {passed} passed, {skipped} skipped, {failures} failed in {:.0} s; output in {}",
+            row.release,
+            row.wall.as_secs_f64(),
+            run.display()
+        );
+        if (row.check.refused.is_some() || failures > 0) && outcome.unfinished.is_none() {
+            failed.push(row.release.clone());
+        }
+        rows.push(row);
+    }
+    print!("{}", report::table(&rows));
+    if !failed.is_empty() {
+        bail!("the matrix failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Builds the release tracer and the kernel lab, as `cargo xtask test`
+/// runs them (their paths from cargo's build messages), and copies them
+/// into `copies`.
+fn build(root: &Path, copies: &Path) -> Result<Binaries> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "tcpretrans",
+            "--test",
+            "lab",
+        ])
+        .args(["--no-run", "--message-format=json-render-diagnostics"])
+        .current_dir(root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo")?;
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let (mut tracer, mut lab): (Option<PathBuf>, Option<PathBuf>) = (None, None);
+    for line in stdout.lines() {
+        let message: Value = serde_json::from_str(&line?).context("cargo's JSON message")?;
+        let target = &message["target"];
+        let Some(executable) = message["executable"].as_str() else {
+            continue;
+        };
+        let kind = |k: &str| {
+            target["kind"]
+                .as_array()
+                .is_some_and(|ks| ks.iter().any(|v| v == k))
+        };
+        match target["name"].as_str() {
+            Some("tcpretrans") if kind("bin") => tracer = Some(executable.into()),
+            Some("lab") if kind("test") => lab = Some(executable.into()),
+            _ => {}
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("building the tracer and the kernel lab failed");
+    }
+    let tracer_built = tracer.context("cargo built no tcpretrans binary")?;
+    let lab = lab.context("cargo built no lab test")?;
+    fs::create_dir_all(copies)?;
+    let binaries = Binaries {
+        tracer: copies.join("tcpretrans"),
+        lab: copies.join("lab"),
+        tracer_built,
+    };
+    fs::copy(&binaries.tracer_built, &binaries.tracer).context("copying the tracer")?;
+    fs::copy(&lab, &binaries.lab).context("copying the lab")?;
+    Ok(binaries)
+}
