@@ -120,14 +120,16 @@ impl ResetFields {
     };
 }
 
-/// Layouts of `syscalls:sys_enter_connect` and `syscalls:sys_exit_connect`.
+/// Layouts of the socket system calls' records: `syscalls:sys_enter_connect`,
+/// `syscalls:sys_exit_connect` and `syscalls:sys_exit_accept{,4}`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectFields {
     pub enter_fd: u16,
     pub enter_uservaddr: u16,
     pub exit_ret: u16,
-    pub _pad: u16,
+    /// `ret` of `sys_exit_accept` and `sys_exit_accept4` (one layout).
+    pub accept_exit_ret: u16,
 }
 
 impl ConnectFields {
@@ -135,7 +137,7 @@ impl ConnectFields {
         enter_fd: ABSENT,
         enter_uservaddr: ABSENT,
         exit_ret: ABSENT,
-        _pad: 0,
+        accept_exit_ret: ABSENT,
     };
 }
 
@@ -372,7 +374,8 @@ pub mod filter_flags {
 pub struct Filter {
     /// Network namespace inode; 0 keeps all.
     pub netns: u32,
-    /// `AF_INET` or `AF_INET6`; 0 keeps both.
+    /// `AF_INET` or `AF_INET6`, compared with the traffic's
+    /// (`traffic_family`); 0 keeps both.
     pub family: u16,
     /// Bit `1 << state` set for each state of interest: a transition is kept
     /// when it enters or leaves one of them. Only applies to state events.
@@ -564,14 +567,33 @@ impl Filter {
     }
 
     /// Whether a transition is reported (socket tracking sees all of them).
+    /// A superset of what the state list shows, which userspace narrows: the
+    /// tracepoint never reports TIME_WAIT, so the transitions the tool
+    /// derives TIME_WAIT from (entry, overflow, reuse of its 4-tuple) are
+    /// kept for it too.
     #[inline(always)]
     pub const fn keeps_transition(&self, old_state: u8, new_state: u8) -> bool {
         if self.flags & filter_flags::STATE_EVENTS == 0 {
             return false;
         }
-        let touched = 1 << (old_state & 15) | 1 << (new_state & 15);
+        let mut touched = 1 << (old_state & 15) | 1 << (new_state & 15);
+        if may_involve_time_wait(old_state, new_state) {
+            touched |= 1 << tcp_state::TIME_WAIT;
+        }
         self.state_mask == 0 || self.state_mask & touched != 0
     }
+}
+
+/// Whether a transition may hand the connection to a timewait socket
+/// (`FIN_WAIT2`/`CLOSING` → `CLOSE`) or establish a connection on a 4-tuple
+/// still in TIME_WAIT (`SYN_SENT` → `ESTABLISHED`, with `tcp_tw_reuse`).
+#[inline(always)]
+pub const fn may_involve_time_wait(old_state: u8, new_state: u8) -> bool {
+    use tcp_state::{CLOSE, CLOSING, ESTABLISHED, FIN_WAIT2, SYN_SENT};
+    matches!(
+        (old_state, new_state),
+        (FIN_WAIT2 | CLOSING, CLOSE) | (SYN_SENT, ESTABLISHED)
+    )
 }
 
 /// Slots of the per-CPU `LOST` counter, one per program that reports: a
@@ -650,7 +672,7 @@ pub mod retry_budget {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventHeader {
     pub kind: u8,
-    /// 4 or 6.
+    /// 4 or 6: the family of the traffic (`traffic_family`).
     pub family: u8,
     pub _pad: u16,
     /// Network namespace inode of the socket; 0 when unknown.
@@ -681,6 +703,12 @@ pub mod address {
         octets
     }
 
+    /// Whether it is `::ffff:a.b.c.d`, how IPv6 holds an IPv4 address.
+    #[inline(always)]
+    pub fn is_ipv4_mapped(address: &Address) -> bool {
+        address[0] == 0 && address[1] == 0 && address[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+    }
+
     pub fn from_octets(octets: [u8; 16]) -> Address {
         core::array::from_fn(|i| {
             u32::from_ne_bytes([
@@ -690,6 +718,21 @@ pub mod address {
                 octets[4 * i + 3],
             ])
         })
+    }
+}
+
+/// The family of a flow's traffic, which `-4`/`-6`, the `IP` column and
+/// JSON `family` show: an IPv6 socket whose addresses are IPv4-mapped (a
+/// dual-stack listener's IPv4 connections) carries IPv4. The remote address
+/// decides; the local one while there is no remote (a listener bound to
+/// `::ffff:a.b.c.d`).
+#[inline(always)]
+pub fn traffic_family(family: u16, local: &Address, remote: &Address) -> u16 {
+    let decides = if *remote == [0; 4] { local } else { remote };
+    if family == AF_INET6 && address::is_ipv4_mapped(decides) {
+        AF_INET
+    } else {
+        family
     }
 }
 
@@ -792,6 +835,9 @@ pub struct StateEvent {
     pub reset: u8,
     /// Time spent in `old_state`, or `DURATION_UNKNOWN`.
     pub prev_state_ns: u64,
+    /// When the socket's first transition was seen (its `connect()`,
+    /// `listen()` or creation from a listener); 0 when it predates tracing.
+    pub opened_ns: u64,
     /// On `CLOSE`: `sk_err` (positive errno), 0 for none.
     pub error: i32,
     /// 1 when the owner had closed the socket (`SOCK_DEAD`).
@@ -823,7 +869,7 @@ pub struct PendingConnect {
     pub daddr: Address,
     /// Host order.
     pub dport: u16,
-    /// `AF_INET` or `AF_INET6`.
+    /// `AF_INET` or `AF_INET6`, of the traffic (`traffic_family`).
     pub family: u16,
     pub _pad: u32,
 }
@@ -848,6 +894,8 @@ pub struct ResetEvent {
 pub struct SockInfo {
     /// When the socket entered its current state; 0 when not seen.
     pub state_since_ns: u64,
+    /// When its first transition was seen; 0 when it predates tracing.
+    pub opened_ns: u64,
     pub owner: Owner,
     /// The last `reset_direction` seen on the socket.
     pub reset: u8,
@@ -876,11 +924,11 @@ const _: () = {
     assert!(size_of::<Flow>() == 36);
     assert!(size_of::<Owner>() == 24);
     assert!(size_of::<RetransmitEvent>() == 144);
-    assert!(size_of::<StateEvent>() == 112);
+    assert!(size_of::<StateEvent>() == 120);
     assert!(size_of::<ResetEvent>() == 96);
     assert!(size_of::<ResetFields>() == 4);
     assert!(align_of::<StateEvent>() == 8);
-    assert!(size_of::<SockInfo>() == 40);
+    assert!(size_of::<SockInfo>() == 48);
 };
 
 #[cfg(feature = "user")]
@@ -951,6 +999,42 @@ mod tests {
             a[15] = 2;
             a
         })));
+    }
+
+    #[test]
+    fn ipv4_mapped_traffic_of_ipv6_sockets_is_ipv4() {
+        let v4 = words(mapped([192, 0, 2, 1]));
+        let v6 = words([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let none = [0; 4];
+        assert_eq!(traffic_family(AF_INET6, &v4, &v4), AF_INET);
+        assert_eq!(traffic_family(AF_INET6, &none, &v4), AF_INET);
+        assert_eq!(traffic_family(AF_INET6, &v6, &v6), AF_INET6);
+        assert_eq!(
+            traffic_family(AF_INET6, &v4, &none),
+            AF_INET,
+            "bound to a mapped address"
+        );
+        assert_eq!(
+            traffic_family(AF_INET6, &none, &none),
+            AF_INET6,
+            "listening on ::"
+        );
+        assert_eq!(traffic_family(AF_INET, &v4, &v4), AF_INET);
+    }
+
+    #[test]
+    fn time_wait_keeps_the_transitions_it_is_derived_from() {
+        use tcp_state::*;
+        let filter = Filter {
+            flags: filter_flags::STATE_EVENTS,
+            state_mask: 1 << TIME_WAIT,
+            ..Filter::KEEP_ALL
+        };
+        assert!(filter.keeps_transition(FIN_WAIT2, CLOSE));
+        assert!(filter.keeps_transition(CLOSING, CLOSE));
+        assert!(filter.keeps_transition(SYN_SENT, ESTABLISHED));
+        assert!(!filter.keeps_transition(ESTABLISHED, FIN_WAIT1));
+        assert!(!filter.keeps_transition(LAST_ACK, CLOSE));
     }
 
     #[test]

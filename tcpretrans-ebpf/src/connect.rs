@@ -6,21 +6,19 @@
 //! socket closes with an error; not for MPTCP, whose state the program
 //! follows in the TCP subflows, which no descriptor names).
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_user,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use tcpretrans_common::{
     ABSENT, AF_INET, AF_INET6, Address, ConnectErrorEvent, EventHeader, Flow, PendingConnect,
-    TcpOffsets, event_kind, lost_slot,
+    event_kind, lost_slot, traffic_family,
 };
 
 use crate::{
     maps::{CONNECT_FIELDS, CONNECTS, FILTER, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner,
-    sock::{self, IPPROTO_MPTCP, IPPROTO_TCP, Probed, read},
+    sock::{self, Probed, read},
 };
 
 const EINPROGRESS: i64 = 115;
@@ -55,12 +53,12 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: user memory is read with the faulting-safe helper.
     let head: [u8; 8] = unsafe { bpf_probe_read_user(uservaddr as *const [u8; 8]) }?;
     let family = u16::from_ne_bytes([head[0], head[1]]);
-    let filter = FILTER.get();
-    if (family != AF_INET && family != AF_INET6) || !filter.keeps_family(family) {
+    if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
+    let filter = FILTER.get();
     let tcp = TCP_OFFSETS.get();
-    let sk = stream_socket_of_fd(fd, tcp);
+    let sk = sock::stream_socket_of_fd(fd, tcp);
     if sk == 0 || sock::kept::<Probed>(sk, SOCK_OFFSETS.get(), filter).is_none() {
         return Ok(());
     }
@@ -70,6 +68,11 @@ fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
     } else {
         sock::ipv4_mapped(u32::from_ne_bytes([head[4], head[5], head[6], head[7]]))
     };
+    // A mapped destination on an IPv6 socket is IPv4 traffic.
+    let family = traffic_family(family, &[0; 4], &daddr);
+    if !filter.keeps_family(family) {
+        return Ok(());
+    }
     let dport = u16::from_be_bytes([head[2], head[3]]);
     // The caller is the owner; the local end is not bound yet: filters on
     // it see port 0 and the unspecified address.
@@ -151,34 +154,4 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
 #[inline(always)]
 fn thread_id() -> u32 {
     bpf_get_current_pid_tgid() as u32
-}
-
-/// The TCP or MPTCP socket behind the calling task's `fd`, or 0. (An MPTCP
-/// socket's TCP subflows have no descriptor: its `connect()` is the one the
-/// program sees fail.)
-#[inline(always)]
-fn stream_socket_of_fd(fd: u64, tcp: &TcpOffsets) -> u64 {
-    // SAFETY: helper without preconditions.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, tcp.task_files);
-    let fdt: u64 = read(files, tcp.files_fdt);
-    let fds: u64 = read(fdt, tcp.fdtable_fd);
-    let file: u64 = if fds == 0 || fd > 1 << 20 {
-        0
-    } else {
-        read(fds + (fd & 0xfffff) * 8, 0)
-    };
-    let socket: u64 = read(file, tcp.file_private_data);
-    if socket == 0 || read::<u64>(socket, tcp.socket_file) != file {
-        return 0;
-    }
-    let sk: u64 = read(socket, tcp.socket_sk);
-    if matches!(
-        sock::protocol::<Probed>(sk, tcp),
-        IPPROTO_TCP | IPPROTO_MPTCP
-    ) {
-        sk
-    } else {
-        0
-    }
 }

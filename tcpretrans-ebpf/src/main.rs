@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod accept;
 mod connect;
 mod maps;
 mod owner;

@@ -8,6 +8,7 @@ use core::mem::size_of;
 use aya_ebpf::{EbpfContext as _, helpers::generated, programs::TracePointContext};
 use tcpretrans_common::{
     ABSENT, AF_INET, AF_INET6, Address, EventHeader, Filter, Flow, FlowFields, RECORD_LEN,
+    traffic_family,
 };
 
 use crate::{
@@ -86,8 +87,9 @@ impl Record {
         })
     }
 
-    /// The record's flow and family: the same as the socket's, as the
-    /// kernel copied it when the tracepoint fired.
+    /// The record's flow and the family of its traffic (`traffic_family`):
+    /// the same as the socket's, as the kernel copied it when the tracepoint
+    /// fired.
     #[inline(always)]
     fn flow(&self, fields: &FlowFields) -> (Flow, u16) {
         let flow = Flow {
@@ -96,7 +98,8 @@ impl Record {
             sport: self.load(fields.sport),
             dport: self.load(fields.dport),
         };
-        (flow, self.family(fields))
+        let family = traffic_family(self.family(fields), &flow.saddr, &flow.daddr);
+        (flow, family)
     }
 }
 
@@ -108,7 +111,7 @@ pub struct Hit {
     /// The socket the event is about (for SYN-ACKs, the listener).
     pub sk: u64,
     pub netns: Netns,
-    /// 4 or 6.
+    /// 4 or 6: the family of its traffic (`traffic_family`).
     version: u8,
 }
 
@@ -194,7 +197,7 @@ impl Hit {
 
 /// The event's family byte: 4 or 6, or `None` for other families.
 #[inline(always)]
-fn family_version(family: u16) -> Option<u8> {
+pub fn family_version(family: u16) -> Option<u8> {
     match family {
         AF_INET => Some(4),
         AF_INET6 => Some(6),

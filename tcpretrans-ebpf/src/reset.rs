@@ -7,13 +7,13 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tcpretrans_common::{
-    ABSENT, AF_INET, AF_INET6, EventHeader, ResetEvent, event_kind, filter_flags, lost_slot,
-    reset_direction,
+    ABSENT, EventHeader, ResetEvent, event_kind, filter_flags, lost_slot, reset_direction,
 };
 
 use crate::{
     maps::{FILTER, RESET_FIELDS, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
+    record::family_version,
     sock::{self, Probed, read},
 };
 
@@ -107,13 +107,7 @@ fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
     unsafe {
         (&raw mut (*event).header).write(EventHeader {
             kind: event_kind::RESET,
-            family: if family == AF_INET {
-                4
-            } else if family == AF_INET6 {
-                6
-            } else {
-                0
-            },
+            family: family_version(family).unwrap_or(0),
             _pad: 0,
             netns: netns.inum,
             timestamp_ns: bpf_ktime_get_ns(),

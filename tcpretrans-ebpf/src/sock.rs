@@ -5,7 +5,7 @@ use core::{ffi::c_void, mem::MaybeUninit};
 use aya_ebpf::helpers::{bpf_get_current_task, generated};
 use tcpretrans_common::{
     ABSENT, AF_INET6, Address, Bitfield, Filter, Flow, Owner, SockOffsets, TcpOffsets,
-    tcp_state::TIME_WAIT,
+    tcp_state::TIME_WAIT, traffic_family,
 };
 
 /// How a program reads kernel objects at the offsets userspace resolved.
@@ -149,7 +149,8 @@ fn in_cgroup(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> bool {
 }
 
 /// A socket's flow from its `sock_common` (full, request or timewait
-/// socket), as `(flow, AF_*)`; `None` when the offsets are unknown.
+/// socket), as `(flow, AF_*)` with the family of its traffic
+/// (`traffic_family`); `None` when the offsets are unknown.
 #[inline(always)]
 pub fn flow<M: Memory>(sk: u64, tcp: &TcpOffsets) -> Option<(Flow, u16)> {
     if sk == 0 || tcp.skc_portpair == ABSENT || tcp.skc_family == ABSENT {
@@ -179,7 +180,7 @@ pub fn flow<M: Memory>(sk: u64, tcp: &TcpOffsets) -> Option<(Flow, u16)> {
         sport,
         dport: u16::from_be_bytes([ports[0], ports[1]]),
     };
-    Some((flow, family))
+    Some((flow, traffic_family(family, &flow.saddr, &flow.daddr)))
 }
 
 /// An IPv6 address member (8-aligned in `sock_common`), read as two words.
@@ -313,4 +314,31 @@ pub fn orphan<M: Memory>(sk: u64, tcp: &TcpOffsets) -> u8 {
     }
     let flags: u64 = M::read(sk, tcp.sk_flags);
     (flags >> (tcp.sock_dead_bit & 63) & 1) as u8
+}
+
+/// The TCP or MPTCP socket behind the calling task's `fd`, or 0. (An MPTCP
+/// socket's TCP subflows have no descriptor: its `connect()` is the one the
+/// program sees fail.)
+#[inline(always)]
+pub fn stream_socket_of_fd(fd: u64, tcp: &TcpOffsets) -> u64 {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, tcp.task_files);
+    let fdt: u64 = read(files, tcp.files_fdt);
+    let fds: u64 = read(fdt, tcp.fdtable_fd);
+    let file: u64 = if fds == 0 || fd > 1 << 20 {
+        0
+    } else {
+        read(fds + (fd & 0xfffff) * 8, 0)
+    };
+    let socket: u64 = read(file, tcp.file_private_data);
+    if socket == 0 || read::<u64>(socket, tcp.socket_file) != file {
+        return 0;
+    }
+    let sk: u64 = read(socket, tcp.socket_sk);
+    if matches!(protocol::<Probed>(sk, tcp), IPPROTO_TCP | IPPROTO_MPTCP) {
+        sk
+    } else {
+        0
+    }
 }

@@ -252,6 +252,7 @@ fn transition<M: Memory>(
         );
         write_owner(&raw mut (*event).owner, owner);
         (&raw mut (*event).prev_state_ns).write(tracked.prev_state_ns);
+        (&raw mut (*event).opened_ns).write(tracked.opened_ns);
         (&raw mut (*event).old_state).write(old_state);
         (&raw mut (*event).new_state).write(new_state);
         (&raw mut (*event).timewait).write(timewait);
@@ -291,6 +292,8 @@ fn report_connect_error(hit: &Hit, errno: i32, owner: Option<&Owner>, now: u64, 
 struct Tracked {
     /// Time in the old state, or `DURATION_UNKNOWN`.
     prev_state_ns: u64,
+    /// When the socket's first transition was seen, or 0.
+    opened_ns: u64,
     /// Pid 0 when unknown. Not an `Option`: a `None`'s undefined bytes let
     /// LLVM spill stray registers, which the verifier rejects.
     owner: Owner,
@@ -305,8 +308,8 @@ struct Tracked {
 #[inline(always)]
 fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &ListenerKey) -> Tracked {
     let listening = track_listener(old_state, new_state, listener);
-    // Asked only while the socket's owner is unknown: reading the current
-    // task is among the dearest work of a transition.
+    // Asked only where a transition names an owner: reading the current task
+    // is among the dearest work of a transition.
     let caller = || listening.or_else(|| new_owner(old_state, new_state, listener));
     // A socket's first transition: not looked up (an entry at its address
     // is a dead socket's whose CLOSE went unseen, and is overwritten).
@@ -325,9 +328,9 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
             // entry are serialized by the socket lock in the kernel.
             let info = unsafe { &mut *info };
             let since = core::mem::replace(&mut info.state_since_ns, now);
-            if info.owner.pid == 0
-                && let Some(owner) = caller()
-            {
+            // The last process to act on the socket owns it: a prefork
+            // worker closing what its master's listener made.
+            if let Some(owner) = caller() {
                 info.owner = owner;
             }
             let tracked = Tracked {
@@ -336,6 +339,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
                 } else {
                     now.wrapping_sub(since)
                 },
+                opened_ns: info.opened_ns,
                 owner: owner::copied(&info.owner),
                 reset: info.reset,
                 nonblocking_connect: info.nonblocking_connect,
@@ -350,6 +354,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
             if new_state != CLOSE {
                 let info = SockInfo {
                     state_since_ns: now,
+                    opened_ns: if born { now } else { 0 },
                     owner,
                     reset: reset_direction::NONE,
                     nonblocking_connect: 0,
@@ -360,6 +365,7 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
             }
             Tracked {
                 prev_state_ns: DURATION_UNKNOWN,
+                opened_ns: if born { now } else { 0 },
                 owner,
                 reset: reset_direction::NONE,
                 nonblocking_connect: 0,
@@ -390,7 +396,8 @@ fn track_listener(old_state: u8, new_state: u8, listener: &ListenerKey) -> Optio
 /// The owner a transition reveals: the calling process for the transitions
 /// only a system call on the socket makes (connect, close, shutdown), and
 /// the listener's owner for an accepted socket being created (in softirq,
-/// where the current task is whoever was interrupted).
+/// where the current task is whoever was interrupted; `accept()` names the
+/// owner from then on).
 #[inline(always)]
 fn new_owner(old_state: u8, new_state: u8, listener: &ListenerKey) -> Option<Owner> {
     match (old_state, new_state) {

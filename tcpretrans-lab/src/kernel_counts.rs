@@ -159,7 +159,7 @@ impl Drop for BpfStats {
 pub struct BpfProgramCounts {
     /// Counted only while `BpfStats` is on.
     pub runs: u64,
-    /// `recursion_misses`.
+    /// `recursion_misses` (0 before 5.12, which does not report them).
     pub skipped: u64,
 }
 
@@ -179,7 +179,8 @@ pub fn bpf_program_counts(pid: u32) -> BTreeMap<u32, BpfProgramCounts> {
             };
             let counts = BpfProgramCounts {
                 runs: field("run_cnt:")?,
-                skipped: field("recursion_misses:")?,
+                // Reported from 5.12; before, the kernel counts no skipped run.
+                skipped: field("recursion_misses:").unwrap_or(0),
             };
             Some((u32::try_from(field("prog_id:")?).ok()?, counts))
         })

@@ -10,6 +10,7 @@ use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::unix::fs::MetadataExt,
+    path::Path,
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -71,6 +72,16 @@ impl Netns {
     /// Sets a sysctl of this namespace (`net.ipv4.tcp_retries2`, ...).
     pub fn sysctl(&self, key: &str, value: &str) {
         self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// Sets a sysctl this kernel may not have (one added after the oldest
+    /// kernel the lab runs on); whether it has it.
+    pub fn sysctl_if_present(&self, key: &str, value: &str) -> bool {
+        let present = Path::new("/proc/sys").join(key.replace('.', "/")).exists();
+        if present {
+            self.sysctl(key, value);
+        }
+        present
     }
 
     /// Runs a command inside the namespace and returns its output.

@@ -51,7 +51,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
                     "tcp_retransmit_synack" => f.synack_fields().map(drop),
                     "inet_sock_set_state" => f.state_fields().map(drop),
                     "sys_enter_connect" => f.connect_enter_fields().map(drop),
-                    "sys_exit_connect" => f.connect_exit_ret().map(drop),
+                    "sys_exit_connect" | "sys_exit_accept4" | "sys_exit_accept" => {
+                        f.syscall_exit_ret().map(drop)
+                    }
                     _ => f.reset_skaddr().map(drop),
                 }?;
                 Ok(f)
@@ -129,7 +131,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
         let started = Instant::now();
         let loaded = trace::prepare(args, tracefs)
             .map_err(|e| e.to_string())
-            .and_then(|Setup { plan, .. }| Tracer::load(&plan).map_err(|e| e.to_string()));
+            .and_then(|Setup { plan, .. }| {
+                Tracer::load(&plan, Vec::new).map_err(|e| e.to_string())
+            });
         match loaded {
             Ok(tracer) => {
                 let HookCount { btf, raw, all } = tracer.links.count();

@@ -15,7 +15,7 @@ use tcpretrans_common::{AddrPrefix, Filter, filter_flags};
 
 use crate::{
     cgroup::{self, Cgroup},
-    decode::{Process, TcpState},
+    decode::{Close, Event, Process, StateChange, TcpState},
     generate::Generated,
     netns,
     output::Style,
@@ -68,8 +68,13 @@ pub mod exit_status {
     /// The session ran, but the kernel side lost events (reported as they
     /// happened and in the summary).
     pub const EVENTS_LOST: u8 = 3;
+    /// The session ran and lost nothing it was given, but the kernel counted
+    /// retransmitted segments it never gave the programs (it runs no BPF
+    /// program in some contexts): the summary says how many. Apart from 3,
+    /// which a larger `--ring-size` can cure and this cannot.
+    pub const EVENTS_NOT_SEEN: u8 = 4;
 
-    pub const MEANINGS: [(u8, &str); 4] = [
+    pub const MEANINGS: [(u8, &str); 5] = [
         (
             SUCCESS,
             "traced until stopped (Ctrl-C, SIGTERM, --duration, closed output) and lost nothing",
@@ -82,6 +87,10 @@ pub mod exit_status {
         (
             EVENTS_LOST,
             "traced, but events were lost (counted and reported)",
+        ),
+        (
+            EVENTS_NOT_SEEN,
+            "traced and lost nothing, but the kernel counted retransmitted segments it gave no program (the summary compares)",
         ),
     ];
 }
@@ -110,13 +119,14 @@ fn after_help() -> String {
 pub struct Args {
     /// Also show TCP state transitions; LIST (comma separated, e.g.
     /// `fin_wait1,time_wait`; `fin_wait` means both FIN_WAIT states) keeps
-    /// only transitions entering or leaving those states.
+    /// only the lifecycle events entering or leaving those states: TIME_WAIT
+    /// entries, overflows and reuses, resets in them, and the ends of the
+    /// connections whose last transition did.
     #[arg(
         help_heading = EVENTS,
         long,
         value_name = "LIST",
         num_args = 0..=1,
-        require_equals = true,
         default_missing_value = "all",
         value_parser = parse_state_list
     )]
@@ -264,6 +274,36 @@ impl ColorWhen {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateMask(pub u16);
 
+impl StateMask {
+    fn has(self, state: Option<TcpState>) -> bool {
+        state.is_some_and(|s| self.0 & 1 << s as u8 != 0)
+    }
+
+    /// Whether an event shows under this selection: a lifecycle event that
+    /// enters or leaves a selected state, as the tool shows the states (a
+    /// connection handed to a timewait socket enters TIME_WAIT; an overflow
+    /// is a TIME_WAIT entry refused; a reuse leaves TIME_WAIT). The kernel
+    /// side's filter (`Filter::keeps_transition`) passes a superset of the
+    /// transitions. Retransmissions and failed connects are not lifecycle
+    /// events: every one shows.
+    pub fn shows(self, event: &Event) -> bool {
+        let touches = |change: &StateChange| {
+            self.has(change.old_state)
+                || self.has(change.new_state)
+                || change.close == Some(Close::TimeWaitOverflow)
+                    && self.has(Some(TcpState::TimeWait))
+        };
+        self.0 == 0
+            || match event {
+                Event::State(change) => touches(change),
+                Event::SessionEnd(end) => touches(&end.change),
+                Event::TimeWaitReuse { .. } => self.has(Some(TcpState::TimeWait)),
+                Event::Reset { state, .. } => self.has(*state),
+                Event::Retransmit(_) | Event::ConnectError { .. } | Event::Lost { .. } => true,
+            }
+    }
+}
+
 impl Args {
     pub fn style(&self) -> Style {
         Style {
@@ -308,6 +348,11 @@ impl Args {
             _pad1: 0,
             cgroup_id: self.cgroup.map_or(0, |c| c.id),
         }
+    }
+
+    /// Whether an event passes the `--state` list (see `StateMask::shows`).
+    pub fn shows_states(&self, event: &Event) -> bool {
+        self.state.is_none_or(|mask| mask.shows(event))
     }
 
     /// Whether an event's owner passes `-p`/`--comm`. The kernel side
@@ -483,6 +528,62 @@ mod tests {
         assert!(parse_state_list("established,,close").is_err());
         assert!(parse(&["--state=bogus"]).is_err());
         assert!(parse(&["--state="]).is_err());
+    }
+
+    #[test]
+    fn a_state_list_may_follow_a_space() {
+        let sel = parse(&["--state", "time_wait", "--json"]).unwrap();
+        assert_eq!(sel.state, Some(StateMask(1 << 6)));
+        let bare = parse(&["--state", "-4"]).unwrap();
+        assert_eq!((bare.state, bare.ipv4), (Some(StateMask(0)), true));
+        assert!(parse(&["--state", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn a_state_list_shows_what_enters_or_leaves_its_states() {
+        use crate::decode::tests::{loopback_socket, transition};
+        let time_wait = parse_state_list("time_wait").unwrap();
+        let entry = |close| {
+            let mut event = transition(TcpState::FinWait2, TcpState::TimeWait, 1, 0);
+            if let Event::State(change) = &mut event {
+                change.close = Some(close);
+            }
+            event
+        };
+        assert!(time_wait.shows(&entry(Close::TimeWait)));
+        let mut overflow = transition(TcpState::FinWait2, TcpState::Close, 1, 0);
+        if let Event::State(change) = &mut overflow {
+            change.close = Some(Close::TimeWaitOverflow);
+        }
+        assert!(time_wait.shows(&overflow));
+        assert!(!parse_state_list("close_wait").unwrap().shows(&overflow));
+        assert!(parse_state_list("close").unwrap().shows(&overflow));
+        let reuse = Event::TimeWaitReuse {
+            socket: Box::new(loopback_socket(1, 0)),
+            time_wait: Duration::from_secs(1),
+        };
+        assert!(time_wait.shows(&reuse));
+        assert!(!parse_state_list("established").unwrap().shows(&reuse));
+        // Kept from the kernel side for reuse detection, not shown.
+        assert!(!time_wait.shows(&transition(TcpState::SynSent, TcpState::Established, 1, 0)));
+        // The transition the tool shows as a TIME_WAIT entry is not a CLOSE.
+        assert!(
+            !parse_state_list("close")
+                .unwrap()
+                .shows(&entry(Close::TimeWait))
+        );
+        assert!(
+            parse_state_list("fin_wait")
+                .unwrap()
+                .shows(&entry(Close::TimeWait))
+        );
+        let reset = Event::Reset {
+            socket: Box::new(loopback_socket(1, 0)),
+            direction: crate::decode::ResetDirection::Received,
+            state: Some(TcpState::Established),
+        };
+        assert!(parse_state_list("established").unwrap().shows(&reset));
+        assert!(!time_wait.shows(&reset));
     }
 
     #[test]

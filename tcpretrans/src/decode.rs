@@ -312,6 +312,11 @@ pub struct StateChange {
     /// On reaching CLOSE: the socket's error (positive errno), if any.
     pub error: Option<i32>,
     pub orphan: Option<bool>,
+    /// When the kernel side saw the socket's first transition (its
+    /// `connect()`, `listen()` or creation from a listener): a connection's
+    /// start, known even when a state filter kept that transition from
+    /// userspace.
+    pub opened: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,7 +380,11 @@ pub struct SessionEnd {
     pub account: Account,
 }
 
-/// What a connection (or a flow, with `-c`) retransmitted.
+/// What a connection (or a flow, with `-c`, or a whole session) retransmitted.
+///
+/// One rule for every count: a retransmission is an attempt the kernel sent,
+/// and so counted in `TcpRetransSegs`. An attempt it could not send (`err`
+/// != 0, kernels 6.17+) is counted in `failed` and nowhere else.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Account {
     /// Retransmissions by `Cause::ALL` index.
@@ -384,6 +393,9 @@ pub struct Account {
     pub unknown_cause: u64,
     /// Segments sent again (what `TcpRetransSegs` counts).
     pub segments: u64,
+    /// Attempts the kernel could not send (e.g. `EBUSY`: the previous copy
+    /// was still queued in the host).
+    pub failed: u64,
     pub first: Option<Timestamp>,
     pub last: Option<Timestamp>,
     /// The largest retransmission timeout seen.
@@ -392,6 +404,10 @@ pub struct Account {
 
 impl Account {
     pub fn record(&mut self, r: &Retransmit) {
+        if !r.sent() {
+            self.failed += 1;
+            return;
+        }
         match r
             .cause
             .and_then(|c| Cause::ALL.iter().position(|&a| a == c))
@@ -399,14 +415,13 @@ impl Account {
             Some(i) => self.by_cause[i] += 1,
             None => self.unknown_cause += 1,
         }
-        if r.sent() {
-            self.segments += u64::from(r.segs.unwrap_or(1));
-        }
+        self.segments += u64::from(r.segs.unwrap_or(1));
         self.first.get_or_insert(r.socket.time);
         self.last = Some(r.socket.time);
         self.max_rto = self.max_rto.max(r.rto);
     }
 
+    /// Retransmissions sent (failed attempts are not among them).
     pub fn retransmits(&self) -> u64 {
         self.by_cause.iter().sum::<u64>() + self.unknown_cause
     }
@@ -581,6 +596,7 @@ impl Decoder {
             close: close.flatten(),
             error,
             orphan: (t.sk_flags != ABSENT).then_some(raw.orphan == 1),
+            opened: (raw.opened_ns != 0).then(|| self.clock.wall(raw.opened_ns)),
         }
     }
 
@@ -972,6 +988,7 @@ pub(crate) mod tests {
             close: (new == TcpState::Close).then_some(Close::Error),
             error: None,
             orphan: None,
+            opened: None,
         }))
     }
 
@@ -1207,6 +1224,7 @@ pub(crate) mod tests {
             timewait: 0,
             reset: reset_direction::NONE,
             prev_state_ns: DURATION_UNKNOWN,
+            opened_ns: 0,
             error: 0,
             orphan: 0,
             _pad0: 0,

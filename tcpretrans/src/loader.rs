@@ -24,10 +24,11 @@ use tcpretrans_common::{
 };
 use thiserror::Error;
 
-use crate::btf;
+use crate::{btf, memory::NoRoom};
 
 /// The kernel object built from tcpretrans-ebpf (empty when built with `AYA_BUILD_SKIP=1`).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpretrans"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpretrans"));
 
 /// The hooks: tracepoint category and name, and the cheapest kind of
 /// program the object has for each. BTF and raw tracepoints cost less than
@@ -37,7 +38,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc
 /// tracepoint reads the members of `struct sock` with plain loads instead of
 /// probe-read calls: the state hook, which runs on every transition of the
 /// host, has one. System calls have no raw tracepoint of their own.
-pub const PROGRAMS: [Hook; 7] = [
+pub const PROGRAMS: [Hook; 9] = [
     Hook::new("tcp", "tcp_retransmit_skb", Via::Raw),
     Hook::new("tcp", "tcp_retransmit_synack", Via::Raw),
     Hook::new("sock", "inet_sock_set_state", Via::Btf),
@@ -45,6 +46,8 @@ pub const PROGRAMS: [Hook; 7] = [
     Hook::new("tcp", "tcp_receive_reset", Via::Raw),
     Hook::new("syscalls", "sys_enter_connect", Via::Classic),
     Hook::new("syscalls", "sys_exit_connect", Via::Classic),
+    Hook::new("syscalls", "sys_exit_accept4", Via::Classic),
+    Hook::new("syscalls", "sys_exit_accept", Via::Classic),
 ];
 
 /// The BTF type the kernel knows the state tracepoint by, for BTF programs.
@@ -142,6 +145,8 @@ pub enum LoadError {
          try a smaller --max-sockets, or raise this cgroup's memory limit"
     )]
     SocketMap { entries: u32, source: io::Error },
+    #[error(transparent)]
+    Memory(#[from] NoRoom),
     #[error("cannot create the kernel side's map {map}: {source}")]
     CreateMap { map: String, source: io::Error },
     #[error("map {map} is missing from the eBPF object")]
@@ -372,11 +377,20 @@ fn loader_without_kernel_btf() -> EbpfLoader<'static> {
 }
 
 impl Tracer {
-    pub fn load(plan: &Plan) -> Result<Self, LoadError> {
+    /// Loads and attaches the programs. `listeners` gives the owners of the
+    /// listeners that exist already (see `listeners::existing`), which the
+    /// kernel side is told before it sees a connection made from one: called
+    /// once the programs are loaded, so that finding them overlaps loading.
+    pub fn load(
+        plan: &Plan,
+        listeners: impl FnOnce() -> Vec<(ListenerKey, Owner)>,
+    ) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
         raise_memlock_limit();
+        // Before any map fills the memory cgroup (see `memory`).
+        crate::memory::check(plan.ring_bytes, plan.max_sockets)?;
         let wakeup_bytes = plan.ring_bytes / 4;
         // Made while aya parses the object and creates the maps.
         let target = {
@@ -420,6 +434,10 @@ impl Tracer {
                 e => LoadError::Object(e),
             })?;
 
+        // Out of `ebpf` before its programs are borrowed: the map stays
+        // open, and the programs refer to it already.
+        let mut known_listeners: HashMap<_, ListenerKey, Owner> =
+            take_map(&mut ebpf, "LISTENERS", HashMap::try_from)?;
         let state_events = plan.filter.flags & filter_flags::STATE_EVENTS != 0;
         // Resets only explain endings of state events: without them, two
         // fewer programs to verify and attach (and to run on every reset).
@@ -488,6 +506,14 @@ impl Tracer {
             debug_assert!(again.is_empty(), "only BTF programs are retried");
         }
         programs.retain(|c| is_chosen(&chosen, c));
+        for (listener, owner) in listeners() {
+            known_listeners
+                .insert(listener, owner, 0)
+                .map_err(|source| LoadError::Map {
+                    map: "LISTENERS",
+                    source,
+                })?;
+        }
         // A tracepoint runs its programs in the order they were attached;
         // a nested state program must run after the state program (it
         // handles what that one did not note): attached last.
@@ -507,7 +533,7 @@ impl Tracer {
             .collect();
         let census = Census {
             sockets: take_map(&mut ebpf, "SOCKETS", HashMap::try_from)?,
-            listeners: take_map(&mut ebpf, "LISTENERS", HashMap::try_from)?,
+            listeners: known_listeners,
             connects: take_map(&mut ebpf, "CONNECTS", HashMap::try_from)?,
         };
         let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;

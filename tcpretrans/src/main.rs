@@ -50,9 +50,19 @@ fn main() -> ExitCode {
                 for line in summary.details() {
                     eprintln!("tcpretrans: {line}");
                 }
+            } else if summary.unseen() > 0 {
+                // Quiet, but missing events are never silent (nor are lost
+                // ones, reported as they happen).
+                if let Some(line) = summary.reconciliation_line() {
+                    eprintln!("tcpretrans: {line}");
+                }
             }
+            // Missing events are never a success: lost ones (the tool's
+            // to cure) apart from those the kernel never gave it.
             if summary.lost > 0 {
                 ExitCode::from(exit_status::EVENTS_LOST)
+            } else if summary.unseen() > 0 {
+                ExitCode::from(exit_status::EVENTS_NOT_SEEN)
             } else {
                 ExitCode::SUCCESS
             }

@@ -1,9 +1,11 @@
 //! What a network namespace holds right now, read from inside it: TIME_WAIT
 //! sockets against `tcp_max_tw_buckets`, local ports in use against
-//! `ip_local_port_range` — the two limits of the seed's stories.
+//! `ip_local_port_range` — the two limits of the seed's stories — and its
+//! TCP counters.
 use std::{
     collections::BTreeSet,
-    fs, io,
+    fs::{self, File},
+    io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     thread,
@@ -21,6 +23,10 @@ pub enum NetnsError {
     Enter { inode: u32, source: io::Error },
     #[error("reading network namespace {inode}: {source}")]
     Read { inode: u32, source: io::Error },
+    #[error("cannot tell which network namespace this is: {0}")]
+    Own(#[source] io::Error),
+    #[error("network namespace {inode}: /proc/net/snmp has no `Tcp: {counter}`")]
+    NoCounter { inode: u32, counter: &'static str },
 }
 
 /// TCP occupancy of one network namespace.
@@ -36,18 +42,75 @@ pub struct Occupancy {
 
 /// Reads the occupancy of the namespace with this inode.
 pub fn occupancy(inode: u32) -> Result<Occupancy, NetnsError> {
-    let path = find(inode).ok_or(NetnsError::Gone(inode))?;
-    let file = fs::File::open(&path).map_err(|source| NetnsError::Enter { inode, source })?;
-    // setns() changes the calling thread only: do it on a thread of our own.
-    thread::spawn(move || {
-        setns(file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter {
+    Namespace::open(inode)?.read(|| read_occupancy(inode))
+}
+
+/// A network namespace held open: it can be read from inside until dropped,
+/// even after every process left it.
+#[derive(Debug)]
+pub struct Namespace {
+    pub inode: u32,
+    /// `None` for the tool's own namespace, read in place: entering even
+    /// that one takes `CAP_SYS_ADMIN`.
+    file: Option<File>,
+}
+
+impl Namespace {
+    /// The namespace the tool runs in.
+    pub fn own() -> Result<Self, NetnsError> {
+        let inode = own_inode().map_err(NetnsError::Own)?;
+        Ok(Self { inode, file: None })
+    }
+
+    /// The namespace with this inode.
+    pub fn open(inode: u32) -> Result<Self, NetnsError> {
+        if own_inode().is_ok_and(|own| own == inode) {
+            return Ok(Self { inode, file: None });
+        }
+        let path = find(inode).ok_or(NetnsError::Gone(inode))?;
+        let file = File::open(&path).map_err(|source| NetnsError::Enter { inode, source })?;
+        Ok(Self {
             inode,
-            source: e.into(),
-        })?;
-        read_occupancy(inode).map_err(|source| NetnsError::Read { inode, source })
-    })
-    .join()
-    .unwrap_or(Err(NetnsError::Gone(inode)))
+            file: Some(file),
+        })
+    }
+
+    /// `Tcp: RetransSegs`: the segments its TCP retransmitted, IPv4 and IPv6
+    /// alike (one MIB serves both).
+    pub fn retrans_segs(&self) -> Result<u64, NetnsError> {
+        let snmp = self.read(|| fs::read_to_string("/proc/thread-self/net/snmp"))?;
+        snmp_counter(&snmp, "Tcp", "RetransSegs").ok_or(NetnsError::NoCounter {
+            inode: self.inode,
+            counter: "RetransSegs",
+        })
+    }
+
+    /// Runs `read` inside the namespace.
+    fn read<T: Send>(&self, read: impl FnOnce() -> io::Result<T> + Send) -> Result<T, NetnsError> {
+        let inode = self.inode;
+        let Some(file) = &self.file else {
+            return read().map_err(|source| NetnsError::Read { inode, source });
+        };
+        // setns() changes the calling thread only: do it on a thread of our own.
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter {
+                        inode,
+                        source: e.into(),
+                    })?;
+                    read().map_err(|source| NetnsError::Read { inode, source })
+                })
+                .join()
+                .unwrap_or(Err(NetnsError::Gone(inode)))
+        })
+    }
+}
+
+/// The calling thread's namespace.
+fn own_inode() -> io::Result<u32> {
+    let ino = fs::metadata("/proc/thread-self/ns/net")?.ino();
+    u32::try_from(ino).map_err(|_| io::Error::other(format!("namespace inode {ino} out of range")))
 }
 
 /// `--netns`: an inode number, a name from `ip netns` (`/run/netns/NAME`),
@@ -130,6 +193,18 @@ fn read_occupancy(inode: u32) -> io::Result<Occupancy> {
     })
 }
 
+/// A counter of `/proc/net/snmp`, whose groups are a line of names and a
+/// line of values: `Tcp: ... RetransSegs ...`, `Tcp: ... 2593 ...`.
+fn snmp_counter(snmp: &str, group: &str, name: &str) -> Option<u64> {
+    let mut lines = snmp.lines().filter(|l| {
+        l.strip_prefix(group)
+            .is_some_and(|rest| rest.starts_with(':'))
+    });
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 /// `TCP: inuse 5 orphan 0 tw 3 alloc 6 mem 1` → 3.
 fn parse_sockstat_tw(sockstat: &str) -> Option<u64> {
     let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
@@ -169,5 +244,30 @@ mod tests {
     #[test]
     fn a_namespace_nobody_holds_is_gone() {
         assert!(matches!(occupancy(1), Err(NetnsError::Gone(1))));
+        assert!(matches!(Namespace::open(1), Err(NetnsError::Gone(1))));
+    }
+
+    #[test]
+    fn parses_snmp_counters() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RtoMin MaxConn RetransSegs InErrs\n\
+                    Tcp: 1 200 -1 2593 0\n\
+                    TcpExt: RetransSegs\nTcpExt: 7\n\
+                    Udp: InDatagrams\nUdp: 12\n";
+        assert_eq!(snmp_counter(snmp, "Tcp", "RetransSegs"), Some(2593));
+        assert_eq!(snmp_counter(snmp, "Udp", "InDatagrams"), Some(12));
+        assert_eq!(snmp_counter(snmp, "Tcp", "MaxConn"), None, "signed");
+        assert_eq!(snmp_counter(snmp, "Tcp", "OutRsts"), None);
+        assert_eq!(snmp_counter(snmp, "Icmp", "InMsgs"), None);
+    }
+
+    #[test]
+    fn reads_its_own_namespaces_counter_in_place() {
+        let own = Namespace::own().unwrap();
+        assert!(own.file.is_none());
+        let by_inode = Namespace::open(own.inode).unwrap();
+        assert!(by_inode.file.is_none(), "no setns into its own namespace");
+        let before = own.retrans_segs().unwrap();
+        assert!(by_inode.retrans_segs().unwrap() >= before);
     }
 }

@@ -83,7 +83,7 @@ impl Owners {
 }
 
 /// `socket:[12345]` → 12345.
-fn socket_inode(fd: &Path) -> Option<u64> {
+pub(crate) fn socket_inode(fd: &Path) -> Option<u64> {
     let target = fs::read_link(fd).ok()?;
     target
         .to_str()?
@@ -93,9 +93,14 @@ fn socket_inode(fd: &Path) -> Option<u64> {
         .ok()
 }
 
-fn describe(pid: u32, dir: &Path) -> Process {
-    let comm = fs::read_to_string(dir.join("comm"))
-        .map(|c| c.trim_end().into())
+pub(crate) fn describe(pid: u32, dir: &Path) -> Process {
+    // Any bytes a process named itself with, as the kernel side's names:
+    // not UTF-8 is no reason to lose the name.
+    let comm = fs::read(dir.join("comm"))
+        .map(|c| {
+            let name = c.strip_suffix(b"\n").unwrap_or(&c);
+            String::from_utf8_lossy(name).as_ref().into()
+        })
         .unwrap_or_default();
     let uid = fs::metadata(dir).map(|m| m.uid()).unwrap_or_default();
     Process { pid, uid, comm }

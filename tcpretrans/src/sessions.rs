@@ -72,16 +72,21 @@ impl Sessions {
             Event::State(change) if !is_listener(change) => {
                 let socket = &change.socket;
                 let begins = matches!(change.old_state, Some(TcpState::Close | TcpState::Listen));
-                let unbound = socket.lport == 0;
+                // Not a 4-tuple yet: a `connect()` gets its port after
+                // SYN_SENT, and older kernels (5.10 to 6.12) report a socket made
+                // from a listener in SYN_RECV before its remote end is set.
+                let unbound = socket.lport == 0 || socket.rport == 0;
                 if ends(change) {
                     let connect = self.connecting.remove(&socket.skaddr);
                     let session = (!unbound)
                         .then(|| self.live.remove(&socket.four_tuple()))
                         .flatten();
+                    // The kernel side's record of the start counts too: a
+                    // state filter may have kept the start from us.
                     let (opened, account) = match session {
-                        Some(s) => (connect.or(s.opened), s.account),
+                        Some(s) => (earliest([connect, s.opened, change.opened]), s.account),
                         None => (
-                            connect.or(begins.then_some(socket.time)),
+                            earliest([connect, begins.then_some(socket.time), change.opened]),
                             Account::default(),
                         ),
                     };
@@ -153,6 +158,10 @@ impl Sessions {
     }
 }
 
+fn earliest<const N: usize>(times: [Option<Timestamp>; N]) -> Option<Timestamp> {
+    times.into_iter().flatten().min()
+}
+
 /// A listening socket's transitions are not a connection's.
 fn is_listener(change: &StateChange) -> bool {
     change.old_state == Some(TcpState::Listen) && change.new_state == Some(TcpState::Close)
@@ -166,7 +175,10 @@ fn ends(change: &StateChange) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{
+        net::{IpAddr, Ipv4Addr},
+        time::Duration,
+    };
 
     use super::*;
     use crate::decode::{
@@ -270,6 +282,48 @@ mod tests {
         );
         assert_eq!(end.account.causes().collect::<Vec<_>>(), [("SYNACK", 1)]);
         assert!(sessions.live.is_empty());
+    }
+
+    #[test]
+    fn a_socket_made_from_a_listener_before_its_remote_end_is_set_is_one_session() {
+        // Older kernels' `inet_csk_clone_lock()` reports LISTEN -> SYN_RECV while
+        // the new socket still has its listener's (unset) remote end.
+        let mut sessions = Sessions::new(16);
+        let mut created = state(TcpState::Listen, TcpState::SynRecv, 80, 0);
+        if let Event::State(change) = &mut created {
+            change.socket.rport = 0;
+            change.socket.raddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        }
+        assert_eq!(sessions.observe(&created), None);
+        assert!(sessions.live.is_empty(), "no session under a half 4-tuple");
+        sessions.observe(&state(TcpState::SynRecv, TcpState::Established, 80, 1));
+        sessions.observe(&retransmit(Cause::Fast, 200, 1, 80, 2));
+        let Some(Event::SessionEnd(end)) =
+            sessions.observe(&state(TcpState::Established, TcpState::Close, 80, 3))
+        else {
+            panic!("no session_end")
+        };
+        assert_eq!(
+            end.opened,
+            Some(Timestamp::from_millisecond(1_800_000_000_000).unwrap())
+        );
+        assert_eq!(end.account.retransmits(), 1);
+        assert!(sessions.live.is_empty() && sessions.connecting.is_empty());
+    }
+
+    #[test]
+    fn the_kernel_sides_start_stands_in_for_a_filtered_one() {
+        // `--state=time_wait`: only the end arrives, with its socket's start.
+        let mut sessions = Sessions::new(16);
+        let mut end = state(TcpState::FinWait2, TcpState::TimeWait, 40000, 9000);
+        if let Event::State(change) = &mut end {
+            change.close = Some(crate::decode::Close::TimeWait);
+            change.opened = Some(socket(40000, 10).time);
+        }
+        let Some(Event::SessionEnd(end)) = sessions.observe(&end) else {
+            panic!("no session_end")
+        };
+        assert_eq!(end.opened, Some(socket(40000, 10).time));
     }
 
     #[test]

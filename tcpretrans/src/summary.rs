@@ -1,11 +1,15 @@
-//! What a session saw, for the exit summary: counts, and with `--state`
+//! What a session saw, for the exit summary: counts, retransmissions (sent
+//! and failed apart) checked against the kernel's count, and with `--state`
 //! the transitions and each namespace's TIME_WAIT and port occupancy.
 use std::fmt;
 
+use foldhash::HashMap;
+
 use crate::{
-    decode::{Event, TcpState},
+    decode::{Account, Event, TcpState},
     loader::MapEntries,
     netns::Occupancy,
+    reconcile::{Comparison, NotCompared},
 };
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -29,6 +33,14 @@ pub struct Summary {
     pub occupancy: Vec<Result<Occupancy, String>>,
     /// What the kernel side's socket maps still hold at exit (with `--state`).
     pub kernel_maps: Option<MapEntries>,
+    /// Every retransmission reported: sent ones by cause with their
+    /// segments, failed attempts apart.
+    pub retransmits: Account,
+    /// Segments of the sent retransmissions, by network namespace.
+    reported_segments: HashMap<u32, u64>,
+    /// The reported segments against the kernel's count; `None` when the
+    /// output closed first.
+    pub reconciliation: Option<Result<Comparison, NotCompared>>,
 }
 
 const STATE_SLOTS: usize = TcpState::ALL.len() + 1;
@@ -51,14 +63,47 @@ impl Summary {
     /// Counts an event printed.
     pub fn count(&mut self, event: &Event) {
         self.events += 1;
-        if let Event::State(change) = event {
-            self.transitions[slot(change.old_state)][slot(change.new_state)] += 1;
+        match event {
+            Event::State(change) => {
+                self.transitions[slot(change.old_state)][slot(change.new_state)] += 1;
+            }
+            Event::Retransmit(r) => {
+                let before = self.retransmits.segments;
+                self.retransmits.record(r);
+                let sent = self.retransmits.segments - before;
+                if let Some(netns) = r.socket.netns.filter(|_| sent > 0) {
+                    *self.reported_segments.entry(netns).or_default() += sent;
+                }
+            }
+            _ => {}
         }
         if let Some(netns) = event.socket().and_then(|s| s.netns)
             && !self.namespaces.contains(&netns)
         {
             self.namespaces.push(netns);
         }
+    }
+
+    /// Segments of the sent retransmissions reported in a namespace.
+    pub fn reported_segments(&self, netns: u32) -> u64 {
+        self.reported_segments.get(&netns).copied().unwrap_or(0)
+    }
+
+    /// Segments the kernel retransmitted in the namespace compared that
+    /// were not reported: events missing like lost ones.
+    pub fn unseen(&self) -> u64 {
+        match &self.reconciliation {
+            Some(Ok(comparison)) => comparison.unseen(),
+            _ => 0,
+        }
+    }
+
+    /// The comparison with the kernel's count, or why there is none.
+    pub fn reconciliation_line(&self) -> Option<String> {
+        self.reconciliation.as_ref().map(|compared| match compared {
+            Ok(comparison) => comparison.describe(self.lost),
+            Err(why) => why.to_string(),
+        })
     }
 
     /// The transitions seen, as `((old, new), count)`, in lifecycle order
@@ -104,6 +149,21 @@ impl Summary {
                 Err(e) => e.clone(),
             });
         }
+        let r = &self.retransmits;
+        if r.retransmits() > 0 || r.failed > 0 {
+            let causes: Vec<String> = r.causes().map(|(c, n)| format!("{c} {n}")).collect();
+            let mut line = format!("retransmits: {}", r.retransmits());
+            if !causes.is_empty() {
+                line.push_str(&format!(" ({})", causes.join(", ")));
+            }
+            line.push_str(&format!(", {} segments", r.segments));
+            if r.failed > 0 {
+                let attempts = if r.failed == 1 { "attempt" } else { "attempts" };
+                line.push_str(&format!("; {} failed {attempts} (not sent)", r.failed));
+            }
+            lines.push(line);
+        }
+        lines.extend(self.reconciliation_line());
         lines
     }
 }
@@ -129,7 +189,85 @@ impl fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::tests::transition;
+    use crate::decode::{
+        Cause, Retransmit,
+        tests::{loopback_socket, sample_retransmit, transition},
+    };
+
+    /// A retransmission of `segs` segments in namespace `netns`; `err` 0
+    /// when the kernel sent it.
+    fn retransmit(cause: Cause, segs: u16, err: i32, netns: u32) -> Event {
+        let mut socket = loopback_socket(40000, 0);
+        socket.netns = Some(netns);
+        Event::Retransmit(Box::new(Retransmit {
+            cause: Some(cause),
+            segs: Some(segs),
+            err,
+            ..sample_retransmit(socket)
+        }))
+    }
+
+    #[test]
+    fn failed_attempts_are_counted_apart_from_retransmissions() {
+        let mut summary = Summary::default();
+        for event in [
+            retransmit(Cause::Fast, 3, 0, 7),
+            retransmit(Cause::Fast, 5, -16, 7),
+            retransmit(Cause::Rto, 1, 0, 7),
+            retransmit(Cause::Fast, 2, -11, 7),
+            retransmit(Cause::Tlp, 4, 0, 8),
+        ] {
+            summary.count(&event);
+        }
+        let r = &summary.retransmits;
+        assert_eq!((r.retransmits(), r.segments, r.failed), (3, 8, 2));
+        assert_eq!(
+            r.causes().collect::<Vec<_>>(),
+            [("RTO", 1), ("FAST", 1), ("TLP", 1)],
+            "failed attempts are in no cause"
+        );
+        // What `TcpRetransSegs` of each namespace added: sent segments only.
+        assert_eq!(
+            (summary.reported_segments(7), summary.reported_segments(8)),
+            (4, 4)
+        );
+        assert_eq!(summary.reported_segments(9), 0);
+        assert_eq!(summary.events, 5, "every attempt is an event shown");
+        assert_eq!(
+            summary.details(),
+            ["retransmits: 3 (RTO 1, FAST 1, TLP 1), 8 segments; 2 failed attempts (not sent)"]
+        );
+    }
+
+    #[test]
+    fn the_kernels_count_ends_the_details_and_unseen_segments_are_missing_events() {
+        let mut summary = Summary::default();
+        summary.count(&retransmit(Cause::Fast, 2, 0, 7));
+        assert_eq!(summary.unseen(), 0, "not compared yet");
+        summary.reconciliation = Some(Ok(Comparison {
+            netns: 7,
+            kernel: 5,
+            kernel_around: 5,
+            reported: summary.reported_segments(7),
+        }));
+        assert_eq!(summary.unseen(), 3);
+        assert_eq!(
+            summary.details().last().map(String::as_str),
+            Some(
+                "netns 7: kernel counted 5 retransmitted segments, 2 reported: 3 not seen (0 events lost)"
+            )
+        );
+        summary.reconciliation = Some(Err(NotCompared::Filtered));
+        assert_eq!(summary.unseen(), 0);
+        assert!(
+            summary
+                .details()
+                .last()
+                .is_some_and(|l| l.ends_with("a filter leaves retransmissions out"))
+        );
+        summary.reconciliation = None;
+        assert_eq!(summary.details().len(), 1, "only the retransmits");
+    }
 
     #[test]
     fn transitions_are_counted_in_lifecycle_order() {

@@ -20,11 +20,12 @@ use crate::{
     btf::{self, Btf, BtfError},
     cli::Args,
     decode::{Clock, Decoder, Event},
-    kernel,
+    kernel, listeners,
     loader::{self, LoadError, LostCounter, Plan, Tracer},
     netns,
     output::{self, Output},
     owners::Owners,
+    reconcile::{Baseline, NotCompared},
     sessions::Sessions,
     summary::Summary,
     timewait::TimeWaits,
@@ -90,8 +91,8 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
         enter_uservaddr,
         exit_ret: tracefs
             .format("syscalls", "sys_exit_connect")?
-            .connect_exit_ret()?,
-        _pad: 0,
+            .syscall_exit_ret()?,
+        accept_exit_ret: accept_exit_ret(tracefs)?,
     };
     let reset = ResetFields {
         send_skaddr: tracefs.format("tcp", "tcp_send_reset")?.reset_skaddr()?,
@@ -165,6 +166,23 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
     Ok(Setup { plan, decoder })
 }
 
+/// `ret` of `sys_exit_accept4` and `sys_exit_accept`, which one program
+/// layout serves: refused if they differ.
+fn accept_exit_ret(tracefs: &Tracefs) -> Result<u16, FormatError> {
+    let accept4 = tracefs
+        .format("syscalls", "sys_exit_accept4")?
+        .syscall_exit_ret()?;
+    let accept = tracefs
+        .format("syscalls", "sys_exit_accept")?
+        .syscall_exit_ret()?;
+    if accept != accept4 {
+        return Err(FormatError::Differs {
+            what: "syscalls:sys_exit_accept and sys_exit_accept4",
+        });
+    }
+    Ok(accept4)
+}
+
 fn describe_btf_error(err: &BtfError) -> String {
     match err {
         BtfError::Read { path, source } if source.kind() == ErrorKind::NotFound => {
@@ -198,8 +216,8 @@ fn release_startup_heap() {
 }
 
 /// Runs a session to its end: Ctrl-C, SIGTERM, `--duration`, or a closed
-/// output pipe. Events go to stdout; with `--json --state` a `summary` event
-/// ends them; the stderr summary is the caller's to print.
+/// output pipe. Events go to stdout; with `--json` (but `-c`) a `summary`
+/// event ends them; the stderr summary is the caller's to print.
 pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     // Said first: without privileges everything after fails less clearly.
     if !kernel::Privileges::current().suffice() {
@@ -212,19 +230,31 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     let output = thread::spawn(move || output::new(style, io::stdout()));
     let tracefs = Tracefs::find_or_mount()?;
     let Setup { plan, decoder } = prepare(args, &tracefs)?;
-    let tracer = Tracer::load(&plan)?;
+    // The kernel's count, before the programs attach.
+    let baseline = Baseline::take(args, &decoder);
+    // Found in /proc while the programs load.
+    let (traced_netns, netns_known) = (args.netns, plan.sock.has_netns());
+    let listeners = thread::spawn(move || listeners::existing(traced_netns, netns_known));
+    let tracer = Tracer::load(&plan, || {
+        // The thread only fails by panicking, which it has then reported.
+        listeners.join().unwrap_or_default()
+    })?;
+    let baseline = baseline.and_then(Baseline::attached);
     release_startup_heap();
     // The thread only fails by panicking, which it has then reported.
     let mut out = output
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    let mut summary = consume(args, tracer, decoder, out.as_mut(), args.duration).await?;
-    if args.state.is_some() && !summary.output_closed && !args.quiet {
-        summary.occupancy = summary
-            .namespaces
-            .iter()
-            .map(|&inode| netns::occupancy(inode).map_err(|e| e.to_string()))
-            .collect();
+    let mut summary = consume(args, tracer, decoder, out.as_mut(), args.duration, baseline).await?;
+    // `-c` writes flow tables only.
+    if !summary.output_closed && !args.quiet && !args.count {
+        if args.state.is_some() {
+            summary.occupancy = summary
+                .namespaces
+                .iter()
+                .map(|&inode| netns::occupancy(inode).map_err(|e| e.to_string()))
+                .collect();
+        }
         let written = out.summary(&summary).and_then(|()| out.flush());
         if matches!(&written, Err(e) if e.kind() != ErrorKind::BrokenPipe) {
             written.map_err(TraceError::Output)?;
@@ -255,17 +285,16 @@ impl Consumer<'_> {
                     if !self.args.keeps_owner(event.owner()) {
                         continue;
                     }
-                    self.summary.count(&event);
-                    if !self.args.count {
-                        self.out.event(&event)?;
-                    }
-                    // Each event derived is printed where it was made: moving
+                    // Events the state list hides still tell what is derived
+                    // (a reuse needs the connection that established).
+                    self.show(&event)?;
+                    // Each event derived is shown where it was made: moving
                     // events (large) through a collection showed in profiles.
                     if let Some(reuse) = self.time_waits.observe(&event) {
-                        self.derived(&reuse)?;
+                        self.show(&reuse)?;
                     }
                     if let Some(end) = self.sessions.as_mut().and_then(|s| s.observe(&event)) {
-                        self.derived(&end)?;
+                        self.show(&end)?;
                     }
                 }
                 Err(err) => {
@@ -279,10 +308,16 @@ impl Consumer<'_> {
         Ok(())
     }
 
-    /// An event the tool derived from the kernel's (a session's end, a
-    /// TIME_WAIT reuse).
-    fn derived(&mut self, event: &Event) -> io::Result<()> {
+    /// Counts and prints an event, from the kernel or derived from its (a
+    /// session's end, a TIME_WAIT reuse), if the state list shows it.
+    fn show(&mut self, event: &Event) -> io::Result<()> {
+        if !self.args.shows_states(event) {
+            return Ok(());
+        }
         self.summary.count(event);
+        if self.args.count {
+            return Ok(());
+        }
         self.out.event(event)
     }
 
@@ -336,6 +371,7 @@ async fn consume(
     decoder: Decoder,
     out: &mut dyn Output,
     duration: Option<Duration>,
+    baseline: Result<Baseline, NotCompared>,
 ) -> Result<Summary, TraceError> {
     let Tracer {
         programs: _programs,
@@ -417,6 +453,7 @@ async fn consume(
             return Ok(consumer.summary);
         }
     }
+    let baseline = baseline.and_then(Baseline::detaching);
     // Detach first: then the last drain sees everything the programs queued.
     drop(links);
     let drained = consumer.drain(ring.get_mut());
@@ -430,7 +467,9 @@ async fn consume(
             }
         })
         .and_then(|()| consumer.out.flush());
-    consumer.keep_going(flushed)?;
+    if consumer.keep_going(flushed)? {
+        consumer.summary.reconciliation = Some(baseline.and_then(|b| b.compare(&consumer.summary)));
+    }
     if args.state.is_some() {
         consumer.summary.kernel_maps = Some(census.count());
     }

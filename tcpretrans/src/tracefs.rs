@@ -45,6 +45,8 @@ pub enum FormatError {
         offset: u32,
         size: u32,
     },
+    #[error("tracepoints {what} have different layouts on this kernel")]
+    Differs { what: &'static str },
 }
 
 /// A tracefs instance: the directory holding `events/`.
@@ -209,8 +211,9 @@ impl Format {
         Ok((self.required("fd", 8)?, self.required("uservaddr", 8)?))
     }
 
-    /// The `ret` field of `syscalls:sys_exit_connect`.
-    pub fn connect_exit_ret(&self) -> Result<u16, FormatError> {
+    /// The `ret` field of a `syscalls:sys_exit_*` record (`connect`, `accept`,
+    /// `accept4`).
+    pub fn syscall_exit_ret(&self) -> Result<u16, FormatError> {
         self.required("ret", 8)
     }
 
@@ -385,7 +388,7 @@ mod tests {
         assert_eq!(enter, (16, 24));
         assert_eq!(
             fixture("6.18", "syscalls/sys_exit_connect")
-                .connect_exit_ret()
+                .syscall_exit_ret()
                 .unwrap(),
             16
         );

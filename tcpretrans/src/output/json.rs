@@ -19,6 +19,7 @@ use crate::decode::{Account, Event, Retransmit, Socket, StateChange, TcpState};
 use crate::{
     loader::MapEntries,
     netns::Occupancy,
+    reconcile::{Comparison, NotCompared},
     sessions::Session,
     summary::{Summary, state_name},
 };
@@ -402,6 +403,7 @@ impl Fields<'_> {
         }
         self.buf.push(b'}');
         self.integer(key!("segments"), a.segments);
+        self.integer(key!("failed"), a.failed);
         self.optional(key!("max_rto_ms"), a.max_rto, Self::millis);
         self.optional(key!("first_retransmit"), a.first, Self::time);
         self.optional(key!("last_retransmit"), a.last, Self::time);
@@ -560,7 +562,7 @@ impl Serialize for Time {
     }
 }
 
-/// Last line of a `--state` session.
+/// Last line of a session.
 #[derive(Serialize)]
 struct SummaryLine<'a> {
     event: &'static str,
@@ -570,9 +572,32 @@ struct SummaryLine<'a> {
     /// Of `lost`: program runs the kernel skipped (the rest found the ring
     /// buffer full).
     lost_skipped: u64,
+    /// Sent retransmissions, their segments, failed attempts: as in
+    /// `session_end` and `flow`.
+    retransmits: u64,
+    by_type: ByType<'a>,
+    segments: u64,
+    failed: u64,
+    /// The namespace whose `Tcp: RetransSegs` was compared, the counts
+    /// compared, and what the kernel counted beyond the reported; all null
+    /// when not compared (`not_compared` says why).
+    compared_netns: Option<u32>,
+    kernel_retransmitted_segments: Option<u64>,
+    reported_segments: Option<u64>,
+    unseen: Option<u64>,
+    not_compared: Option<&'static str>,
     transitions: Vec<Transition>,
     netns: Vec<&'a Occupancy>,
     kernel_maps: Option<MapEntries>,
+}
+
+/// `{"RTO":3,"FAST":12}`, in the causes' order.
+struct ByType<'a>(&'a Account);
+
+impl Serialize for ByType<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.causes())
+    }
 }
 
 #[derive(Serialize)]
@@ -620,12 +645,30 @@ impl<W: Write> Output for Json<W> {
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        let r = &summary.retransmits;
+        let compared = summary
+            .reconciliation
+            .as_ref()
+            .and_then(|c| c.as_ref().ok());
+        let not_compared = summary
+            .reconciliation
+            .as_ref()
+            .and_then(|c| c.as_ref().err());
         self.serde_line(&SummaryLine {
             event: "summary",
             time: Time(Timestamp::now()),
             events: summary.events,
             lost: summary.lost,
             lost_skipped: summary.lost_skipped,
+            retransmits: r.retransmits(),
+            by_type: ByType(r),
+            segments: r.segments,
+            failed: r.failed,
+            compared_netns: compared.map(|c| c.netns),
+            kernel_retransmitted_segments: compared.map(|c| c.kernel),
+            reported_segments: compared.map(|c| c.reported),
+            unseen: compared.map(Comparison::unseen),
+            not_compared: not_compared.map(NotCompared::name),
             transitions: summary
                 .transitions()
                 .map(|((old, new), count)| Transition {
@@ -656,7 +699,9 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::decode::{Close, Process, ResetDirection, StateChange, tests::sample_retransmit};
+    use crate::decode::{
+        Close, Process, ResetDirection, Retransmit, StateChange, tests::sample_retransmit,
+    };
 
     fn render(event: &Event) -> Value {
         let mut buf = Vec::new();
@@ -798,6 +843,7 @@ mod tests {
             close: None,
             error: None,
             orphan: None,
+            opened: None,
         }
     }
 
@@ -908,6 +954,118 @@ mod tests {
         };
         let v = render(&Event::State(Box::new(change)));
         assert_eq!(v["comm"], "a\"b\\c\n\u{1}é");
+    }
+
+    /// An account of three attempts: two sent (3 and 1 segments), one the
+    /// kernel could not send.
+    fn account_with_a_failed_attempt() -> Account {
+        let mut account = Account::default();
+        for (segs, err) in [(3, 0), (5, -16), (1, 0)] {
+            account.record(&Retransmit {
+                segs: Some(segs),
+                err,
+                ..sample_retransmit(socket(None))
+            });
+        }
+        account
+    }
+
+    #[test]
+    fn session_end_and_flow_count_failed_attempts_apart() {
+        let end = Event::SessionEnd(Box::new(crate::decode::SessionEnd {
+            change: change(Some(TcpState::Established), Some(TcpState::Close)),
+            opened: None,
+            account: account_with_a_failed_attempt(),
+        }));
+        let v = render(&end);
+        assert_eq!(
+            (
+                &v["retransmits"],
+                &v["by_type"],
+                &v["segments"],
+                &v["failed"]
+            ),
+            (&json!(2), &json!({"RTO": 2}), &json!(4), &json!(1)),
+            "{v}"
+        );
+        let mut buf = Vec::new();
+        {
+            let mut out = Json::new(&mut buf, false);
+            let flow = Session {
+                socket: socket(None),
+                opened: None,
+                account: account_with_a_failed_attempt(),
+            };
+            out.flows(Timestamp::UNIX_EPOCH, &[flow], 1).unwrap();
+            out.flush().unwrap();
+        }
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(
+            (&v["event"], &v["retransmits"], &v["segments"], &v["failed"]),
+            (&json!("flow"), &json!(2), &json!(4), &json!(1)),
+            "{v}"
+        );
+    }
+
+    fn render_summary(summary: &Summary) -> Value {
+        let mut buf = Vec::new();
+        {
+            let mut out = Json::new(&mut buf, false);
+            out.summary(summary).unwrap();
+            out.flush().unwrap();
+        }
+        serde_json::from_slice(&buf).unwrap()
+    }
+
+    #[test]
+    fn summary_carries_the_retransmissions_and_the_kernels_count() {
+        let mut summary = Summary::default();
+        summary.retransmits = account_with_a_failed_attempt();
+        summary.reconciliation = Some(Ok(Comparison {
+            netns: 4026532246,
+            kernel: 2593,
+            kernel_around: 2593,
+            reported: 2547,
+        }));
+        let v = render_summary(&summary);
+        assert_eq!(v["event"], "summary");
+        assert_eq!(
+            (
+                &v["retransmits"],
+                &v["by_type"],
+                &v["segments"],
+                &v["failed"]
+            ),
+            (&json!(2), &json!({"RTO": 2}), &json!(4), &json!(1))
+        );
+        assert_eq!(
+            (
+                &v["compared_netns"],
+                &v["kernel_retransmitted_segments"],
+                &v["reported_segments"],
+                &v["unseen"],
+                &v["not_compared"]
+            ),
+            (
+                &json!(4026532246u32),
+                &json!(2593),
+                &json!(2547),
+                &json!(46),
+                &Value::Null
+            )
+        );
+
+        summary.reconciliation = Some(Err(NotCompared::Filtered));
+        let v = render_summary(&summary);
+        assert_eq!(v["not_compared"], "filtered");
+        for null in [
+            "compared_netns",
+            "kernel_retransmitted_segments",
+            "reported_segments",
+            "unseen",
+        ] {
+            assert_eq!(v[null], Value::Null, "{null}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub trait Output {
     fn event(&mut self, event: &Event) -> io::Result<()>;
     /// With `-c`: the flow table, `flows` the first of `total`.
     fn flows(&mut self, time: Timestamp, flows: &[Session], total: usize) -> io::Result<()>;
-    /// Once, at the end of a `--state` session (text prints it on stderr).
+    /// Once, at the end of a session but a `-c` one (text prints it on stderr).
     fn summary(&mut self, _summary: &Summary) -> io::Result<()> {
         Ok(())
     }

@@ -1,5 +1,8 @@
 //! One aligned line per event, bcc-compatible columns first.
+mod escape;
+
 use std::{
+    borrow::Cow,
     fmt::Write as _,
     io::{self, BufWriter, Write},
     net::IpAddr,
@@ -9,6 +12,7 @@ use std::{
 use anstyle::{AnsiColor, Style as Paint};
 use jiff::{Timestamp, tz::TimeZone};
 
+use self::escape::escape;
 use super::{Output, Style, errno_name};
 use crate::{
     decode::{Account, Cause, Close, Event, Retransmit, SessionEnd, Socket, StateChange, TcpState},
@@ -101,9 +105,11 @@ impl<W: Write> Text<W> {
 
     /// `PID COMM IP LADDR:LPORT <arrow> RADDR:RPORT`, aligned.
     fn owner_and_endpoints(&mut self, socket: &Socket, arrow: &str) {
+        // Any process names itself: escaped, its name can neither split the
+        // line nor drive the terminal, and is padded as it is shown.
         let (pid, comm) = match &socket.owner {
-            Some(p) => (p.pid.to_string(), p.comm.as_str()),
-            None => ("-".to_owned(), "-"),
+            Some(p) => (p.pid.to_string(), escape(p.comm.as_bytes())),
+            None => ("-".to_owned(), Cow::Borrowed("-")),
         };
         let _ = write!(
             self.line,
@@ -146,7 +152,8 @@ impl<W: Write> Text<W> {
     }
 
     /// `session ended after 4.12s: ESTABLISHED -> CLOSE ETIMEDOUT; 3
-    /// retransmits (RTO 3), 3 segments, max RTO 816ms`.
+    /// retransmits (RTO 3), 3 segments, max RTO 816ms`, and `, 2 failed
+    /// attempts` the kernel could not send.
     fn session_end_columns(&mut self, end: &SessionEnd) {
         let lasted = end.opened.map_or_else(
             || "(began before tracing)".to_owned(),
@@ -160,18 +167,25 @@ impl<W: Write> Text<W> {
         let a = &end.account;
         if a.retransmits() == 0 {
             self.line.push_str("; no retransmits");
-            return;
+        } else {
+            let causes: Vec<String> = a.causes().map(|(c, n)| format!("{c} {n}")).collect();
+            let _ = write!(
+                self.line,
+                "; {} retransmits ({}), {} segments",
+                a.retransmits(),
+                causes.join(", "),
+                a.segments
+            );
+            if let Some(rto) = a.max_rto {
+                let _ = write!(self.line, ", max RTO {}", human_duration(rto));
+            }
         }
-        let causes: Vec<String> = a.causes().map(|(c, n)| format!("{c} {n}")).collect();
-        let _ = write!(
-            self.line,
-            "; {} retransmits ({}), {} segments",
-            a.retransmits(),
-            causes.join(", "),
-            a.segments
-        );
-        if let Some(rto) = a.max_rto {
-            let _ = write!(self.line, ", max RTO {}", human_duration(rto));
+        match a.failed {
+            0 => {}
+            1 => self.line.push_str(", 1 failed attempt"),
+            n => {
+                let _ = write!(self.line, ", {n} failed attempts");
+            }
         }
     }
 
@@ -342,7 +356,7 @@ impl<W: Write> Output for Text<W> {
         for cause in &causes {
             let _ = write!(self.line, " {cause:>6}");
         }
-        let _ = write!(self.line, " {:>6} {:>7}", "SEGS", "MAX_RTO");
+        let _ = write!(self.line, " {:>6} {:>6} {:>7}", "SEGS", "FAILED", "MAX_RTO");
         writeln!(self.out, "{}", self.line)?;
         for flow in flows {
             self.flow_row(&flow.socket, &flow.account);
@@ -367,7 +381,11 @@ impl<W: Write> Text<W> {
         let max_rto = account
             .max_rto
             .map_or_else(|| "-".to_owned(), human_duration);
-        let _ = writeln!(self.line, " {:>6} {max_rto:>7}", account.segments);
+        let _ = writeln!(
+            self.line,
+            " {:>6} {:>6} {max_rto:>7}",
+            account.segments, account.failed
+        );
     }
 }
 
@@ -482,6 +500,7 @@ mod tests {
                     close: None,
                     error: None,
                     orphan: Some(false),
+                    opened: None,
                 })),
                 Event::Retransmit(Box::new(tlp)),
                 Event::Retransmit(Box::new(failed)),
@@ -514,6 +533,7 @@ mod tests {
                 close: Some(close),
                 error,
                 orphan: Some(orphan),
+                opened: None,
             }))
         };
         let out = render(
@@ -682,6 +702,110 @@ mod tests {
         );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0].find("STATE"), lines[1].find("ESTABLISHED"));
+    }
+
+    #[test]
+    fn a_process_name_can_neither_split_nor_paint_a_line() {
+        let named = || {
+            Some(Process {
+                pid: 4242,
+                uid: 0,
+                comm: "\x1b[31mRED\nX".into(),
+            })
+        };
+        let out = render(
+            Style::default(),
+            &[Event::Retransmit(Box::new(retransmit(named())))],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                r"10:11:12.345 4242    \x1b[31mRED\nX  4  10.0.0.1:40000        R> 10.0.0.2:80           ESTABLISHED RTO    800ms   12.3ms   1     2/15"
+            ]
+        );
+
+        let mut buf = Vec::new();
+        let flow = Session {
+            socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), named()),
+            opened: None,
+            account: Account::default(),
+        };
+        let mut text = Text::with_time_zone(&mut buf, Style::default(), TimeZone::UTC);
+        text.flows(Timestamp::UNIX_EPOCH, &[flow], 1).unwrap();
+        text.flush().unwrap();
+        drop(text);
+        let table = String::from_utf8(buf).unwrap();
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(rows.len(), 2, "{table}");
+        assert!(rows[1].starts_with(r"4242    \x1b[31mRED\nX  4  10.0.0.1:40000"));
+        assert_eq!(rows[0].find("IP"), rows[1].find("4  10.0"));
+    }
+
+    #[test]
+    fn failed_attempts_are_counted_apart_in_session_ends_and_flows() {
+        let Event::State(change) =
+            crate::decode::tests::transition(TcpState::Established, TcpState::Close, 40000, 0)
+        else {
+            unreachable!("a transition")
+        };
+        let retransmitted = Account {
+            by_cause: [3, 0, 0, 0, 0],
+            segments: 3,
+            failed: 2,
+            max_rto: Some(Duration::from_millis(816)),
+            ..Account::default()
+        };
+        let only_failed = Account {
+            failed: 1,
+            ..Account::default()
+        };
+        let ends: Vec<Event> = [retransmitted, only_failed, Account::default()]
+            .into_iter()
+            .map(|account| {
+                Event::SessionEnd(Box::new(SessionEnd {
+                    change: (*change).clone(),
+                    opened: None,
+                    account,
+                }))
+            })
+            .collect();
+        let out = render(Style::default(), &ends);
+        let tails: Vec<&str> = out
+            .lines()
+            .skip(1)
+            .map(|l| l.split_once("; ").map_or(l, |(_, tail)| tail))
+            .collect();
+        assert_eq!(
+            tails,
+            [
+                "3 retransmits (RTO 3), 3 segments, max RTO 816ms, 2 failed attempts",
+                "no retransmits, 1 failed attempt",
+                "no retransmits",
+            ]
+        );
+
+        let mut buf = Vec::new();
+        {
+            let mut text = Text::with_time_zone(&mut buf, Style::default(), TimeZone::UTC);
+            let flow = Session {
+                socket: socket(v4(10, 0, 0, 1), v4(10, 0, 0, 2), None),
+                opened: None,
+                account: retransmitted,
+            };
+            text.flows(Timestamp::UNIX_EPOCH, &[flow], 1).unwrap();
+            text.flush().unwrap();
+        }
+        let table = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = table.lines().skip(2).collect();
+        assert!(
+            lines[0].ends_with("RETRANS    RTO   FAST    TLP    SYN SYNACK   SEGS FAILED MAX_RTO"),
+            "{table}"
+        );
+        assert!(
+            lines[1].ends_with("      3      3      0      0      0      0      3      2   816ms"),
+            "{table}"
+        );
     }
 
     #[test]

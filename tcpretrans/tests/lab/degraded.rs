@@ -5,7 +5,11 @@ use std::{
     process::Command,
 };
 
-use crate::harness::{Netns, Tracer, drop_inbound_matching, of_kind, transitions};
+use tcpretrans_lab::kernel_counts::TransitionCount;
+
+use crate::harness::{
+    Netns, Tracer, beyond_kernel_notes, drop_inbound_matching, of_kind, transitions,
+};
 
 /// Without BTF the tool still traces; what needs BTF is null, and stderr
 /// says so once.
@@ -14,7 +18,8 @@ use crate::harness::{Netns, Tracer, drop_inbound_matching, of_kind, transitions}
 fn without_btf_fields_are_null_and_stderr_says_so_once() {
     let ns = Netns::new("nobtf");
     ns.sysctl("net.ipv4.tcp_syn_retries", "1");
-    ns.sysctl("net.ipv4.tcp_syn_linear_timeouts", "0");
+    // Before 6.7 every SYN timeout doubles anyway.
+    ns.sysctl_if_present("net.ipv4.tcp_syn_linear_timeouts", "0");
     let port = 5701;
     let server: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     drop_inbound_matching(
@@ -25,12 +30,14 @@ fn without_btf_fields_are_null_and_stderr_says_so_once() {
     // Without BTF the classic tracepoints' records are read instead of the
     // socket: state transitions too.
     let tracer = Tracer::start(&["--json", "-4", "--state", "--btf", "/nonexistent/vmlinux"]);
+    let kernel = TransitionCount::start(std::iter::once(port..port + 1)).expect("ftrace instance");
     ns.enter(move || {
         let _listener = TcpListener::bind(server).expect("bind");
         TcpStream::connect(server).expect_err("SYNs are dropped")
     })
     .join()
     .expect("connect");
+    let made = kernel.stop().expect("ftrace count");
     let output = tracer.stop();
     let events = output.events();
     let client: Vec<(String, String)> = transitions(
@@ -39,13 +46,19 @@ fn without_btf_fields_are_null_and_stderr_says_so_once() {
             .filter(|e| e["rport"] == port)
             .collect::<Vec<_>>(),
     );
-    assert_eq!(
-        client,
-        [
-            ("CLOSE".into(), "SYN_SENT".into()),
-            ("SYN_SENT".into(), "CLOSE".into())
-        ],
-        "the connect's transitions, from the records"
+    let connect: [(String, String); 2] = [
+        ("CLOSE".into(), "SYN_SENT".into()),
+        ("SYN_SENT".into(), "CLOSE".into()),
+    ];
+    // The SYN_SENT -> CLOSE comes from the timer's softirq, which on this
+    // project's VM may interrupt process 1, where the kernel runs no BPF
+    // program at all (README): ftrace tells whether it did.
+    let never_given = connect.len().saturating_sub(client.len()) as u64;
+    assert!(
+        client.len() <= connect.len()
+            && client.iter().all(|t| connect.contains(t))
+            && never_given <= made.on_init_threads,
+        "the connect's transitions, from the records: {client:?}; {made:?}"
     );
     let syns: Vec<_> = of_kind(&events, "retransmit")
         .into_iter()
@@ -185,12 +198,10 @@ fn check_reports_what_this_kernel_offers() {
         "tracepoint  sock:inet_sock_set_state",
         "inet_connection_sock.icsk_rto",
         "net.ipv4.sysctl_tcp_retries2",
-        "net.ipv4.tcp_syn_linear_timeouts",
         "net.ipv4.ip_local_port_range",
         "programs    load, verify and attach: ok",
-        // Without --state, no reset hooks; every hook but the two system
-        // calls has a raw tracepoint, the state hook a BTF one.
-        "of 5 hooks, 1 on BTF and 2 on raw tracepoints)",
+        // Without --state, no reset hooks: 7 hooks.
+        "of 7 hooks, ",
         "result      tcpretrans can trace here",
     ] {
         assert!(
@@ -198,7 +209,35 @@ fn check_reports_what_this_kernel_offers() {
             "`{expected}` missing from:\n{report}"
         );
     }
-    assert!(!report.contains("MISSING"), "{report}");
+    // What older kernels lack (each kernel's own BTF says), and nothing else.
+    const LATER_MEMBERS: [&str; 3] = [
+        "net.ipv4.sysctl_tcp_syn_linear_timeouts",
+        "request_sock.timeout",
+        "cgroup.ancestors",
+    ];
+    let missing: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("MISSING"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        missing.iter().all(|m| LATER_MEMBERS.contains(m)),
+        "{missing:?}\n{report}"
+    );
+    if missing.is_empty() {
+        // Every hook but the system calls' (connect, accept) has a raw
+        // tracepoint, the state hook a BTF one.
+        assert!(
+            report.contains("of 7 hooks, 1 on BTF and 2 on raw tracepoints)"),
+            "{report}"
+        );
+    }
+    if std::path::Path::new("/proc/sys/net/ipv4/tcp_syn_linear_timeouts").exists() {
+        assert!(
+            report.contains("net.ipv4.tcp_syn_linear_timeouts"),
+            "{report}"
+        );
+    }
     let hz = report
         .lines()
         .find_map(|l| l.strip_prefix("hz          "))
@@ -239,7 +278,7 @@ fn with_private_mounts(setup: &str, args: &[&str]) -> std::process::Output {
 
 /// Exit status 1, nothing on stdout, and exactly one line on stderr.
 fn the_one_error(output: &std::process::Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = beyond_kernel_notes(&String::from_utf8_lossy(&output.stderr));
     // A signal (no code) here has been a memory cgroup's OOM kill.
     assert_eq!(output.status.code(), Some(1), "{}: {stderr}", output.status);
     assert!(output.stdout.is_empty());
@@ -294,7 +333,11 @@ fn a_missing_tracepoint_is_named_with_what_to_do() {
 
 /// A memory cgroup (v2 where its controller is enabled, else v1) holding
 /// at most `limit` bytes, removed when dropped.
-struct MemoryCgroup(PathBuf);
+struct MemoryCgroup {
+    dir: PathBuf,
+    /// The file with the most it ever held.
+    peak: &'static str,
+}
 
 impl MemoryCgroup {
     fn new(limit: u64) -> Self {
@@ -314,14 +357,18 @@ impl MemoryCgroup {
                 v1 = Some(dir);
             }
         }
-        let (dir, limit_file) = match (v2, v1) {
-            (Some(root), _) => (root.join(name), "memory.max"),
-            (None, Some(root)) => (root.join(name), "memory.limit_in_bytes"),
+        let (dir, limit_file, peak) = match (v2, v1) {
+            (Some(root), _) => (root.join(name), "memory.max", "memory.peak"),
+            (None, Some(root)) => (
+                root.join(name),
+                "memory.limit_in_bytes",
+                "memory.max_usage_in_bytes",
+            ),
             (None, None) => panic!("this machine has no memory cgroup controller to limit with"),
         };
         std::fs::create_dir(&dir).expect("mkdir memory cgroup");
-        let cgroup = Self(dir);
-        std::fs::write(cgroup.0.join(limit_file), limit.to_string()).expect("memory limit");
+        let cgroup = Self { dir, peak };
+        std::fs::write(cgroup.dir.join(limit_file), limit.to_string()).expect("memory limit");
         cgroup
     }
 
@@ -331,40 +378,66 @@ impl MemoryCgroup {
             .arg("-ec")
             .arg("echo $$ > \"$1\"; shift; exec \"$@\"")
             .arg("sh")
-            .arg(self.0.join("cgroup.procs"))
+            .arg(self.dir.join("cgroup.procs"))
             .arg(env!("CARGO_BIN_EXE_tcpretrans"))
             .args(args)
             .output()
             .expect("running in the cgroup")
     }
+
+    /// The most memory it has held.
+    fn peak(&self) -> u64 {
+        let peak = std::fs::read_to_string(self.dir.join(self.peak)).expect("peak usage");
+        peak.trim().parse().expect("a number")
+    }
 }
 
 impl Drop for MemoryCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
-/// The kernel refuses the ring buffer or the socket map (a 64 MiB memory
-/// cgroup): one sentence naming the option to change.
+/// Maps a 64 MiB memory cgroup cannot hold (a 1 GiB ring buffer, 16M
+/// sockets) are refused before any is made: one sentence with the limit,
+/// the room left, what the maps need and the option to change. Left to the
+/// kernel, such a map fills the cgroup before its allocation fails, and
+/// whatever the tool's other threads allocate meanwhile (a directory read
+/// by the output's time zone lookup, a page touched) meets the cgroup's OOM
+/// killer: SIGKILL, and no sentence.
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn maps_the_kernel_cannot_create_name_the_option_to_change() {
     let cgroup = MemoryCgroup::new(64 << 20);
-    let ring = cgroup.run(&["--ring-size", "1G", "--duration", "1"]);
-    assert_eq!(
-        the_one_error(&ring),
-        "tcpretrans: cannot create the 1 GiB ring buffer the kernel side queues events in: \
-         Cannot allocate memory (os error 12); try a smaller --ring-size, or raise this \
-         cgroup's memory limit"
+    let refusal = |args: &[&str], culprit: &str, option: &str| {
+        let sentence = the_one_error(&cgroup.run(args));
+        let (need, rest) = sentence
+            .strip_prefix("tcpretrans: the kernel side's maps need ")
+            .and_then(|s| s.split_once(" of memory, "))
+            .unwrap_or_else(|| panic!("not the refusal: {sentence}"));
+        assert!(need.ends_with(" GiB"), "{sentence}");
+        let (said_culprit, rest) = rest
+            .split_once(", and start-up ")
+            .unwrap_or_else(|| panic!("{sentence}"));
+        assert!(said_culprit.ends_with(culprit), "{sentence}");
+        let room = format!(" more, but memory cgroup {} has ", cgroup.dir.display());
+        let end = format!(" left of its 64 MiB limit: try a smaller {option}, or raise that limit");
+        assert!(rest.contains(&room) && rest.ends_with(&end), "{sentence}");
+    };
+    refusal(
+        &["--ring-size", "1G", "--duration", "1"],
+        "1 GiB of it for the ring buffer",
+        "--ring-size",
     );
-    let sockets = cgroup.run(&["--max-sockets", "16777216", "--duration", "1"]);
-    assert_eq!(
-        the_one_error(&sockets),
-        "tcpretrans: cannot create the kernel side's socket map (16777216 entries): Cannot \
-         allocate memory (os error 12); try a smaller --max-sockets, or raise this cgroup's \
-         memory limit"
+    refusal(
+        &["--max-sockets", "16777216", "--duration", "1"],
+        "of it for the socket map's 16777216 entries",
+        "--max-sockets",
     );
+    // Refused before the maps were made: the cgroup never came near its
+    // limit, where the OOM killer waits.
+    let peak = cgroup.peak();
+    assert!(peak < 32 << 20, "the cgroup held {peak} bytes");
     // The defaults fit in the same cgroup.
     let fits = cgroup.run(&["--duration", "0.3"]);
     assert!(

@@ -7,6 +7,7 @@ use std::{
     path::PathBuf,
     process::{Command, ExitStatus, Stdio},
     sync::{
+        OnceLock,
         atomic::{AtomicU32, Ordering},
         mpsc,
     },
@@ -15,6 +16,7 @@ use std::{
 };
 
 use serde_json::Value;
+use tcpretrans::cli::exit_status::EVENTS_NOT_SEEN;
 use tcpretrans_lab::process::Watched;
 pub use tcpretrans_lab::{
     Netns, PATIENCE, bulk_upload, connected, delta, drop_inbound, drop_inbound_matching,
@@ -109,14 +111,21 @@ impl Tracer {
         self.process.id()
     }
 
-    /// Stops it like Ctrl-C and returns what it printed; it must exit 0.
+    /// Stops it like Ctrl-C and returns what it printed; it must exit 0,
+    /// or 4: the kernel counted retransmitted segments it gave no BPF
+    /// program, which this project's VM does for events made in softirqs
+    /// on top of its process 1 (README). Tests of the count itself look at
+    /// the status (`stop_with_status`); the others' assertions stand.
     pub fn stop(self) -> Output {
         let (status, output) = self.stop_with_status();
         assert!(
-            status.success(),
+            status.success() || status.code() == Some(i32::from(EVENTS_NOT_SEEN)),
             "tcpretrans exited with {status}:\n{}",
             output.stderr
         );
+        if !status.success() {
+            eprintln!("tcpretrans exited with {status}:\n{}", output.stderr);
+        }
         output
     }
 
@@ -252,4 +261,48 @@ pub fn seconds(event: &Value) -> f64 {
         .and_then(|t| t.parse().ok())
         .expect("RFC 3339 time");
     time.as_microsecond() as f64 / 1e6
+}
+
+/// Says the test is skipped, and why: the kernel feature it lacks. The
+/// test then returns; `cargo xtask vm-test` reports the reason.
+pub fn skip(reason: &str) {
+    println!("skipped: {reason}");
+}
+
+/// Whether this kernel's BTF lacks a member the tool reads (`--check`
+/// reports it `MISSING`), e.g. `request_sock.timeout` before 5.12.
+pub fn kernel_lacks(member: &str) -> bool {
+    static REPORT: OnceLock<String> = OnceLock::new();
+    REPORT
+        .get_or_init(|| {
+            let check = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+                .arg("--check")
+                .output()
+                .expect("running tcpretrans --check");
+            String::from_utf8_lossy(&check.stdout).into_owned()
+        })
+        .lines()
+        .any(|l| l.contains("MISSING") && l.split_whitespace().any(|w| w == member))
+}
+
+/// The tool's stderr without its notice of the BTF members this kernel
+/// lacks (older kernels have fewer): what tests of everything else it says
+/// look at.
+pub fn beyond_kernel_notes(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| !l.starts_with("tcpretrans: kernel BTF lacks "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Whether this kernel's `tcp:tcp_retransmit_skb` reports failed attempts
+/// (its `err` field, from 6.17).
+pub fn kernel_reports_failed_retransmits() -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .filter_map(|root| {
+            fs::read_to_string(format!("{root}/events/tcp/tcp_retransmit_skb/format")).ok()
+        })
+        .any(|format| format.contains(" err;"))
 }

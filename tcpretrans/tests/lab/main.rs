@@ -7,5 +7,6 @@ mod harness;
 mod lifecycle;
 mod owners;
 mod ports;
+mod programs;
 mod retransmit;
 mod session;

@@ -10,7 +10,9 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{Netns, Tracer, connected, drop_inbound_matching, of_kind, short_connection};
+use crate::harness::{
+    Netns, Tracer, connected, drop_inbound_matching, kernel_lacks, of_kind, short_connection, skip,
+};
 
 /// A server in a process of its own: accepts one connection and sends it
 /// `bytes`, then exits.
@@ -330,6 +332,11 @@ impl Drop for LabCgroup {
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn cgroup_filter_keeps_only_sockets_of_that_cgroup_tree() {
+    if kernel_lacks("cgroup.ancestors") {
+        return skip(
+            "the kernel's BTF has no cgroup.ancestors, which --cgroup reads (before 5.15)",
+        );
+    }
     let ns = Netns::new("cgroup");
     let cgroup = LabCgroup::new();
     let tracer = Tracer::start(&[
@@ -414,4 +421,63 @@ fn kernel_maps_hold_nothing_after_thousands_of_connections() {
         "{CONNECTIONS} closed connections, {} events: kernel maps {maps}",
         events.len()
     );
+}
+
+/// A process that names itself with terminal controls and a newline
+/// (`prctl(PR_SET_NAME)`): text shows the name escaped, one line per event
+/// and not a byte a terminal would act on; JSON carries the name as it is.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn a_process_name_with_controls_cannot_split_or_paint_text_lines() {
+    const NAME: &str = "\x1b[31mRED\nX";
+    const ESCAPED: &str = r"\x1b[31mRED\nX";
+    let ns = Netns::new("name");
+    let netns = ns.inode.to_string();
+    let text = Tracer::start(&["--state", "--netns", &netns]);
+    let json = Tracer::start(&["--json", "--state", "--netns", &netns]);
+    // PR_SET_NAME is 15; the name is set before the process makes a socket.
+    let renamed = format!(
+        "import ctypes\nassert ctypes.CDLL(None).prctl(15, b'\\x1b[31mRED\\nX', 0, 0, 0) == 0\n\
+         {OTHER_PROCESS}"
+    );
+    let other = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c", &renamed])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = other.id();
+    let other = other.wait_with_output().expect("python3");
+    let events = other_process_events(json, &other);
+    let in_json: Vec<_> = events.iter().filter(|e| e["pid"] == pid).collect();
+    assert!(
+        !in_json.is_empty() && in_json.iter().all(|e| e["comm"] == NAME),
+        "JSON carries the exact name: {events:?}"
+    );
+    let text = text.stop();
+
+    let mut lines = text.stdout.lines();
+    let kind_column = lines.next().and_then(|h| h.find("T>")).expect("header");
+    let mut named = 0;
+    for line in lines {
+        assert!(
+            !line.chars().any(char::is_control),
+            "a control character in {line:?}"
+        );
+        // A whole event line: a time first, its kind in the T column.
+        let kind = line.get(kind_column..kind_column + 2);
+        assert!(
+            line.starts_with(|c: char| c.is_ascii_digit())
+                && matches!(kind, Some("R>" | "L>" | "S>" | "X>" | "C>" | "E>")),
+            "not a whole event line: {line:?}"
+        );
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields[1] == pid.to_string() {
+            assert_eq!(fields[2], ESCAPED, "{line:?}");
+            named += 1;
+        }
+    }
+    assert_eq!(named, in_json.len(), "{}", text.stdout);
+    assert!(!text.stderr.contains('\x1b'), "{}", text.stderr);
+    eprintln!("{named} lines of pid {pid}, each named {ESCAPED}");
 }

@@ -20,7 +20,12 @@ use tcpretrans_lab::{
     },
 };
 
-use crate::harness::{Netns, Tracer, short_connection};
+use serde_json::Value;
+
+use crate::harness::{
+    Netns, Tracer, beyond_kernel_notes, bulk_upload, delta, drop_inbound, of_kind, sent_segments,
+    short_connection,
+};
 
 fn read_stderr(child: &mut std::process::Child) -> String {
     let mut stderr = String::new();
@@ -30,7 +35,7 @@ fn read_stderr(child: &mut std::process::Child) -> String {
         .expect("stderr")
         .read_to_string(&mut stderr)
         .expect("stderr");
-    stderr
+    beyond_kernel_notes(&stderr)
 }
 
 fn wait_with_deadline(child: &mut std::process::Child, limit: Duration) -> ExitStatus {
@@ -244,7 +249,7 @@ fn quiet_relative_time_prints_only_events() {
     let output = child.wait_with_output().expect("tcpretrans");
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
+        beyond_kernel_notes(&String::from_utf8_lossy(&output.stderr)),
     );
 
     assert!(output.status.success(), "{stderr}");
@@ -316,5 +321,114 @@ fn every_transition_given_is_printed_once_under_churn() {
     eprintln!(
         "{made} transitions made, {given} given, {} printed",
         states.len()
+    );
+}
+
+/// Retransmissions whose events found the ring buffer full: the exit
+/// summary holds the reported segments against the namespace's
+/// `Tcp.RetransSegs` and says how many the kernel counted beyond them —
+/// the mismatch path, made honestly — and the session exits 3.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn retransmissions_lost_in_the_ring_are_unseen_in_the_kernels_count() {
+    let ns = Netns::new("unseen");
+    ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    // A segment per skb, so an event per retransmitted segment: many more
+    // than a page of ring holds.
+    ns.ip(&["link", "set", "lo", "gso_max_segs", "1"]);
+    let server = "127.0.0.1:8094".parse().expect("address");
+    drop_inbound(&ns, 8094, 10);
+    let tracer = Tracer::start(&[
+        "--json",
+        "--ring-size",
+        "4096",
+        "--netns",
+        &ns.inode.to_string(),
+    ]);
+    let before = ns.counters();
+    // Its reader stopped, the one-page ring fills up.
+    let tracer_pid = Pid::from_raw(tracer.pid() as i32);
+    kill(tracer_pid, Signal::SIGSTOP).expect("SIGSTOP the tracer");
+    bulk_upload(&ns, server, 4 << 20);
+    let uploaded = ns.counters();
+    kill(tracer_pid, Signal::SIGCONT).expect("SIGCONT the tracer");
+    let (status, output) = tracer.stop_with_status();
+    let stopped = ns.counters();
+    let lines = output.json_lines();
+    let summary = lines.last().expect("summary");
+    let retransmits: Vec<&Value> = lines
+        .iter()
+        .filter(|e| e["event"] == "retransmit")
+        .collect();
+    let reported = sent_segments(&retransmits);
+    let field = |name: &str| {
+        summary[name]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{name}: {summary}"))
+    };
+    let (kernel, unseen, lost) = (
+        field("kernel_retransmitted_segments"),
+        field("unseen"),
+        field("lost"),
+    );
+
+    assert_eq!(status.code(), Some(3), "{}", output.stderr);
+    assert_eq!(summary["event"], "summary", "{summary}");
+    assert!(lost > 0, "a 4 KiB ring must overflow: {summary}");
+    let counted = delta(&before, &uploaded, "Tcp.RetransSegs");
+    assert!(
+        (counted..=delta(&before, &stopped, "Tcp.RetransSegs")).contains(&kernel),
+        "kernel {kernel}, the test's count {counted}: {summary}"
+    );
+    assert_eq!(field("reported_segments"), reported, "{summary}");
+    assert!(unseen > 0 && unseen == kernel - reported, "{summary}");
+    let line = format!(
+        "tcpretrans: netns {}: kernel counted {kernel} retransmitted segments, {reported} reported: \
+         {unseen} not seen ({lost} events lost)",
+        ns.inode
+    );
+    assert!(
+        output.stderr.lines().any(|l| l == line),
+        "expected `{line}` in:\n{}",
+        output.stderr
+    );
+    eprintln!("{line}");
+}
+
+/// A filter that leaves retransmissions out (here a port other than the
+/// lossy upload's) makes the kernel's count incomparable: the summary says
+/// so instead of a number, and it is no loss.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn a_filter_leaving_retransmissions_out_is_not_compared() {
+    let ns = Netns::new("filtered");
+    ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    drop_inbound(&ns, 8095, 10);
+    let tracer = Tracer::start(&["--json", "-P", "8096", "--netns", &ns.inode.to_string()]);
+    let before = ns.counters();
+    // Its retransmissions do not pass the filter.
+    bulk_upload(&ns, "127.0.0.1:8095".parse().expect("address"), 2 << 20);
+    let after = ns.counters();
+    let output = tracer.stop();
+    let events = output.events();
+    let summary = output.summary();
+
+    assert!(delta(&before, &after, "Tcp.RetransSegs") > 0, "10% loss");
+    assert!(of_kind(&events, "retransmit").is_empty(), "{events:?}");
+    assert_eq!(summary["not_compared"], "filtered", "{summary}");
+    for null in [
+        "compared_netns",
+        "kernel_retransmitted_segments",
+        "reported_segments",
+        "unseen",
+    ] {
+        assert_eq!(summary[null], Value::Null, "{null}: {summary}");
+    }
+    let line = "tcpretrans: retransmitted segments not compared with the kernel's count: \
+                a filter leaves retransmissions out";
+    assert!(
+        output.stderr.lines().any(|l| l == line),
+        "expected `{line}` in:\n{}",
+        output.stderr
     );
 }
