@@ -50,7 +50,8 @@ enum Task {
     /// The kernel matrix: `--check` and the kernel lab in Debian's 5.10,
     /// 6.1 and 6.12 kernels under qemu (root), then a table of them.
     VmTest(vm::Options),
-    /// Every test: unit tests and the kernel lab (root, real kernel).
+    /// Every test: unit tests, the kernel lab on this kernel, then in each
+    /// kernel of the matrix under qemu (root).
     Test {
         /// Extra arguments for the test harness, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -120,8 +121,15 @@ fn main() -> Result<()> {
             ]
             .map(OsString::from)
             .to_vec();
+            let matrix_args: Vec<String> = args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
             lab.extend(args);
-            cargo(&root, &lab)
+            cargo(&root, &lab)?;
+            // Then the same lab in every kernel of the matrix.
+            setup::vm_packages()?;
+            vm::run(&root, &vm::Options::every_kernel(matrix_args))
         }
     }
 }

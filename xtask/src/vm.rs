@@ -30,8 +30,32 @@ pub struct Options {
     args: Vec<String>,
 }
 
+/// Lab tests run on the host only, and why (the README's "Compatibility"
+/// says so too).
+const HOST_ONLY: [(&str, &str); 1] = [(
+    "count::count_table_totals_equal_the_per_event_counts",
+    "it compares two tracers' causes, and a retransmission at its timer's due \
+     jiffy is told apart by each program at its own run: under TCG's slow clock a \
+     tick can fall between them",
+)];
+
+impl Options {
+    /// Every kernel, with the host's lab arguments (`cargo xtask test`).
+    pub fn every_kernel(args: Vec<String>) -> Self {
+        Self {
+            kernel: "all".into(),
+            args,
+        }
+    }
+}
+
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     let binaries = build(root, &root.join("target/vm/bin"))?;
+    let mut lab_args = options.args.clone();
+    for (test, why) in HOST_ONLY {
+        eprintln!("xtask: {test} runs on the host only: {why}");
+        lab_args.extend(["--skip".into(), test.into()]);
+    }
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for series in kernel::SERIES
@@ -41,7 +65,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         let kernel = kernel::get(series)?;
         eprintln!("xtask: booting {} under qemu (TCG)", kernel.release);
         let run = root.join("target/vm").join(series.name);
-        let outcome = guest::run(&kernel, &run, &binaries, &options.args)?;
+        let outcome = guest::run(&kernel, &run, &binaries, &lab_args)?;
         if !outcome.missing_modules.is_empty() {
             eprintln!(
                 "xtask: {} could not load modules {}",
