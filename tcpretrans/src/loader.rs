@@ -141,6 +141,11 @@ pub enum LoadError {
     )]
     RingBuffer { bytes: Bytes, source: io::Error },
     #[error(
+        "this kernel ({kernel}) has no BPF ring buffer, which tcpretrans needs: \
+         it runs on Linux 5.8 or later (or a distribution kernel with the ring buffer backported)"
+    )]
+    NoRingBuffer { kernel: String },
+    #[error(
         "cannot create the kernel side's socket map ({entries} entries): {source}; \
          try a smaller --max-sockets, or raise this cgroup's memory limit"
     )]
@@ -417,6 +422,13 @@ impl Tracer {
                 _ if is_permission_error(&e) => LoadError::Permission,
                 EbpfError::MapError(MapError::CreateError { name, io_error }) => {
                     match name.as_str() {
+                        // A map type the kernel does not know is EINVAL:
+                        // the ring buffer came in 5.8.
+                        "EVENTS" if io_error.raw_os_error() == Some(libc_einval()) => {
+                            LoadError::NoRingBuffer {
+                                kernel: kernel_release(),
+                            }
+                        }
                         "EVENTS" => LoadError::RingBuffer {
                             bytes: Bytes(plan.ring_bytes),
                             source: io_error,
@@ -566,6 +578,18 @@ const fn libc_eperm() -> i32 {
     nix::errno::Errno::EPERM as i32
 }
 
+const fn libc_einval() -> i32 {
+    nix::errno::Errno::EINVAL as i32
+}
+
+/// The running kernel's release, for messages.
+fn kernel_release() -> String {
+    nix::sys::utsname::uname().map_or_else(
+        |e| format!("release unknown: {e}"),
+        |u| u.release().to_string_lossy().into_owned(),
+    )
+}
+
 /// A program of the object that a hook may run.
 struct Candidate<'a> {
     hook: Hook,
@@ -697,4 +721,22 @@ fn raise_memlock_limit() {
         nix::libc::RLIM_INFINITY,
         nix::libc::RLIM_INFINITY,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_without_the_ring_buffer_is_named_with_the_floor() {
+        let said = LoadError::NoRingBuffer {
+            kernel: "5.4.0-216-generic".into(),
+        }
+        .to_string();
+        assert!(
+            said.starts_with("this kernel (5.4.0-216-generic) has no BPF ring buffer")
+                && said.contains("Linux 5.8 or later"),
+            "{said}"
+        );
+    }
 }

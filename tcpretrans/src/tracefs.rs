@@ -25,7 +25,7 @@ pub enum FormatError {
     Mount { path: String, source: nix::Error },
     #[error(
         "tracepoint {tracepoint} does not exist on this kernel ({path} is missing): \
-         tcpretrans needs Linux 4.16 or later, built with CONFIG_FTRACE_SYSCALLS; \
+         tcpretrans needs Linux 5.8 or later, built with CONFIG_FTRACE_SYSCALLS; \
          `tcpretrans --check` lists what this kernel offers"
     )]
     MissingTracepoint { tracepoint: String, path: PathBuf },

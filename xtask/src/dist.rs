@@ -1,8 +1,11 @@
-//! `cargo xtask dist`: the release binary with its man page and shell
-//! completions, generated from the clap definition by the binary itself.
+//! `cargo xtask dist`: the release binary, statically linked against musl,
+//! with its man page and shell completions, generated from the clap
+//! definition by the binary itself.
 use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::setup::STATIC_TARGET;
 
 /// `--generate` kind, and where it goes under the dist directory.
 const GENERATED: [(&str, &str); 4] = [
@@ -13,7 +16,25 @@ const GENERATED: [(&str, &str); 4] = [
 ];
 
 pub fn run(root: &Path) -> Result<()> {
-    let binary = crate::release_binary(root)?;
+    crate::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "tcpretrans",
+            "--target",
+            STATIC_TARGET,
+        ],
+    )?;
+    let binary = root
+        .join("target")
+        .join(STATIC_TARGET)
+        .join("release/tcpretrans");
+    // What makes it start on any distribution, whatever its libc.
+    if has_interpreter(&binary)? {
+        bail!("{} is dynamically linked", binary.display());
+    }
     let dist = root.join("target/dist");
     // Nothing left over from an earlier layout.
     if dist.exists() {
@@ -38,4 +59,31 @@ pub fn run(root: &Path) -> Result<()> {
     }
     println!("{}", dist.display());
     Ok(())
+}
+
+/// Whether an ELF64 little-endian executable names a program interpreter
+/// (`PT_INTERP`, the dynamic loader of some libc).
+fn has_interpreter(binary: &Path) -> Result<bool> {
+    const PT_INTERP: u32 = 3;
+    let elf = fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let bytes = |at: usize, len: usize| {
+        elf.get(at..at + len)
+            .with_context(|| format!("{} is not an ELF64 file", binary.display()))
+    };
+    if bytes(0, 5)? != b"\x7fELF\x02" {
+        bail!("{} is not an ELF64 file", binary.display());
+    }
+    let uint = |at: usize, len: usize| -> Result<usize> {
+        let mut le = [0; 8];
+        le[..len].copy_from_slice(bytes(at, len)?);
+        Ok(u64::from_le_bytes(le) as usize)
+    };
+    // e_phoff, e_phentsize, e_phnum; each header begins with its p_type.
+    let (offset, size, count) = (uint(0x20, 8)?, uint(0x36, 2)?, uint(0x38, 2)?);
+    for header in 0..count {
+        if uint(offset + header * size, 4)? == PT_INTERP as usize {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

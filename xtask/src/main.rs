@@ -106,21 +106,11 @@ fn main() -> Result<()> {
             // (`recursion_misses`, which the tool counts as lost), so tracers
             // running side by side make each other report losses.
             cargo(&root, &["test", "--workspace"])?;
-            // Release: the churn test makes 100,000 state transitions/s,
-            // more than a debug build of the tracer reads.
-            let mut lab: Vec<OsString> = [
-                "test",
-                "--release",
-                "--package",
-                "tcpretrans",
-                "--test",
-                "lab",
-                "--",
-                "--include-ignored",
-                "--test-threads=1",
-            ]
-            .map(OsString::from)
-            .to_vec();
+            let mut lab: Vec<OsString> = LAB
+                .iter()
+                .chain(&["--", "--include-ignored", "--test-threads=1"])
+                .map(OsString::from)
+                .collect();
             let matrix_args: Vec<String> = args
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
@@ -133,6 +123,17 @@ fn main() -> Result<()> {
         }
     }
 }
+
+/// `cargo` arguments of the kernel lab, in release: the churn test makes
+/// 100,000 state transitions/s, more than a debug build of the tracer reads.
+const LAB: [&str; 6] = [
+    "test",
+    "--release",
+    "--package",
+    "tcpretrans",
+    "--test",
+    "lab",
+];
 
 /// Builds the release binary; its path.
 fn release_binary(root: &Path) -> Result<PathBuf> {

@@ -4,14 +4,16 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, nftables and iproute2 for the
+/// Debian packages: LLVM 22 for bpf-linker, musl's C compiler wrapper for the
+/// static binary's C code (its allocator), nftables and iproute2 for the
 /// lab, real programs the lab traces (nginx, a prefork server; curl; iperf3),
 /// zsh and fish to check the completion scripts with.
-const APT_PACKAGES: [&str; 11] = [
+const APT_PACKAGES: [&str; 12] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    "musl-tools",
     "nftables",
     "iproute2",
     "nginx-light",
@@ -23,10 +25,13 @@ const APT_PACKAGES: [&str; 11] = [
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const NIGHTLY: &str = "nightly";
+/// The target of the static binary `cargo xtask dist` ships.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
 pub fn run() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
+    static_target()?;
     bpf_linker()
 }
 
@@ -147,6 +152,23 @@ fn nightly_rust_src() -> Result<()> {
         "--toolchain",
         NIGHTLY,
     ]))
+}
+
+/// The musl target's standard library, for the active (stable) toolchain.
+fn static_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .stderr(Stdio::null())
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l == STATIC_TARGET)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {STATIC_TARGET} target");
+    run_checked(Command::new("rustup").args(["target", "add", STATIC_TARGET]))
 }
 
 fn bpf_linker() -> Result<()> {

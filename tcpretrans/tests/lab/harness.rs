@@ -159,6 +159,15 @@ pub struct Output {
 }
 
 impl Output {
+    /// Checks that stderr has `line` as one of its lines.
+    pub fn says(&self, line: &str) {
+        assert!(
+            self.stderr.lines().any(|l| l == line),
+            "expected `{line}` in:\n{}",
+            self.stderr
+        );
+    }
+
     /// Every stdout line after the `start` event as JSON (fails on a line
     /// that is not), without the closing `summary`. Also checks the exit
     /// summary on stderr: as many events as lines, none lost.

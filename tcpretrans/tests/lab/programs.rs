@@ -231,11 +231,21 @@ fn request(ns: &Netns, port: u16) -> (u16, u32) {
 }
 
 /// The events of the server's end of the connection from `client_port`.
+/// Older kernels report a socket's first transition before its remote end
+/// is set: that one is found by the socket's address, just before.
 fn server_side(events: &[Value], port: u16, client_port: u16) -> Vec<&Value> {
-    events
-        .iter()
-        .filter(|e| e["lport"] == port && e["rport"] == client_port)
-        .collect()
+    let mut unset_remote: BTreeMap<&str, &Value> = BTreeMap::new();
+    let mut found = Vec::new();
+    for event in events.iter().filter(|e| e["lport"] == port) {
+        let socket = event["skaddr"].as_str().unwrap_or_default();
+        if event["rport"] == 0 {
+            unset_remote.insert(socket, event);
+        } else if event["rport"] == client_port {
+            found.extend(unset_remote.remove(socket));
+            found.push(event);
+        }
+    }
+    found
 }
 
 /// Waits (bounded) until nginx's ends of the connections have closed.

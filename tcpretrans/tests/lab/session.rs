@@ -237,14 +237,15 @@ fn ring_overflow_is_counted_reported_and_in_the_exit_status() {
 fn quiet_relative_time_prints_only_events() {
     let ns = Netns::new("quiet");
     let child = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
-        .args(["-q", "-t", "--state", "--duration", "1.5", "--netns"])
+        .args(["-q", "-t", "--state", "--duration", "5", "--netns"])
         .arg(ns.inode.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting tcpretrans");
-    // No header to wait for: give it ample time to attach.
-    thread::sleep(Duration::from_millis(700));
+    // No header to wait for: give it ample time to attach (up to 1.3 s on
+    // the matrix's emulated machines).
+    thread::sleep(Duration::from_millis(3000));
     short_connection(&ns, "127.0.0.1:8093".parse().expect("address"));
     let output = child.wait_with_output().expect("tcpretrans");
     let (stdout, stderr) = (
@@ -265,7 +266,7 @@ fn quiet_relative_time_prints_only_events() {
             .next()
             .and_then(|t| t.parse().ok())
             .unwrap_or_else(|| panic!("TIME is not seconds: {line}"));
-        assert!((0.0..1.5).contains(&seconds), "{line}");
+        assert!((0.0..5.0).contains(&seconds), "{line}");
     }
 }
 
@@ -387,11 +388,7 @@ fn retransmissions_lost_in_the_ring_are_unseen_in_the_kernels_count() {
          {unseen} not seen ({lost} events lost)",
         ns.inode
     );
-    assert!(
-        output.stderr.lines().any(|l| l == line),
-        "expected `{line}` in:\n{}",
-        output.stderr
-    );
+    output.says(&line);
     eprintln!("{line}");
 }
 
@@ -426,9 +423,5 @@ fn a_filter_leaving_retransmissions_out_is_not_compared() {
     }
     let line = "tcpretrans: retransmitted segments not compared with the kernel's count: \
                 a filter leaves retransmissions out";
-    assert!(
-        output.stderr.lines().any(|l| l == line),
-        "expected `{line}` in:\n{}",
-        output.stderr
-    );
+    output.says(line);
 }
