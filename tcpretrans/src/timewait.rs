@@ -11,7 +11,7 @@ use std::{collections::VecDeque, hash::BuildHasher, time::Duration};
 
 use foldhash::{HashMap, fast::RandomState};
 
-use crate::decode::{Event, TcpState};
+use crate::decode::{Close, Event, TcpState};
 
 /// `TCP_TIMEWAIT_LEN`, in microseconds: how long a timewait socket lives.
 const TIME_WAIT_LEN_US: i64 = 60_000_000;
@@ -46,11 +46,17 @@ impl TimeWaits {
         let now = change.socket.time.as_microsecond();
         self.expire(now);
         let tuple = || self.tuple_hash.hash_one(change.socket.four_tuple());
+        // A timewait socket still in FIN_WAIT2 moves on to TIME_WAIT when
+        // the peer's FIN comes, which no tracepoint reports: its 4-tuple is
+        // remembered from the hand-over either way.
+        if matches!(
+            change.close,
+            Some(Close::TimeWait | Close::FinWait2Timewait)
+        ) {
+            self.insert(tuple(), now);
+            return None;
+        }
         match (change.old_state, change.new_state) {
-            (_, Some(TcpState::TimeWait)) => {
-                self.insert(tuple(), now);
-                None
-            }
             (Some(TcpState::SynSent), Some(TcpState::Established)) => {
                 let entered = self.entered.remove(&tuple())?;
                 let age = Duration::from_micros(now.saturating_sub(entered).unsigned_abs());
@@ -94,7 +100,15 @@ mod tests {
     use crate::decode::tests::transition;
 
     fn state(old: TcpState, new: TcpState, lport: u16, at_secs: i64) -> Event {
-        transition(old, new, lport, at_secs * 1000)
+        let mut event = transition(old, new, lport, at_secs * 1000);
+        if let Event::State(change) = &mut event {
+            change.close = match (old, new) {
+                (_, TcpState::TimeWait) => Some(Close::TimeWait),
+                (TcpState::FinWait2, TcpState::FinWait2) => Some(Close::FinWait2Timewait),
+                _ => change.close,
+            };
+        }
+        event
     }
 
     #[test]
@@ -123,6 +137,17 @@ mod tests {
                 .observe(&state(TcpState::SynSent, TcpState::Established, 40000, 3))
                 .is_none(),
             "once"
+        );
+    }
+
+    #[test]
+    fn a_timewait_socket_still_in_fin_wait2_is_reused_too() {
+        let mut table = TimeWaits::new(16);
+        table.observe(&state(TcpState::FinWait2, TcpState::FinWait2, 40000, 0));
+        assert!(
+            table
+                .observe(&state(TcpState::SynSent, TcpState::Established, 40000, 2))
+                .is_some()
         );
     }
 

@@ -32,21 +32,13 @@ pub struct Options {
 
 /// Lab tests a guest does not run: the test, the kernel series, and why
 /// (the README's "Compatibility" says so too). The host runs them all.
-const NOT_IN_GUESTS: [(&str, &[&str], &str); 2] = [
-    (
-        "count::count_table_totals_equal_the_per_event_counts",
-        &["5.10", "6.1", "6.12"],
-        "it compares two tracers' causes, and a retransmission at its timer's due jiffy \
+const NOT_IN_GUESTS: [(&str, &[&str], &str); 1] = [(
+    "count::count_table_totals_equal_the_per_event_counts",
+    &["5.10", "6.1", "6.12"],
+    "it compares two tracers' causes, and a retransmission at its timer's due jiffy \
          is told apart by each program at its own run: under TCG's slow clock a tick can \
          fall between them",
-    ),
-    (
-        "session::every_transition_given_is_printed_once_under_churn",
-        &["5.10", "6.1", "6.12"],
-        "an open defect: in these kernels under TCG 0.5-4 % of the transitions of 10,000 \
-         connections/s were neither printed nor counted lost (the host prints every one)",
-    ),
-];
+)];
 
 impl Options {
     /// Every kernel, with the host's lab arguments (`cargo xtask test`).
