@@ -69,7 +69,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             eprintln!("xtask: {test} does not run on {}: {why}", series.name);
             lab_args.extend(["--skip".into(), (*test).into()]);
         }
-        let outcome = guest::run(&kernel, &run, &binaries, &lab_args)?;
+        let outcome = guest::run(&kernel, root, &run, &binaries, &lab_args)?;
         if !outcome.missing_modules.is_empty() {
             eprintln!(
                 "xtask: {} could not load modules {}",

@@ -52,6 +52,7 @@ pub struct Outcome {
 /// `--check` then the lab (with `lab_args` for its harness) inside.
 pub fn run(
     kernel: &Kernel,
+    workspace: &Path,
     run: &Path,
     binaries: &Binaries,
     lab_args: &[String],
@@ -66,7 +67,7 @@ pub fn run(
     )?;
 
     let started = Instant::now();
-    let finished = qemu(kernel, run)?;
+    let finished = qemu(kernel, workspace, run)?;
     let wall = started.elapsed();
 
     let read = |name: &str| fs::read_to_string(run.join(name)).unwrap_or_default();
@@ -147,11 +148,13 @@ fn script(kernel: &Kernel, run: &Path, binaries: &Binaries, lab_args: &[String])
 }
 
 /// Runs qemu until the guest powers off (true) or `TIMEOUT` (false).
-fn qemu(kernel: &Kernel, run: &Path) -> Result<bool> {
+fn qemu(kernel: &Kernel, workspace: &Path, run: &Path) -> Result<bool> {
     let run_path = run.to_str().context("run directory is not UTF-8")?;
-    // qemu's option syntax has no escape for a comma in a path.
-    if run_path.contains(',') {
-        bail!("the run directory {run_path} has a comma, which qemu's -fsdev cannot take");
+    let workspace = workspace.to_str().context("the workspace's path is not UTF-8")?;
+    // qemu's option syntax has no escape for a comma in a path; the kernel
+    // command line none for a space.
+    if run_path.contains(',') || run_path.contains(' ') {
+        bail!("the run directory {run_path} has a comma or a space, which qemu cannot take");
     }
     let mut child = Command::new("qemu-system-x86_64")
         // This machine's /dev/kvm is a nested device that cannot run stock
@@ -181,7 +184,9 @@ fn qemu(kernel: &Kernel, run: &Path) -> Result<bool> {
         .arg("-initrd")
         .arg(kernel.initrd())
         .arg("-append")
-        .arg(format!("console=ttyS0 quiet panic=-1 vmrun={run_path}"))
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 vmrun={run_path} vmroot={workspace}"
+        ))
         // multidevs=remap: the host's root spans several file systems,
         // whose inode numbers would collide in one 9p export.
         .args([

@@ -92,11 +92,15 @@ pub fn get(series: &Series) -> Result<Kernel> {
             .to_owned();
         let version = fs::read_to_string(dir.join(VERSION))
             .with_context(|| format!("reading {}/{VERSION}", dir.display()))?;
-        return Ok(Kernel {
+        let kernel = Kernel {
             release,
             version,
             dir,
-        });
+        };
+        // Made anew each time (a few MB): the cached kernel gets this
+        // project's current init.
+        write_initrd(&kernel)?;
+        return Ok(kernel);
     }
     let kernel = fetch(series, cache)?;
     let target = kernel
@@ -263,8 +267,9 @@ impl PrivateApt {
 /// Init of the guest's initramfs (busybox sh): load the modules 9p needs,
 /// mount the host's root read-only with tmpfs where programs write, then
 /// run the run directory's `guest.sh` chrooted into it and power off.
-/// `vmrun` comes from the kernel command line, which passes unknown
-/// `key=value` parameters to init as environment variables.
+/// `vmrun` and `vmroot` (the workspace) come from the kernel command line,
+/// which passes unknown `key=value` parameters to init as environment
+/// variables.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -274,8 +279,13 @@ mount -t devtmpfs devtmpfs /dev
 for m in /modules/*.ko; do insmod "$m" || echo "init: insmod $m failed"; done
 R=/newroot
 mount9p() { mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144,$2" "$1" "$3"; }
-if mount9p hostroot ro,cache=loose $R && mount9p run cache=none $R$vmrun; then
+if mount9p hostroot ro,cache=loose $R; then
+    # The workspace is kept in sight before tmpfs covers where programs
+    # write: a checkout may lie under /tmp or /root.
+    mkdir -p /workspace && mount --bind $R$vmroot /workspace
     for d in tmp run var/tmp root; do mount -t tmpfs tmpfs $R/$d; done
+    mkdir -p $R$vmroot && mount --bind /workspace $R$vmroot
+    mount9p run cache=none $R$vmrun || echo "init: mounting the run directory failed"
     mount -t proc proc $R/proc
     mount -t sysfs sysfs $R/sys
     mount -t devtmpfs devtmpfs $R/dev
