@@ -150,7 +150,9 @@ fn script(kernel: &Kernel, run: &Path, binaries: &Binaries, lab_args: &[String])
 /// Runs qemu until the guest powers off (true) or `TIMEOUT` (false).
 fn qemu(kernel: &Kernel, workspace: &Path, run: &Path) -> Result<bool> {
     let run_path = run.to_str().context("run directory is not UTF-8")?;
-    let workspace = workspace.to_str().context("the workspace's path is not UTF-8")?;
+    let workspace = workspace
+        .to_str()
+        .context("the workspace's path is not UTF-8")?;
     // qemu's option syntax has no escape for a comma in a path; the kernel
     // command line none for a space.
     if run_path.contains(',') || run_path.contains(' ') {
@@ -158,14 +160,16 @@ fn qemu(kernel: &Kernel, workspace: &Path, run: &Path) -> Result<bool> {
     }
     let mut child = Command::new("qemu-system-x86_64")
         // This machine's /dev/kvm is a nested device that cannot run stock
-        // kernels: emulate (TCG), one host thread per guest CPU.
+        // kernels: emulate (TCG). One CPU: with two, a kernel patching its
+        // tracepoints while the other emulated CPU ran the patched code
+        // once died of the patch's int3 (TCG's cross-modifying code).
         .args([
             "-accel",
             "tcg,thread=multi",
             "-cpu",
             "max",
             "-smp",
-            "2",
+            "1",
             "-m",
             "2G",
         ])
