@@ -10,6 +10,11 @@ use tcpretrans::{
     generate, trace,
 };
 
+/// The static build's: musl's own allocator costs 15 % more CPU per event.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Usage errors exit with status 2 inside `parse`.
     let args = Args::parse();

@@ -62,26 +62,23 @@ pub fn run(root: &Path) -> Result<()> {
 }
 
 /// Whether an ELF64 little-endian executable names a program interpreter
-/// (`PT_INTERP`, the dynamic loader of some libc).
+/// (`PT_INTERP`: the dynamic loader of some libc).
 fn has_interpreter(binary: &Path) -> Result<bool> {
-    const PT_INTERP: u32 = 3;
+    const PT_INTERP: usize = 3;
     let elf = fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
-    let bytes = |at: usize, len: usize| {
-        elf.get(at..at + len)
-            .with_context(|| format!("{} is not an ELF64 file", binary.display()))
-    };
-    if bytes(0, 5)? != b"\x7fELF\x02" {
-        bail!("{} is not an ELF64 file", binary.display());
+    let not_elf = || anyhow::anyhow!("{} is not an ELF64 file", binary.display());
+    if !elf.starts_with(b"\x7fELF\x02") {
+        return Err(not_elf());
     }
     let uint = |at: usize, len: usize| -> Result<usize> {
         let mut le = [0; 8];
-        le[..len].copy_from_slice(bytes(at, len)?);
+        le[..len].copy_from_slice(elf.get(at..at + len).ok_or_else(not_elf)?);
         Ok(u64::from_le_bytes(le) as usize)
     };
     // e_phoff, e_phentsize, e_phnum; each header begins with its p_type.
     let (offset, size, count) = (uint(0x20, 8)?, uint(0x36, 2)?, uint(0x38, 2)?);
     for header in 0..count {
-        if uint(offset + header * size, 4)? == PT_INTERP as usize {
+        if uint(offset + header * size, 4)? == PT_INTERP {
             return Ok(true);
         }
     }
