@@ -1,7 +1,11 @@
 //! `cargo xtask dist`: the release binary, statically linked against musl,
 //! with its man page and shell completions, generated from the clap
 //! definition by the binary itself.
-use std::{fs, path::Path, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -16,25 +20,7 @@ const GENERATED: [(&str, &str); 4] = [
 ];
 
 pub fn run(root: &Path) -> Result<()> {
-    crate::cargo(
-        root,
-        &[
-            "build",
-            "--release",
-            "--package",
-            "tcpretrans",
-            "--target",
-            STATIC_TARGET,
-        ],
-    )?;
-    let binary = root
-        .join("target")
-        .join(STATIC_TARGET)
-        .join("release/tcpretrans");
-    // What makes it start on any distribution, whatever its libc.
-    if has_interpreter(&binary)? {
-        bail!("{} is dynamically linked", binary.display());
-    }
+    let binary = static_binary(root)?;
     let dist = root.join("target/dist");
     // Nothing left over from an earlier layout.
     if dist.exists() {
@@ -59,6 +45,30 @@ pub fn run(root: &Path) -> Result<()> {
     }
     println!("{}", dist.display());
     Ok(())
+}
+
+/// Builds the statically linked release binary; its path.
+pub fn static_binary(root: &Path) -> Result<PathBuf> {
+    crate::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "tcpretrans",
+            "--target",
+            STATIC_TARGET,
+        ],
+    )?;
+    let binary = root
+        .join("target")
+        .join(STATIC_TARGET)
+        .join("release/tcpretrans");
+    // What makes it start on any distribution, whatever its libc.
+    if has_interpreter(&binary)? {
+        bail!("{} is dynamically linked", binary.display());
+    }
+    Ok(binary)
 }
 
 /// Whether an ELF64 little-endian executable names a program interpreter

@@ -1,6 +1,7 @@
 //! `cargo xtask vm-test`: the kernel matrix. Each Debian kernel boots
 //! under qemu with the host's root shared read-only, and runs the tracer's
 //! `--check` and the kernel lab built on the host; then a table of them.
+mod bare;
 mod guest;
 mod kernel;
 mod report;
@@ -53,12 +54,28 @@ impl Options {
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     let binaries = build(root, &root.join("target/vm/bin"))?;
     let mut rows = Vec::new();
+    let mut bare_runs = Vec::new();
     let mut failed = Vec::new();
     for series in kernel::SERIES
         .iter()
         .filter(|s| options.kernel == "all" || options.kernel == s.name)
     {
         let kernel = kernel::get(series)?;
+        eprintln!(
+            "xtask: booting {} under qemu (TCG) with nothing but its initramfs",
+            kernel.release
+        );
+        let outcome = bare::run(
+            &kernel,
+            &root.join("target/vm/bare").join(series.name),
+            &binaries.tracer,
+        )?;
+        eprintln!("xtask: {}", report::bare(&outcome));
+        if !outcome.problems.is_empty() {
+            failed.push(format!("{} (no libc)", kernel.release));
+        }
+        bare_runs.push(outcome);
+
         eprintln!("xtask: booting {} under qemu (TCG)", kernel.release);
         let run = root.join("target/vm").join(series.name);
         let mut lab_args = options.args.clone();
@@ -106,15 +123,19 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         rows.push(row);
     }
     print!("{}", report::table(&rows));
+    for outcome in &bare_runs {
+        println!("{}", report::bare(outcome));
+    }
     if !failed.is_empty() {
         bail!("the matrix failed on {}", failed.join(", "));
     }
     Ok(())
 }
 
-/// Builds the release tracer and the kernel lab, as `cargo xtask test`
-/// runs them (their paths from cargo's build messages), and copies them
-/// into `copies`.
+/// Builds the kernel lab as `cargo xtask test` runs it (its paths from
+/// cargo's build messages) and the static release tracer, and copies the
+/// lab and the static tracer into `copies`: the guests run the binary that
+/// `cargo xtask dist` ships.
 fn build(root: &Path, copies: &Path) -> Result<Binaries> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(cargo)
@@ -154,7 +175,8 @@ fn build(root: &Path, copies: &Path) -> Result<Binaries> {
         lab: copies.join("lab"),
         tracer_built,
     };
-    fs::copy(&binaries.tracer_built, &binaries.tracer).context("copying the tracer")?;
+    fs::copy(crate::dist::static_binary(root)?, &binaries.tracer)
+        .context("copying the tracer")?;
     fs::copy(&lab, &binaries.lab).context("copying the lab")?;
     Ok(binaries)
 }

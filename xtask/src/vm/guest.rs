@@ -29,6 +29,7 @@ const LAB_MODULES: [&str; 5] = ["veth", "nf_tables", "nft_numgen", "inet_diag", 
 pub struct Binaries {
     /// Where the lab runs the tracer from, as it was built to.
     pub tracer_built: PathBuf,
+    /// The static tracer, bound over `tracer_built` in the guest.
     pub tracer: PathBuf,
     pub lab: PathBuf,
 }
@@ -67,7 +68,7 @@ pub fn run(
     )?;
 
     let started = Instant::now();
-    let finished = qemu(kernel, workspace, run)?;
+    let finished = qemu(kernel, Root::Host { workspace }, run, TIMEOUT)?;
     let wall = started.elapsed();
 
     let read = |name: &str| fs::read_to_string(run.join(name)).unwrap_or_default();
@@ -147,17 +148,40 @@ fn script(kernel: &Kernel, run: &Path, binaries: &Binaries, lab_args: &[String])
     script
 }
 
-/// Runs qemu until the guest powers off (true) or `TIMEOUT` (false).
-fn qemu(kernel: &Kernel, workspace: &Path, run: &Path) -> Result<bool> {
+/// What a guest's root file system is. Either way the run directory is
+/// shared read-write and its `guest.sh` is run.
+pub enum Root<'a> {
+    /// The host's root, read-only, with the workspace in sight.
+    Host { workspace: &'a Path },
+    /// Nothing but the initramfs: static busybox, no libc anywhere.
+    Initramfs,
+}
+
+/// Runs qemu until the guest powers off (true) or `timeout` (false).
+pub fn qemu(kernel: &Kernel, root: Root, run: &Path, timeout: Duration) -> Result<bool> {
     let run_path = run.to_str().context("run directory is not UTF-8")?;
-    let workspace = workspace
-        .to_str()
-        .context("the workspace's path is not UTF-8")?;
     // qemu's option syntax has no escape for a comma in a path; the kernel
     // command line none for a space.
     if run_path.contains(',') || run_path.contains(' ') {
         bail!("the run directory {run_path} has a comma or a space, which qemu cannot take");
     }
+    let (root_parameter, root_share) = match root {
+        Root::Host { workspace } => {
+            let workspace = workspace
+                .to_str()
+                .context("the workspace's path is not UTF-8")?;
+            // multidevs=remap: the host's root spans several file systems,
+            // whose inode numbers would collide in one 9p export.
+            const SHARE: [&str; 4] = [
+                "-fsdev",
+                "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+                "-device",
+                "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+            ];
+            (format!("vmroot={workspace}"), &SHARE[..])
+        }
+        Root::Initramfs => ("vmbare=1".to_owned(), &[][..]),
+    };
     let mut child = Command::new("qemu-system-x86_64")
         // This machine's /dev/kvm is a nested device that cannot run stock
         // kernels: emulate (TCG). One CPU: with two, a kernel patching its
@@ -189,17 +213,10 @@ fn qemu(kernel: &Kernel, workspace: &Path, run: &Path) -> Result<bool> {
         .arg(kernel.initrd())
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 quiet panic=-1 vmrun={run_path} vmroot={workspace}"
+            "console=ttyS0 quiet panic=-1 vmrun={run_path} {root_parameter}"
         ))
-        // multidevs=remap: the host's root spans several file systems,
-        // whose inode numbers would collide in one 9p export.
-        .args([
-            "-fsdev",
-            "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-            "-device",
-            "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
-            "-fsdev",
-        ])
+        .args(root_share)
+        .arg("-fsdev")
         .arg(format!(
             "local,id=run,path={run_path},security_model=none,multidevs=remap"
         ))
@@ -210,7 +227,7 @@ fn qemu(kernel: &Kernel, workspace: &Path, run: &Path) -> Result<bool> {
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let started = Instant::now();
-    while started.elapsed() < TIMEOUT {
+    while started.elapsed() < timeout {
         if let Some(status) = child.try_wait()? {
             if !status.success() {
                 bail!(

@@ -56,6 +56,10 @@ const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// virtio-pci (before 6.12) and 9p as modules.
 const BOOT_MODULES: [&str; 3] = ["virtio_pci", "9pnet_virtio", "9p"];
 
+/// Modules the initramfs holds for a guest without the host's root to load
+/// (`/modules/extra/NAME.ko`): `dummy`, a device that drops what it sends.
+pub const EXTRA_MODULES: [&str; 1] = ["dummy"];
+
 /// An unpacked kernel package, ready to boot.
 pub struct Kernel {
     /// `uname -r` of the guest.
@@ -266,10 +270,11 @@ impl PrivateApt {
 
 /// Init of the guest's initramfs (busybox sh): load the modules 9p needs,
 /// mount the host's root read-only with tmpfs where programs write, then
-/// run the run directory's `guest.sh` chrooted into it and power off.
-/// `vmrun` and `vmroot` (the workspace) come from the kernel command line,
-/// which passes unknown `key=value` parameters to init as environment
-/// variables.
+/// run the run directory's `guest.sh` chrooted into it and power off; or,
+/// with `vmbare`, run it in the initramfs itself, the host's root unseen.
+/// `vmrun`, `vmroot` (the workspace) and `vmbare` come from the kernel
+/// command line, which passes unknown `key=value` parameters to init as
+/// environment variables.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -279,7 +284,14 @@ mount -t devtmpfs devtmpfs /dev
 for m in /modules/*.ko; do insmod "$m" || echo "init: insmod $m failed"; done
 R=/newroot
 mount9p() { mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144,$2" "$1" "$3"; }
-if mount9p hostroot ro,cache=loose $R; then
+if [ -n "$vmbare" ]; then
+    mkdir -p /vmrun
+    if mount9p run cache=none /vmrun; then
+        cd /vmrun && sh ./guest.sh
+    else
+        echo "init: mounting the run directory failed"
+    fi
+elif mount9p hostroot ro,cache=loose $R; then
     # The workspace is kept in sight before tmpfs covers where programs
     # write: a checkout may lie under /tmp or /root.
     mkdir -p /workspace && mount --bind $R$vmroot /workspace
@@ -318,7 +330,15 @@ fn write_initrd(kernel: &Kernel) -> Result<()> {
         fs::remove_dir_all(&staging)?;
     }
     // Entries in the order cpio should store them: directories first.
-    let mut entries: Vec<String> = ["bin", "dev", "proc", "sys", "newroot", "modules"]
+    let mut entries: Vec<String> = [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "newroot",
+        "modules",
+        "modules/extra",
+    ]
         .map(String::from)
         .to_vec();
     for dir in &entries {
@@ -349,6 +369,14 @@ fn write_initrd(kernel: &Kernel) -> Result<()> {
             module_name(module).context("module path")?
         );
         modules.unpack(module, &staging.join(&name))?;
+        entries.push(name);
+    }
+    for extra in EXTRA_MODULES {
+        let module = modules
+            .path(extra)
+            .with_context(|| format!("{} has no module {extra}", kernel.release))?;
+        let name = format!("modules/extra/{extra}.ko");
+        modules.unpack(&module, &staging.join(&name))?;
         entries.push(name);
     }
 
@@ -403,14 +431,20 @@ impl Modules {
         })
     }
 
+    /// The path of module `name`, if it is not built in.
+    fn path(&self, name: &str) -> Option<String> {
+        self.deps
+            .iter()
+            .find(|(p, _)| module_name(p) == Some(name))
+            .map(|(p, _)| p.clone())
+    }
+
     /// The module paths to insert, dependencies first, for `names`; names
     /// without a module are built in.
     fn load_order(&self, names: &[&str]) -> Vec<String> {
         let mut order = Vec::new();
-        for name in names {
-            if let Some((path, _)) = self.deps.iter().find(|(p, _)| module_name(p) == Some(name)) {
-                self.visit(path, &mut order);
-            }
+        for path in names.iter().filter_map(|name| self.path(name)) {
+            self.visit(&path, &mut order);
         }
         order
     }

@@ -271,6 +271,26 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// One line on the static tracer in a guest without libc.
+pub fn bare(outcome: &super::bare::Outcome) -> String {
+    let mut line = format!(
+        "{} with no libc ({} files in its root, {:.0} s): {} SYN retransmissions, segments {} / \
+         RetransSegs {}, TIME_WAIT entries {} / netstat {}",
+        outcome.release,
+        outcome.files,
+        outcome.wall.as_secs_f64(),
+        outcome.syn_retransmits,
+        outcome.segments.0,
+        outcome.segments.1,
+        outcome.time_wait.0,
+        outcome.time_wait.1,
+    );
+    for problem in &outcome.problems {
+        write!(line, "\n  FAILED: {}", abridged(problem)).expect("writing to a String");
+    }
+    line
+}
+
 /// The head of a failure message, each line cut short: assertion messages
 /// can hold a whole tracer output (the run directory's `lab.txt` has it).
 fn abridged(text: &str) -> String {

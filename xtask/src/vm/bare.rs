@@ -1,0 +1,213 @@
+//! The static tracer where there is no libc at all: a guest whose root is
+//! its initramfs (static busybox and the kernel's modules), with the host's
+//! root not shared. The tracer runs `--check`, then `--state --json` while
+//! busybox makes connections on loopback and unanswered SYNs through a
+//! device that drops what it sends; what it printed is held against the
+//! kernel's `RetransSegs` and busybox `netstat`'s TIME_WAIT sockets.
+use std::{
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use super::{
+    guest::{self, Root},
+    kernel::{EXTRA_MODULES, Kernel},
+};
+
+/// Boot, check and a few seconds of traffic take well under a minute.
+const TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// The loopback server's port and the dropped connection's remote port.
+const HTTP_PORT: u16 = 8080;
+const DROPPED_PORT: u16 = 9;
+
+/// Busybox's `wget` requests from its `httpd`.
+const REQUESTS: usize = 5;
+
+/// What the tracer did in a guest without libc.
+pub struct Outcome {
+    pub release: String,
+    /// From qemu's start to the guest's power-off.
+    pub wall: Duration,
+    /// Files in the guest's root, none of them a libc or a dynamic loader.
+    pub files: usize,
+    /// SYN retransmissions the tracer printed.
+    pub syn_retransmits: usize,
+    /// Segments the tracer printed as sent, and the kernel's count.
+    pub segments: (u64, u64),
+    /// TIME_WAIT entries the tracer printed, and `netstat`'s TIME_WAIT sockets.
+    pub time_wait: (usize, usize),
+    /// What did not hold, one sentence each.
+    pub problems: Vec<String>,
+}
+
+pub fn run(kernel: &Kernel, run: &Path, tracer: &Path) -> Result<Outcome> {
+    if run.exists() {
+        fs::remove_dir_all(run).with_context(|| format!("removing {}", run.display()))?;
+    }
+    fs::create_dir_all(run)?;
+    fs::copy(tracer, run.join("tcpretrans")).context("copying the static tracer")?;
+    fs::write(run.join("guest.sh"), script())?;
+    let started = Instant::now();
+    let finished = guest::qemu(kernel, Root::Initramfs, run, TIMEOUT)?;
+    let wall = started.elapsed();
+    let read = |name: &str| fs::read_to_string(run.join(name)).unwrap_or_default();
+
+    let mut problems = Vec::new();
+    if !finished {
+        problems.push(format!("the guest was stopped after {} s", TIMEOUT.as_secs()));
+    }
+    let files = read("files.txt");
+    let libc: Vec<&str> = files.lines().filter(|f| is_libc(f)).collect();
+    if !libc.is_empty() {
+        problems.push(format!("the guest's root has {}", libc.join(", ")));
+    }
+    for (step, status, output) in [
+        ("--check", "check.rc", "check.txt"),
+        ("--state --json", "tracer.rc", "tracer.err"),
+    ] {
+        let status = read(status);
+        if status.trim() != "0" {
+            problems.push(format!(
+                "tcpretrans {step} exited with {:?}: {}",
+                status.trim(),
+                read(output).trim()
+            ));
+        }
+    }
+
+    let events: Vec<Value> = read("events.json")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let port_is = |e: &Value, key: &str, port: u16| e[key].as_u64() == Some(port.into());
+    let retransmits = events.iter().filter(|e| e["event"] == "retransmit");
+    let sent = retransmits
+        .clone()
+        .filter(|e| e["err"].as_i64().unwrap_or(0) == 0)
+        .map(|e| e["segs"].as_u64().unwrap_or(1))
+        .sum();
+    let syn_retransmits = retransmits
+        .filter(|e| e["type"] == "SYN" && port_is(e, "rport", DROPPED_PORT))
+        .count();
+    let kernel_segments = retrans_segs(&read("snmp.after"))?.saturating_sub(retrans_segs(
+        &read("snmp.before"),
+    )?);
+    if syn_retransmits == 0 {
+        problems.push("the tracer printed no SYN retransmission".into());
+    }
+    if sent != kernel_segments {
+        problems.push(format!(
+            "the tracer printed {sent} segments sent again, the kernel counted {kernel_segments}"
+        ));
+    }
+    let on_http = |e: &&Value| port_is(e, "lport", HTTP_PORT) || port_is(e, "rport", HTTP_PORT);
+    let traced_time_wait = events
+        .iter()
+        .filter(on_http)
+        .filter(|e| e["event"] == "state" && e["new_state"] == "TIME_WAIT")
+        .count();
+    let netstat_time_wait = read("netstat.txt")
+        .lines()
+        .filter(|l| l.contains("TIME_WAIT") && l.contains(&format!(":{HTTP_PORT} ")))
+        .count();
+    if traced_time_wait != netstat_time_wait || traced_time_wait < REQUESTS {
+        problems.push(format!(
+            "{REQUESTS} requests: the tracer printed {traced_time_wait} TIME_WAIT entries, \
+             netstat showed {netstat_time_wait} TIME_WAIT sockets"
+        ));
+    }
+    Ok(Outcome {
+        release: kernel.release.clone(),
+        wall,
+        files: files.lines().count(),
+        syn_retransmits,
+        segments: (sent, kernel_segments),
+        time_wait: (traced_time_wait, netstat_time_wait),
+        problems,
+    })
+}
+
+/// Whether a path names a C library or a dynamic loader (glibc's or musl's).
+fn is_libc(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("ld-linux") || name.starts_with("ld-musl") || name.starts_with("libc.")
+}
+
+/// `Tcp: RetransSegs` from the two `Tcp:` lines of /proc/net/snmp.
+fn retrans_segs(snmp: &str) -> Result<u64> {
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = lines
+        .next()
+        .zip(lines.next())
+        .context("the guest left no Tcp: lines of /proc/net/snmp")?;
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RetransSegs")
+        .and_then(|(_, value)| value.parse().ok())
+        .context("/proc/net/snmp has no RetransSegs")
+}
+
+/// The guest's work in busybox sh, run in the run directory.
+fn script() -> String {
+    let [dummy] = EXTRA_MODULES;
+    format!(
+        r#"mount -t tracefs tracefs /sys/kernel/tracing
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+find / -xdev > files.txt
+./tcpretrans --check > check.txt 2>&1
+echo $? > check.rc
+ip link set lo up
+insmod /modules/extra/{dummy}.ko
+ip link show dummy0 > /dev/null 2>&1 || ip link add dummy0 type dummy
+ip link set dummy0 up
+ip addr add 10.99.0.1/24 dev dummy0
+mkdir -p /www && echo tcpretrans > /www/index.html
+httpd -p 127.0.0.1:{HTTP_PORT} -h /www
+./tcpretrans --state --json > events.json 2> tracer.err &
+tracer=$!
+i=0
+while [ ! -s events.json ] && [ $i -lt 300 ]; do usleep 100000; i=$((i + 1)); done
+grep '^Tcp:' /proc/net/snmp > snmp.before
+for i in $(seq {REQUESTS}); do wget -q -O /dev/null http://127.0.0.1:{HTTP_PORT}/index.html; done
+timeout 5 nc 10.99.0.2 {DROPPED_PORT} < /dev/null
+grep '^Tcp:' /proc/net/snmp > snmp.after
+netstat -tan > netstat.txt
+kill -INT $tracer
+wait $tracer
+echo $? > tracer.rc
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retrans_segs_is_read_by_name() {
+        let snmp = "Tcp: RtoAlgorithm RtoMin RetransSegs InErrs\nTcp: 1 200 17 0\n";
+        assert_eq!(retrans_segs(snmp).unwrap(), 17);
+        assert!(retrans_segs("Ip: 1\n").is_err());
+    }
+
+    #[test]
+    fn loaders_and_libcs_are_told_from_other_files() {
+        for libc in [
+            "/lib/ld-musl-x86_64.so.1",
+            "/lib64/ld-linux-x86-64.so.2",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        ] {
+            assert!(is_libc(libc), "{libc}");
+        }
+        for other in ["/bin/busybox", "/modules/00-virtio_pci.ko", "/bin/libcheck"] {
+            assert!(!is_libc(other), "{other}");
+        }
+    }
+}
