@@ -935,24 +935,33 @@ const _: () = {
 mod pod {
     use super::*;
 
-    // SAFETY: all are `#[repr(C)]`, made only of integers and byte arrays, with
-    // every padding byte spelled out as a field.
-    unsafe impl aya::Pod for RetransmitFields {}
-    unsafe impl aya::Pod for StateFields {}
-    unsafe impl aya::Pod for SynackFields {}
-    unsafe impl aya::Pod for SockOffsets {}
-    unsafe impl aya::Pod for TcpOffsets {}
-    unsafe impl aya::Pod for Filter {}
-    unsafe impl aya::Pod for RetransmitEvent {}
-    unsafe impl aya::Pod for StateEvent {}
-    unsafe impl aya::Pod for ResetEvent {}
-    unsafe impl aya::Pod for ResetFields {}
-    unsafe impl aya::Pod for ConnectFields {}
-    unsafe impl aya::Pod for ConnectErrorEvent {}
-    unsafe impl aya::Pod for SockInfo {}
-    unsafe impl aya::Pod for Owner {}
-    unsafe impl aya::Pod for ListenerKey {}
-    unsafe impl aya::Pod for PendingConnect {}
+    macro_rules! pod {
+        ($($record:ty),* $(,)?) => {$(
+            // SAFETY: every record here is `#[repr(C)]`, made only of
+            // integers and byte arrays, with every padding byte spelled out
+            // as a field.
+            unsafe impl aya::Pod for $record {}
+        )*};
+    }
+
+    pod!(
+        RetransmitFields,
+        StateFields,
+        SynackFields,
+        SockOffsets,
+        TcpOffsets,
+        Filter,
+        RetransmitEvent,
+        StateEvent,
+        ResetEvent,
+        ResetFields,
+        ConnectFields,
+        ConnectErrorEvent,
+        SockInfo,
+        Owner,
+        ListenerKey,
+        PendingConnect,
+    );
 }
 
 #[cfg(test)]

@@ -280,7 +280,7 @@ impl Drop for Links {
     /// Each detach waits for an RCU grace period (50-80 ms here); side by
     /// side they wait for the same ones instead of one after another.
     fn drop(&mut self) {
-        std::thread::scope(|scope| {
+        thread::scope(|scope| {
             for attachment in self.0.drain(..) {
                 scope.spawn(move || attachment.link.detach());
             }
@@ -702,7 +702,7 @@ fn load_error(program: &str) -> impl Fn(ProgramError) -> LoadError + '_ {
 fn is_permission_error(e: &EbpfError) -> bool {
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
+        if let Some(io) = err.downcast_ref::<io::Error>()
             && io.raw_os_error() == Some(libc_eperm())
         {
             return true;

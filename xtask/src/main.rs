@@ -100,6 +100,15 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             require_root("the kernel lab")?;
+            // Gates first: formatting, then clippy on every target with the
+            // empty kernel object (what the kernel programs compile to does
+            // not change what clippy says of userspace).
+            cargo(&root, &["fmt", "--all", "--check"])?;
+            cargo_with(
+                &root,
+                &["clippy", "--all-targets", "--", "-D", "warnings"],
+                &[("AYA_BUILD_SKIP", "1")],
+            )?;
             // Unit tests, then every ignored-by-default kernel lab test, one
             // at a time: the kernel skips a classic tracepoint program that
             // fires in a softirq interrupting any BPF program on that CPU
@@ -156,9 +165,19 @@ fn workspace_root() -> PathBuf {
 }
 
 fn cargo<S: AsRef<std::ffi::OsStr>>(root: &Path, args: &[S]) -> Result<()> {
+    cargo_with(root, args, &[])
+}
+
+/// `cargo` with `env` set.
+fn cargo_with<S: AsRef<std::ffi::OsStr>>(
+    root: &Path,
+    args: &[S],
+    env: &[(&str, &str)],
+) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .status()
         .context("running cargo")?;

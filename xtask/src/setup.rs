@@ -31,7 +31,7 @@ pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 pub fn run() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
-    static_target()?;
+    stable_components()?;
     bpf_linker()
 }
 
@@ -154,21 +154,34 @@ fn nightly_rust_src() -> Result<()> {
     ]))
 }
 
-/// The musl target's standard library, for the active (stable) toolchain.
-fn static_target() -> Result<()> {
+/// Of the active (stable) toolchain: rustfmt and clippy, which `cargo xtask
+/// test` runs as gates, and the standard library of the static binary's
+/// target.
+fn stable_components() -> Result<()> {
     let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
+        .args(["component", "list", "--installed"])
         .stderr(Stdio::null())
         .output()
         .context("running rustup")?;
-    if String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l == STATIC_TARGET)
-    {
-        return Ok(());
+    let installed = String::from_utf8_lossy(&installed.stdout);
+    let has = |prefix: &str| installed.lines().any(|l| l.starts_with(prefix));
+    let tools: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|tool| !has(&format!("{tool}-")))
+        .collect();
+    if !tools.is_empty() {
+        eprintln!("xtask: installing {}", tools.join(" "));
+        run_checked(
+            Command::new("rustup")
+                .args(["component", "add"])
+                .args(&tools),
+        )?;
     }
-    eprintln!("xtask: installing the {STATIC_TARGET} target");
-    run_checked(Command::new("rustup").args(["target", "add", STATIC_TARGET]))
+    if !has(&format!("rust-std-{STATIC_TARGET}")) {
+        eprintln!("xtask: installing the {STATIC_TARGET} target");
+        run_checked(Command::new("rustup").args(["target", "add", STATIC_TARGET]))?;
+    }
+    Ok(())
 }
 
 fn bpf_linker() -> Result<()> {

@@ -175,8 +175,7 @@ fn build(root: &Path, copies: &Path) -> Result<Binaries> {
         lab: copies.join("lab"),
         tracer_built,
     };
-    fs::copy(crate::dist::static_binary(root)?, &binaries.tracer)
-        .context("copying the tracer")?;
+    fs::copy(crate::dist::static_binary(root)?, &binaries.tracer).context("copying the tracer")?;
     fs::copy(&lab, &binaries.lab).context("copying the lab")?;
     Ok(binaries)
 }

@@ -59,7 +59,10 @@ pub fn run(kernel: &Kernel, run: &Path, tracer: &Path) -> Result<Outcome> {
 
     let mut problems = Vec::new();
     if !finished {
-        problems.push(format!("the guest was stopped after {} s", TIMEOUT.as_secs()));
+        problems.push(format!(
+            "the guest was stopped after {} s",
+            TIMEOUT.as_secs()
+        ));
     }
     let files = read("files.txt");
     let libc: Vec<&str> = files.lines().filter(|f| is_libc(f)).collect();
@@ -94,9 +97,8 @@ pub fn run(kernel: &Kernel, run: &Path, tracer: &Path) -> Result<Outcome> {
     let syn_retransmits = retransmits
         .filter(|e| e["type"] == "SYN" && port_is(e, "rport", DROPPED_PORT))
         .count();
-    let kernel_segments = retrans_segs(&read("snmp.after"))?.saturating_sub(retrans_segs(
-        &read("snmp.before"),
-    )?);
+    let kernel_segments =
+        retrans_segs(&read("snmp.after"))?.saturating_sub(retrans_segs(&read("snmp.before"))?);
     if syn_retransmits == 0 {
         problems.push("the tracer printed no SYN retransmission".into());
     }

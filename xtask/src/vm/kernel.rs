@@ -339,8 +339,8 @@ fn write_initrd(kernel: &Kernel) -> Result<()> {
         "modules",
         "modules/extra",
     ]
-        .map(String::from)
-        .to_vec();
+    .map(String::from)
+    .to_vec();
     for dir in &entries {
         fs::create_dir_all(staging.join(dir))?;
     }
