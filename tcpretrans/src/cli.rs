@@ -15,7 +15,7 @@ use tcpretrans_common::{AddrPrefix, Filter, filter_flags};
 
 use crate::{
     cgroup::{self, Cgroup},
-    decode::{Close, Event, Process, StateChange, TcpState},
+    events::{Close, Event, Process, StateChange, TcpState},
     generate::Generated,
     netns,
     output::Style,
@@ -541,7 +541,7 @@ mod tests {
 
     #[test]
     fn a_state_list_shows_what_enters_or_leaves_its_states() {
-        use crate::decode::tests::{loopback_socket, transition};
+        use crate::fixtures::{loopback_socket, transition};
         let time_wait = parse_state_list("time_wait").unwrap();
         let entry = |close| {
             let mut event = transition(TcpState::FinWait2, TcpState::TimeWait, 1, 0);
@@ -579,7 +579,7 @@ mod tests {
         );
         let reset = Event::Reset {
             socket: Box::new(loopback_socket(1, 0)),
-            direction: crate::decode::ResetDirection::Received,
+            direction: crate::events::ResetDirection::Received,
             state: Some(TcpState::Established),
         };
         assert!(parse_state_list("established").unwrap().shows(&reset));

@@ -1,16 +1,23 @@
-//! Ring-buffer records → events with addresses, names and wall-clock times.
+//! Ring-buffer records → events: the kernel side's fixed layouts read,
+//! checked and turned into the event model (`crate::events`), with
+//! addresses, names and wall-clock times, knowing what this kernel offers.
 use std::{
-    hash::{Hash, Hasher},
     mem::size_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
+use compact_str::CompactString;
 use jiff::Timestamp;
 use nix::time::{ClockId, clock_gettime};
 use tcpretrans_common::{
     ABSENT, Address, ConnectErrorEvent, DURATION_UNKNOWN, EventHeader, Flow, Owner, ResetEvent,
     RetransmitEvent, StateEvent, TcpOffsets, event_kind, reset_direction, retry_budget,
+};
+use thiserror::Error;
+
+use crate::events::{
+    Cause, Close, Event, Process, ResetDirection, Retransmit, Socket, StateChange, TcpState,
 };
 
 /// `icsk_pending` while the tail-loss-probe timer runs (`ICSK_TIME_LOSS_PROBE`).
@@ -23,70 +30,6 @@ const TCPHDR_SYN: u8 = 0x02;
 const TCP_RTO_MAX: Duration = Duration::from_secs(120);
 /// `TCP_TIMEOUT_INIT`: the first SYN's timer.
 const TCP_TIMEOUT_INIT: Duration = Duration::from_secs(1);
-use compact_str::CompactString;
-use thiserror::Error;
-
-/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum TcpState {
-    Established = 1,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    NewSynRecv,
-}
-
-impl TcpState {
-    pub const ALL: [Self; 12] = [
-        Self::Established,
-        Self::SynSent,
-        Self::SynRecv,
-        Self::FinWait1,
-        Self::FinWait2,
-        Self::TimeWait,
-        Self::Close,
-        Self::CloseWait,
-        Self::LastAck,
-        Self::Listen,
-        Self::Closing,
-        Self::NewSynRecv,
-    ];
-
-    pub fn from_u8(value: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(value).checked_sub(1)?).copied()
-    }
-
-    /// The kernel's name without the `TCP_` prefix.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Established => "ESTABLISHED",
-            Self::SynSent => "SYN_SENT",
-            Self::SynRecv => "SYN_RECV",
-            Self::FinWait1 => "FIN_WAIT1",
-            Self::FinWait2 => "FIN_WAIT2",
-            Self::TimeWait => "TIME_WAIT",
-            Self::Close => "CLOSE",
-            Self::CloseWait => "CLOSE_WAIT",
-            Self::LastAck => "LAST_ACK",
-            Self::Listen => "LISTEN",
-            Self::Closing => "CLOSING",
-            Self::NewSynRecv => "NEW_SYN_RECV",
-        }
-    }
-
-    /// Case-sensitive inverse of `name`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
 
 /// Converts kernel `CLOCK_MONOTONIC` nanoseconds to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -125,351 +68,6 @@ impl Clock {
 impl Default for Clock {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// The process owning a socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Process {
-    pub pid: u32,
-    pub uid: u32,
-    /// Inline (a task name is at most 15 bytes): no allocation per event.
-    pub comm: CompactString,
-}
-
-/// What every socket event carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Socket {
-    pub time: Timestamp,
-    /// 4 or 6: the socket's family (an IPv6 socket may carry IPv4-mapped addresses).
-    pub family: u8,
-    pub laddr: IpAddr,
-    pub lport: u16,
-    pub raddr: IpAddr,
-    pub rport: u16,
-    pub netns: Option<u32>,
-    pub skaddr: u64,
-    pub owner: Option<Process>,
-    /// The socket's inode, when the kernel side did not know its owner.
-    pub inode: Option<u64>,
-}
-
-/// A connection's identity across its sockets (request socket, full
-/// socket, timewait socket).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct FourTuple {
-    pub netns: Option<u32>,
-    pub laddr: IpAddr,
-    pub lport: u16,
-    pub raddr: IpAddr,
-    pub rport: u16,
-}
-
-/// Two words for the hasher rather than each field in turn: the tables of
-/// sessions and TIME_WAIT entries hash a 4-tuple at most events.
-impl Hash for FourTuple {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let bits = |addr: IpAddr| match addr {
-            IpAddr::V4(v4) => u128::from(v4.to_bits()),
-            IpAddr::V6(v6) => v6.to_bits(),
-        };
-        state.write_u128(bits(self.laddr) ^ bits(self.raddr).rotate_left(64));
-        state.write_u64(
-            u64::from(self.netns.unwrap_or(0)) << 32
-                | u64::from(self.lport) << 16
-                | u64::from(self.rport),
-        );
-    }
-}
-
-impl Socket {
-    pub fn four_tuple(&self) -> FourTuple {
-        FourTuple {
-            netns: self.netns,
-            laddr: self.laddr,
-            lport: self.lport,
-            raddr: self.raddr,
-            rport: self.rport,
-        }
-    }
-}
-
-/// What triggered a retransmission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Cause {
-    /// The connecting side's SYN, after its timer expired.
-    Syn,
-    /// The listening side's SYN-ACK.
-    SynAck,
-    /// The retransmission timer expired (and the socket is in loss recovery).
-    Rto,
-    /// Fast retransmit / recovery: ACK feedback (duplicate ACKs, SACK, RACK).
-    Fast,
-    /// Tail loss probe: the probe timer resent the last segment.
-    Tlp,
-}
-
-impl Cause {
-    /// Every cause, in the order tables show them.
-    pub const ALL: [Self; 5] = [Self::Rto, Self::Fast, Self::Tlp, Self::Syn, Self::SynAck];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Syn => "SYN",
-            Self::SynAck => "SYNACK",
-            Self::Rto => "RTO",
-            Self::Fast => "FAST",
-            Self::Tlp => "TLP",
-        }
-    }
-}
-
-/// One retransmission with the socket's state at that moment. `None`
-/// where this kernel (or BTF) could not tell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retransmit {
-    pub socket: Socket,
-    pub cause: Option<Cause>,
-    pub state: Option<TcpState>,
-    /// 0, or the negative errno of an attempt the kernel could not send.
-    pub err: i32,
-    /// The retransmission timeout: for RTO, SYN and SYN-ACK events the one
-    /// that just expired.
-    pub rto: Option<Duration>,
-    pub backoff: Option<u8>,
-    /// Timeout-driven retransmissions of this episode before this one.
-    pub retries: Option<u32>,
-    /// Where the kernel gives up (`tcp_retries2` is applied as a time
-    /// budget modelled on this count).
-    pub retry_limit: Option<u32>,
-    pub total_retrans: Option<u32>,
-    pub srtt: Option<Duration>,
-    pub rttvar: Option<Duration>,
-    pub cwnd: Option<u32>,
-    pub ssthresh: Option<u32>,
-    /// Segments in this skb (`tcp_skb_pcount`): what `TcpRetransSegs` adds.
-    pub segs: Option<u16>,
-    /// Payload bytes.
-    pub bytes: Option<u32>,
-    pub seq: Option<u32>,
-    /// The owner closed the socket; the kernel finishes it alone.
-    pub orphan: Option<bool>,
-}
-
-impl Retransmit {
-    /// Whether the kernel actually sent it.
-    pub fn sent(&self) -> bool {
-        self.err == 0
-    }
-}
-
-/// How a connection reached CLOSE: left for good, or handed to a timewait
-/// socket (which the state tracepoint never reports).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Close {
-    /// Handed to a timewait socket in TIME_WAIT.
-    TimeWait,
-    /// Handed to a timewait socket still in FIN_WAIT2: the owner closed
-    /// before the peer's FIN arrived (`tcp_fin_timeout` applies).
-    FinWait2Timewait,
-    /// Should have entered TIME_WAIT, but `tcp_max_tw_buckets` was reached.
-    TimeWaitOverflow,
-    ResetReceived,
-    ResetSent,
-    /// Ended with a socket error (`error`), e.g. retries exhausted.
-    Error,
-    /// An orderly close that needs no TIME_WAIT (the passive side).
-    Closed,
-}
-
-impl Close {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::TimeWait => "time_wait",
-            Self::FinWait2Timewait => "fin_wait2_timewait",
-            Self::TimeWaitOverflow => "time_wait_overflow",
-            Self::ResetReceived => "reset_received",
-            Self::ResetSent => "reset_sent",
-            Self::Error => "error",
-            Self::Closed => "closed",
-        }
-    }
-}
-
-/// One TCP state transition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateChange {
-    pub socket: Socket,
-    pub old_state: Option<TcpState>,
-    /// For a connection handed to a timewait socket, that socket's state
-    /// (TIME_WAIT, or FIN_WAIT2) rather than the CLOSE of the full socket.
-    pub new_state: Option<TcpState>,
-    /// Time spent in `old_state`; unknown when the socket predates the tracer.
-    pub prev_state: Option<Duration>,
-    /// On reaching CLOSE: why. `None` elsewhere, or when this kernel's BTF
-    /// does not let the tool tell.
-    pub close: Option<Close>,
-    /// On reaching CLOSE: the socket's error (positive errno), if any.
-    pub error: Option<i32>,
-    pub orphan: Option<bool>,
-    /// When the kernel side saw the socket's first transition (its
-    /// `connect()`, `listen()` or creation from a listener): a connection's
-    /// start, known even when a state filter kept that transition from
-    /// userspace.
-    pub opened: Option<Timestamp>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetDirection {
-    Sent,
-    Received,
-}
-
-impl ResetDirection {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sent => "sent",
-            Self::Received => "received",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Retransmit(Box<Retransmit>),
-    State(Box<StateChange>),
-    Reset {
-        socket: Box<Socket>,
-        direction: ResetDirection,
-        state: Option<TcpState>,
-    },
-    /// A new connection on a 4-tuple still in TIME_WAIT (`tcp_tw_reuse`);
-    /// derived in userspace from the state events.
-    TimeWaitReuse {
-        socket: Box<Socket>,
-        /// How long the 4-tuple had been in TIME_WAIT.
-        time_wait: Duration,
-    },
-    /// A TCP connect() that failed; `socket` holds the caller and the
-    /// destination it asked for.
-    ConnectError {
-        socket: Box<Socket>,
-        /// Positive errno.
-        errno: i32,
-    },
-    /// A connection ended (with `--state`): what it went through.
-    SessionEnd(Box<SessionEnd>),
-    /// Events the kernel side could not queue because the ring buffer was full.
-    Lost {
-        time: Timestamp,
-        count: u64,
-    },
-}
-
-// An event is moved at every step from decode to output: variants that
-// carry a socket are boxed, keeping it a few words.
-const _: () = assert!(size_of::<Event>() <= 32);
-
-/// The end of a connection and its account.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionEnd {
-    /// The transition that ended it.
-    pub change: StateChange,
-    /// When it began, if the tool saw it begin.
-    pub opened: Option<Timestamp>,
-    pub account: Account,
-}
-
-/// What a connection (or a flow, with `-c`, or a whole session) retransmitted.
-///
-/// One rule for every count: a retransmission is an attempt the kernel sent,
-/// and so counted in `TcpRetransSegs`. An attempt it could not send (`err`
-/// != 0, kernels 6.17+) is counted in `failed` and nowhere else.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Account {
-    /// Retransmissions by `Cause::ALL` index.
-    pub by_cause: [u64; Cause::ALL.len()],
-    /// Retransmissions whose cause this kernel could not tell.
-    pub unknown_cause: u64,
-    /// Segments sent again (what `TcpRetransSegs` counts).
-    pub segments: u64,
-    /// Attempts the kernel could not send (e.g. `EBUSY`: the previous copy
-    /// was still queued in the host).
-    pub failed: u64,
-    pub first: Option<Timestamp>,
-    pub last: Option<Timestamp>,
-    /// The largest retransmission timeout seen.
-    pub max_rto: Option<Duration>,
-}
-
-impl Account {
-    pub fn record(&mut self, r: &Retransmit) {
-        if !r.sent() {
-            self.failed += 1;
-            return;
-        }
-        match r
-            .cause
-            .and_then(|c| Cause::ALL.iter().position(|&a| a == c))
-        {
-            Some(i) => self.by_cause[i] += 1,
-            None => self.unknown_cause += 1,
-        }
-        self.segments += u64::from(r.segs.unwrap_or(1));
-        self.first.get_or_insert(r.socket.time);
-        self.last = Some(r.socket.time);
-        self.max_rto = self.max_rto.max(r.rto);
-    }
-
-    /// Retransmissions sent (failed attempts are not among them).
-    pub fn retransmits(&self) -> u64 {
-        self.by_cause.iter().sum::<u64>() + self.unknown_cause
-    }
-
-    /// `(cause name, count)` for the causes seen.
-    pub fn causes(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        Cause::ALL
-            .iter()
-            .zip(self.by_cause)
-            .map(|(c, n)| (c.name(), n))
-            .chain([("unknown", self.unknown_cause)])
-            .filter(|&(_, n)| n > 0)
-    }
-}
-
-impl Event {
-    /// The socket the event is about.
-    pub fn socket(&self) -> Option<&Socket> {
-        match self {
-            Self::Retransmit(r) => Some(&r.socket),
-            Self::State(change) => Some(&change.socket),
-            Self::SessionEnd(end) => Some(&end.change.socket),
-            Self::Reset { socket, .. }
-            | Self::ConnectError { socket, .. }
-            | Self::TimeWaitReuse { socket, .. } => Some(socket),
-            Self::Lost { .. } => None,
-        }
-    }
-
-    /// The process the event is attributed to.
-    pub fn owner(&self) -> Option<&Process> {
-        self.socket().and_then(|s| s.owner.as_ref())
-    }
-
-    /// The `event` name in JSON.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Retransmit(_) => "retransmit",
-            Self::State(change) if change.close == Some(Close::TimeWaitOverflow) => {
-                "time_wait_overflow"
-            }
-            Self::State(_) => "state",
-            Self::Reset { .. } => "reset",
-            Self::ConnectError { .. } => "connect_error",
-            Self::TimeWaitReuse { .. } => "time_wait_reuse",
-            Self::SessionEnd(_) => "session_end",
-            Self::Lost { .. } => "lost",
-        }
     }
 }
 
@@ -801,12 +399,13 @@ fn process(owner: &Owner) -> Option<Process> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use tcpretrans_common::{Bitfield, address, tcp_state};
+mod tests {
+    use tcpretrans_common::{address, tcp_state};
 
     use super::*;
+    use crate::fixtures::{all_known, decoder};
 
-    pub fn bytes_of<T: aya::Pod>(value: &T) -> Vec<u8> {
+    fn bytes_of<T: aya::Pod>(value: &T) -> Vec<u8> {
         // SAFETY: plain old data, every byte initialized (padding is explicit).
         unsafe {
             std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>())
@@ -822,7 +421,7 @@ pub(crate) mod tests {
         address::from_octets(a)
     }
 
-    pub fn header(kind: u8, family: u8) -> EventHeader {
+    fn header(kind: u8, family: u8) -> EventHeader {
         EventHeader {
             kind,
             family,
@@ -834,7 +433,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn owner(pid: u32, comm: &str) -> Owner {
+    fn owner(pid: u32, comm: &str) -> Owner {
         let mut o = Owner {
             pid,
             uid: 1000,
@@ -844,7 +443,7 @@ pub(crate) mod tests {
         o
     }
 
-    pub fn v4_flow() -> Flow {
+    fn v4_flow() -> Flow {
         Flow {
             saddr: mapped([10, 0, 0, 1]),
             daddr: mapped([10, 0, 0, 2]),
@@ -853,86 +452,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// Offsets as on a kernel where every member resolved (values are
-    /// irrelevant to decoding: only known/unknown matters).
-    fn all_known() -> TcpOffsets {
-        let b = Bitfield {
-            byte: 1,
-            shift: 0,
-            width: 5,
-        };
-        TcpOffsets {
-            sk_flags: 1,
-            icsk_rto: 1,
-            icsk_ca_state: b,
-            icsk_retransmits: 1,
-            icsk_pending: 1,
-            icsk_timer_expires: 1,
-            icsk_backoff: 1,
-            icsk_syn_retries: 1,
-            srtt_us: 1,
-            mdev_us: 1,
-            snd_cwnd: 1,
-            snd_ssthresh: 1,
-            total_retrans: 1,
-            skb_seq: 1,
-            skb_end_seq: 1,
-            skb_gso_segs: 1,
-            skb_tcp_flags: 1,
-            net_syn_retries: 1,
-            net_synack_retries: 1,
-            net_retries2: 1,
-            net_orphan_retries: 1,
-            net_syn_linear_timeouts: 1,
-            req_num_retrans: 1,
-            req_num_timeout: b,
-            req_timeout: 1,
-            sk_err: 1,
-            skc_family: 1,
-            skc_state: 1,
-            skc_addrpair: 1,
-            skc_portpair: 1,
-            skc_hash: 1,
-            skc_nulls_node: 1,
-            skc_v6_daddr: 1,
-            skc_v6_rcv_saddr: 1,
-            inet_sport: 1,
-            task_files: 1,
-            task_stack: 1,
-            task_comm: 1,
-            task_cred: 1,
-            cred_uid: 1,
-            files_fdt: 1,
-            fdtable_fd: 1,
-            file_private_data: 1,
-            socket_sk: 1,
-            socket_file: 1,
-            sk_protocol: 1,
-            sk_socket: 1,
-            socket_alloc_inode: 1,
-            inode_ino: 1,
-            tw_substate: 1,
-            net_tw_hashinfo: 1,
-            hashinfo_ehash: 1,
-            hashinfo_ehash_mask: 1,
-            sock_dead_bit: 0,
-            stack_shift: 0,
-            sk_protocol_bits: 16,
-            _pad: 0,
-        }
-    }
-
-    pub fn decoder() -> Decoder {
-        Decoder {
-            clock: Clock::with_offset(1_700_000_000_000_000_000),
-            hz: Some(250),
-            tcp: all_known(),
-            netns_known: true,
-        }
-    }
-
     /// An RTO retransmission of an established socket, 3rd of its episode.
-    pub fn raw_retransmit() -> RetransmitEvent {
+    fn raw_retransmit() -> RetransmitEvent {
         RetransmitEvent {
             header: header(event_kind::RETRANSMIT, 4),
             owner: owner(42, "curl"),
@@ -958,60 +479,6 @@ pub(crate) mod tests {
             syn_linear_timeouts: 0,
             timer_due: 0,
             _pad1: 0,
-        }
-    }
-
-    /// A loopback socket from `lport` to port 80, `at_ms` after a fixed
-    /// instant, with its own kernel address.
-    pub fn loopback_socket(lport: u16, at_ms: i64) -> Socket {
-        Socket {
-            time: Timestamp::from_millisecond(1_800_000_000_000 + at_ms).unwrap(),
-            family: 4,
-            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            lport,
-            raddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            rport: 80,
-            netns: Some(1),
-            skaddr: 0xffff_0000 + u64::from(lport),
-            owner: None,
-            inode: None,
-        }
-    }
-
-    /// Its transition from `old` to `new`; reaching CLOSE is an error close.
-    pub fn transition(old: TcpState, new: TcpState, lport: u16, at_ms: i64) -> Event {
-        Event::State(Box::new(StateChange {
-            socket: loopback_socket(lport, at_ms),
-            old_state: Some(old),
-            new_state: Some(new),
-            prev_state: None,
-            close: (new == TcpState::Close).then_some(Close::Error),
-            error: None,
-            orphan: None,
-            opened: None,
-        }))
-    }
-
-    /// A decoded RTO retransmission on `socket`, for output tests.
-    pub fn sample_retransmit(socket: Socket) -> Retransmit {
-        Retransmit {
-            socket,
-            cause: Some(Cause::Rto),
-            state: Some(TcpState::Established),
-            err: 0,
-            rto: Some(Duration::from_millis(800)),
-            backoff: Some(2),
-            retries: Some(2),
-            retry_limit: Some(15),
-            total_retrans: Some(9),
-            srtt: Some(Duration::from_micros(12_345)),
-            rttvar: Some(Duration::from_millis(3)),
-            cwnd: Some(1),
-            ssthresh: Some(7),
-            segs: Some(2),
-            bytes: Some(2896),
-            seq: Some(1_000_000),
-            orphan: Some(false),
         }
     }
 
@@ -1403,15 +870,5 @@ pub(crate) mod tests {
             d.decode(&[event_kind::RETRANSMIT; 96]),
             Err(DecodeError::Length { .. })
         ));
-    }
-
-    #[test]
-    fn state_names_round_trip() {
-        for state in TcpState::ALL {
-            assert_eq!(TcpState::from_name(state.name()), Some(state));
-            assert_eq!(TcpState::from_u8(state as u8), Some(state));
-        }
-        assert_eq!(TcpState::from_u8(0), None);
-        assert_eq!(TcpState::from_u8(13), None);
     }
 }

@@ -6,6 +6,9 @@ pub mod cgroup;
 pub mod check;
 pub mod cli;
 pub mod decode;
+pub mod events;
+#[cfg(test)]
+mod fixtures;
 pub mod generate;
 pub mod kernel;
 pub mod listeners;

@@ -8,7 +8,7 @@ use std::{fs, os::unix::fs::MetadataExt, path::Path};
 use foldhash::HashMap;
 use jiff::{SignedDuration, Timestamp};
 
-use crate::decode::{Event, Process, Socket};
+use crate::events::{Event, Process, Socket};
 
 /// A full scan of /proc reads every process's fds: at most this often.
 const RESCAN_INTERVAL: SignedDuration = SignedDuration::from_secs(1);

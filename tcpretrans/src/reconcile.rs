@@ -207,7 +207,7 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
-    use crate::decode;
+    use crate::fixtures;
 
     fn args(list: &[&str]) -> Args {
         Args::try_parse_from(std::iter::once("tcpretrans").chain(list.iter().copied())).unwrap()
@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn nothing_is_read_where_no_comparison_can_hold() {
-        let decoder = decode::tests::decoder();
+        let decoder = fixtures::decoder();
         assert_eq!(
             Baseline::take(&args(&["-P", "443"]), &decoder).unwrap_err(),
             NotCompared::Filtered
@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn the_counts_bracket_attaching_and_detaching() {
-        let decoder = decode::tests::decoder();
+        let decoder = fixtures::decoder();
         let baseline = Baseline::take(&args(&[]), &decoder).unwrap();
         let (before, netns) = (baseline.before_attach, baseline.namespace.inode);
         let attached = Baseline {

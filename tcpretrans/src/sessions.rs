@@ -12,7 +12,7 @@ use foldhash::HashMap;
 
 use jiff::Timestamp;
 
-use crate::decode::{Account, Event, FourTuple, SessionEnd, Socket, StateChange, TcpState};
+use crate::events::{Account, Event, FourTuple, SessionEnd, Socket, StateChange, TcpState};
 
 /// A connection seen by the tool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,9 +181,9 @@ mod tests {
     };
 
     use super::*;
-    use crate::decode::{
-        Cause, Retransmit,
-        tests::{loopback_socket as socket, sample_retransmit, transition as state},
+    use crate::{
+        events::{Cause, Retransmit},
+        fixtures::{loopback_socket as socket, sample_retransmit, transition as state},
     };
 
     fn retransmit(cause: Cause, rto_ms: u64, segs: u16, lport: u16, at_ms: i64) -> Event {
@@ -229,7 +229,7 @@ mod tests {
         let mut sessions = Sessions::new(16);
         let mut owned = retransmit(Cause::Rto, 200, 1, 40000, 100);
         if let Event::Retransmit(r) = &mut owned {
-            r.socket.owner = Some(crate::decode::Process {
+            r.socket.owner = Some(crate::events::Process {
                 pid: 42,
                 uid: 0,
                 comm: "curl".into(),
@@ -317,7 +317,7 @@ mod tests {
         let mut sessions = Sessions::new(16);
         let mut end = state(TcpState::FinWait2, TcpState::TimeWait, 40000, 9000);
         if let Event::State(change) = &mut end {
-            change.close = Some(crate::decode::Close::TimeWait);
+            change.close = Some(crate::events::Close::TimeWait);
             change.opened = Some(socket(40000, 10).time);
         }
         let Some(Event::SessionEnd(end)) = sessions.observe(&end) else {

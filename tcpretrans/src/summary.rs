@@ -6,7 +6,7 @@ use std::fmt;
 use foldhash::HashMap;
 
 use crate::{
-    decode::{Account, Event, TcpState},
+    events::{Account, Event, TcpState},
     loader::MapEntries,
     netns::Occupancy,
     reconcile::{Comparison, NotCompared},
@@ -189,9 +189,9 @@ impl fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{
-        Cause, Retransmit,
-        tests::{loopback_socket, sample_retransmit, transition},
+    use crate::{
+        events::{Cause, Retransmit},
+        fixtures::{loopback_socket, sample_retransmit, transition},
     };
 
     /// A retransmission of `segs` segments in namespace `netns`; `err` 0

@@ -11,7 +11,7 @@ use std::{collections::VecDeque, hash::BuildHasher, time::Duration};
 
 use foldhash::{HashMap, fast::RandomState};
 
-use crate::decode::{Close, Event, TcpState};
+use crate::events::{Close, Event, TcpState};
 
 /// `TCP_TIMEWAIT_LEN`, in microseconds: how long a timewait socket lives.
 const TIME_WAIT_LEN_US: i64 = 60_000_000;
@@ -97,7 +97,7 @@ impl TimeWaits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::tests::transition;
+    use crate::fixtures::transition;
 
     fn state(old: TcpState, new: TcpState, lport: u16, at_secs: i64) -> Event {
         let mut event = transition(old, new, lport, at_secs * 1000);

@@ -19,7 +19,8 @@ use tokio::{
 use crate::{
     btf::{self, Btf, BtfError},
     cli::Args,
-    decode::{Clock, Decoder, Event},
+    decode::{Clock, Decoder},
+    events::Event,
     kernel, listeners,
     loader::{self, LoadError, LostCounter, Plan, Tracer},
     netns,

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use serde::{Serialize, Serializer};
 
 use super::{Output, errno_name};
-use crate::decode::{Account, Event, Retransmit, Socket, StateChange, TcpState};
+use crate::events::{Account, Event, Retransmit, Socket, StateChange, TcpState};
 use crate::{
     loader::MapEntries,
     netns::Occupancy,
@@ -699,8 +699,9 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::decode::{
-        Close, Process, ResetDirection, Retransmit, StateChange, tests::sample_retransmit,
+    use crate::{
+        events::{Close, Process, ResetDirection, Retransmit, StateChange},
+        fixtures::sample_retransmit,
     };
 
     fn render(event: &Event) -> Value {
@@ -972,7 +973,7 @@ mod tests {
 
     #[test]
     fn session_end_and_flow_count_failed_attempts_apart() {
-        let end = Event::SessionEnd(Box::new(crate::decode::SessionEnd {
+        let end = Event::SessionEnd(Box::new(crate::events::SessionEnd {
             change: change(Some(TcpState::Established), Some(TcpState::Close)),
             opened: None,
             account: account_with_a_failed_attempt(),

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use jiff::Timestamp;
 
-use crate::{decode::Event, sessions::Session, summary::Summary};
+use crate::{events::Event, sessions::Session, summary::Summary};
 
 pub mod json;
 pub mod text;

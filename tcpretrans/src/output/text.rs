@@ -15,7 +15,7 @@ use jiff::{Timestamp, tz::TimeZone};
 use self::escape::escape;
 use super::{Output, Style, errno_name};
 use crate::{
-    decode::{Account, Cause, Close, Event, Retransmit, SessionEnd, Socket, StateChange, TcpState},
+    events::{Account, Cause, Close, Event, Retransmit, SessionEnd, Socket, StateChange, TcpState},
     sessions::Session,
 };
 
@@ -426,7 +426,10 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::decode::{Process, ResetDirection, StateChange, tests::sample_retransmit};
+    use crate::{
+        events::{Process, ResetDirection, StateChange},
+        fixtures::sample_retransmit,
+    };
 
     fn socket(laddr: IpAddr, raddr: IpAddr, owner: Option<Process>) -> Socket {
         Socket {
@@ -745,7 +748,7 @@ mod tests {
     #[test]
     fn failed_attempts_are_counted_apart_in_session_ends_and_flows() {
         let Event::State(change) =
-            crate::decode::tests::transition(TcpState::Established, TcpState::Close, 40000, 0)
+            crate::fixtures::transition(TcpState::Established, TcpState::Close, 40000, 0)
         else {
             unreachable!("a transition")
         };
