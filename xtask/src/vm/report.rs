@@ -274,12 +274,13 @@ pub fn table(rows: &[Row]) -> String {
 /// One line on the static tracer in a guest without libc.
 pub fn bare(outcome: &super::bare::Outcome) -> String {
     let mut line = format!(
-        "{} with no libc ({} files in its root, {:.0} s): {} SYN retransmissions, segments {} / \
-         RetransSegs {}, TIME_WAIT entries {} / netstat {}",
+        "{} with no libc ({} files in its root, {:.0} s): {} SYN retransmissions, the \
+         transfer's {:?}, segments {} / RetransSegs {}, TIME_WAIT entries {} / netstat {}",
         outcome.release,
         outcome.files,
         outcome.wall.as_secs_f64(),
         outcome.syn_retransmits,
+        outcome.bulk,
         outcome.segments.0,
         outcome.segments.1,
         outcome.time_wait.0,
