@@ -20,7 +20,7 @@ const GENERATED: [(&str, &str); 4] = [
 ];
 
 pub fn run(root: &Path) -> Result<()> {
-    let binary = static_binary(root)?;
+    let binary = static_binary(root, STATIC_TARGET, &[])?;
     let dist = root.join("target/dist");
     // Nothing left over from an earlier layout.
     if dist.exists() {
@@ -47,9 +47,11 @@ pub fn run(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds the statically linked release binary; its path.
-pub fn static_binary(root: &Path) -> Result<PathBuf> {
-    crate::cargo(
+/// Builds the statically linked release binary for `target`, with `env`
+/// for cargo (a cross build's linker and C compiler); its path.
+pub fn static_binary(root: &Path, target: &str, env: &[(String, String)]) -> Result<PathBuf> {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    crate::cargo_with(
         root,
         &[
             "build",
@@ -57,13 +59,11 @@ pub fn static_binary(root: &Path) -> Result<PathBuf> {
             "--package",
             "tcpretrans",
             "--target",
-            STATIC_TARGET,
+            target,
         ],
+        &env,
     )?;
-    let binary = root
-        .join("target")
-        .join(STATIC_TARGET)
-        .join("release/tcpretrans");
+    let binary = root.join("target").join(target).join("release/tcpretrans");
     // What makes it start on any distribution, whatever its libc.
     if has_interpreter(&binary)? {
         bail!("{} is dynamically linked", binary.display());

@@ -47,8 +47,9 @@ enum Task {
     /// tcpretrans against libbpf-tools tcpstates and bpftrace on the same
     /// loopback workloads, interleaved (root; not part of the tests).
     Bench(bench::Options),
-    /// The kernel matrix: `--check` and the kernel lab in Debian's 5.10,
-    /// 6.1 and 6.12 kernels under qemu (root), then a table of them.
+    /// The kernel matrix: the static tracer in Debian's 5.10, 6.1 and 6.12
+    /// kernels and arm64 6.1 under qemu (root), with no libc, then (x86-64)
+    /// `--check` and the kernel lab; then a table of them.
     VmTest(vm::Options),
     /// Every test: unit tests, the kernel lab on this kernel, then in each
     /// kernel of the matrix under qemu (root).

@@ -27,11 +27,14 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const NIGHTLY: &str = "nightly";
 /// The target of the static binary `cargo xtask dist` ships.
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The target of the static binary the arm64 guest runs.
+pub const ARM64_TARGET: &str = "aarch64-unknown-linux-musl";
 
 pub fn run() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     stable_components()?;
+    rust_target(STATIC_TARGET)?;
     bpf_linker()
 }
 
@@ -46,23 +49,36 @@ pub fn bench_packages() -> Result<()> {
     apt_install(&BENCH_PACKAGES)
 }
 
-/// What `cargo xtask vm-test` boots kernels with: qemu (bookworm's 7.2 is
-/// older than the 10.0 the matrix was measured with, so it comes from
-/// bookworm-backports), a static busybox for the initramfs, cpio to pack it,
-/// and kmod, xz and zstd for the guest kernels' modules.
-const VM_PACKAGES: [&str; 5] = ["busybox-static", "cpio", "kmod", "xz-utils", "zstd"];
-const QEMU: &str = "qemu-system-x86";
+/// What `cargo xtask vm-test` boots kernels with: qemu for x86-64 and arm64
+/// guests (bookworm's 7.2 is older than the 10.0 the matrix was measured
+/// with, so it comes from bookworm-backports), a static busybox for the
+/// initramfs, cpio to pack it, kmod, xz and zstd for the guest kernels'
+/// modules, and clang for the arm64 tracer's C code (its allocator).
+const VM_PACKAGES: [&str; 6] = [
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+    "zstd",
+    "clang-22",
+];
+const QEMU: [&str; 2] = ["qemu-system-x86", "qemu-system-arm"];
 /// A sources file of its own, so the host's own lists stay as they are;
 /// backports have a low default priority: nothing else is upgraded from it.
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/tcpretrans-bookworm-backports.sources";
 
 pub fn vm_packages() -> Result<()> {
     apt_install(&VM_PACKAGES)?;
-    if dpkg_installed(QEMU) {
+    rust_target(ARM64_TARGET)?;
+    let missing: Vec<&str> = QEMU.into_iter().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian package {QEMU}: run `cargo xtask vm-test` as root");
+        bail!(
+            "missing Debian packages {}: run `cargo xtask vm-test` as root",
+            missing.join(" ")
+        );
     }
     if !std::path::Path::new(BACKPORTS_SOURCES).exists() {
         std::fs::write(
@@ -72,12 +88,16 @@ pub fn vm_packages() -> Result<()> {
         )
         .with_context(|| format!("writing {BACKPORTS_SOURCES}"))?;
     }
-    eprintln!("xtask: installing {QEMU} from bookworm-backports");
+    eprintln!(
+        "xtask: installing {} from bookworm-backports",
+        missing.join(" ")
+    );
     run_checked(Command::new("apt-get").arg("update").arg("-q"))?;
     run_checked(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(["-t", "bookworm-backports", QEMU])
+            .args(["-t", "bookworm-backports"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
@@ -155,8 +175,7 @@ fn nightly_rust_src() -> Result<()> {
 }
 
 /// Of the active (stable) toolchain: rustfmt and clippy, which `cargo xtask
-/// test` runs as gates, and the standard library of the static binary's
-/// target.
+/// test` runs as gates.
 fn stable_components() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["component", "list", "--installed"])
@@ -177,11 +196,24 @@ fn stable_components() -> Result<()> {
                 .args(&tools),
         )?;
     }
-    if !has(&format!("rust-std-{STATIC_TARGET}")) {
-        eprintln!("xtask: installing the {STATIC_TARGET} target");
-        run_checked(Command::new("rustup").args(["target", "add", STATIC_TARGET]))?;
-    }
     Ok(())
+}
+
+/// The standard library of `target` for the active (stable) toolchain.
+fn rust_target(target: &str) -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .stderr(Stdio::null())
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l == target)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {target} target");
+    run_checked(Command::new("rustup").args(["target", "add", target]))
 }
 
 fn bpf_linker() -> Result<()> {

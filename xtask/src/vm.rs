@@ -1,7 +1,10 @@
 //! `cargo xtask vm-test`: the kernel matrix. Each Debian kernel boots
-//! under qemu with the host's root shared read-only, and runs the tracer's
-//! `--check` and the kernel lab built on the host; then a table of them.
+//! under qemu, first with nothing but its initramfs to run the static
+//! tracer without any libc, then (x86-64 kernels) with the host's root
+//! shared read-only to run the tracer's `--check` and the kernel lab built
+//! on the host; then a table of them.
 mod bare;
+mod cross;
 mod guest;
 mod kernel;
 mod report;
@@ -17,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, builder::PossibleValuesParser};
 use serde_json::Value;
 
-use self::{guest::Binaries, report::Row};
+use self::{guest::Binaries, kernel::Arch, report::Row};
 
 #[derive(Args)]
 pub struct Options {
@@ -60,6 +63,17 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         .iter()
         .filter(|s| options.kernel == "all" || options.kernel == s.name)
     {
+        let tracer = match series.arch {
+            Arch::Amd64 => binaries.tracer.clone(),
+            arch => {
+                let copy = root
+                    .join("target/vm/bin")
+                    .join(format!("tcpretrans-{}", arch.debian()));
+                fs::copy(cross::static_tracer(root, arch, series.codename)?, &copy)
+                    .context("copying the tracer")?;
+                copy
+            }
+        };
         let kernel = kernel::get(series)?;
         eprintln!(
             "xtask: booting {} under qemu (TCG) with nothing but its initramfs",
@@ -68,13 +82,21 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         let outcome = bare::run(
             &kernel,
             &root.join("target/vm/bare").join(series.name),
-            &binaries.tracer,
+            &tracer,
         )?;
         eprintln!("xtask: {}", report::bare(&outcome));
         if !outcome.problems.is_empty() {
             failed.push(format!("{} (no libc)", kernel.release));
         }
         bare_runs.push(outcome);
+        if series.arch != Arch::Amd64 {
+            eprintln!(
+                "xtask: the lab does not run on {}: it runs the host's programs (ip, nft, \
+                 nginx, iperf3, ...) from the host's root, which are x86-64",
+                series.name
+            );
+            continue;
+        }
 
         eprintln!("xtask: booting {} under qemu (TCG)", kernel.release);
         let run = root.join("target/vm").join(series.name);
@@ -175,7 +197,8 @@ fn build(root: &Path, copies: &Path) -> Result<Binaries> {
         lab: copies.join("lab"),
         tracer_built,
     };
-    fs::copy(crate::dist::static_binary(root)?, &binaries.tracer).context("copying the tracer")?;
+    let tracer = crate::dist::static_binary(root, Arch::Amd64.rust_target(), &[])?;
+    fs::copy(tracer, &binaries.tracer).context("copying the tracer")?;
     fs::copy(&lab, &binaries.lab).context("copying the lab")?;
     Ok(binaries)
 }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::{
     guest::{self, Root},
     kernel::{EXTRA_MODULES, Kernel},
+    report::Check,
 };
 
 /// Boot, check and a few seconds of traffic take well under a minute.
@@ -42,6 +43,8 @@ pub struct Outcome {
     pub wall: Duration,
     /// Files in the guest's root, none of them a libc or a dynamic loader.
     pub files: usize,
+    /// What `--check` said.
+    pub check: Check,
     /// SYN retransmissions the tracer printed.
     pub syn_retransmits: usize,
     /// Sent retransmissions of the bulk transfer, by type.
@@ -148,6 +151,7 @@ pub fn run(kernel: &Kernel, run: &Path, tracer: &Path) -> Result<Outcome> {
         release: kernel.release.clone(),
         wall,
         files: files.lines().count(),
+        check: Check::parse(&read("check.txt")),
         syn_retransmits,
         bulk,
         segments: (sent, kernel_segments),

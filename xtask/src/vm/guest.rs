@@ -182,7 +182,9 @@ pub fn qemu(kernel: &Kernel, root: Root, run: &Path, timeout: Duration) -> Resul
         }
         Root::Initramfs => ("vmbare=1".to_owned(), &[][..]),
     };
-    let mut child = Command::new("qemu-system-x86_64")
+    let (qemu, machine) = kernel.arch.qemu();
+    let mut child = Command::new(qemu)
+        .args(machine)
         // This machine's /dev/kvm is a nested device that cannot run stock
         // kernels: emulate (TCG). One CPU: with two, a kernel patching its
         // tracepoints while the other emulated CPU ran the patched code
@@ -213,7 +215,8 @@ pub fn qemu(kernel: &Kernel, root: Root, run: &Path, timeout: Duration) -> Resul
         .arg(kernel.initrd())
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 quiet panic=-1 vmrun={run_path} {root_parameter}"
+            "console={} quiet panic=-1 vmrun={run_path} {root_parameter}",
+            kernel.arch.console()
         ))
         .args(root_share)
         .arg("-fsdev")
@@ -225,7 +228,7 @@ pub fn qemu(kernel: &Kernel, root: Root, run: &Path, timeout: Duration) -> Resul
         .stdout(Stdio::null())
         .stderr(fs::File::create(run.join("qemu.log"))?)
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {qemu}"))?;
     let started = Instant::now();
     while started.elapsed() < timeout {
         if let Some(status) = child.try_wait()? {

@@ -23,29 +23,86 @@ pub const CACHE: &str = "/var/cache/tcpretrans-vm";
 /// A kernel series of the matrix: the Debian release whose kernel it is.
 #[derive(Debug, Clone, Copy)]
 pub struct Series {
-    /// `5.10`: what `--kernel` takes, and the package's version prefix.
+    /// `5.10`, `6.1-arm64`: what `--kernel` takes.
     pub name: &'static str,
+    /// The package's version prefix: `5.10`.
+    pub kernel: &'static str,
     pub codename: &'static str,
     pub distribution: &'static str,
+    pub arch: Arch,
 }
 
-pub const SERIES: [Series; 3] = [
+pub const SERIES: [Series; 4] = [
     Series {
         name: "5.10",
+        kernel: "5.10",
         codename: "bullseye",
         distribution: "Debian 11",
+        arch: Arch::Amd64,
     },
     Series {
         name: "6.1",
+        kernel: "6.1",
         codename: "bookworm",
         distribution: "Debian 12",
+        arch: Arch::Amd64,
     },
     Series {
         name: "6.12",
+        kernel: "6.12",
         codename: "trixie",
         distribution: "Debian 13",
+        arch: Arch::Amd64,
+    },
+    Series {
+        name: "6.1-arm64",
+        kernel: "6.1",
+        codename: "bookworm",
+        distribution: "Debian 12",
+        arch: Arch::Arm64,
     },
 ];
+
+/// A guest's architecture: the host's (emulated all the same), or arm64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name for it.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Self::Amd64 => "amd64",
+            Self::Arm64 => "arm64",
+        }
+    }
+
+    /// The static binary's Rust target.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Self::Amd64 => crate::setup::STATIC_TARGET,
+            Self::Arm64 => crate::setup::ARM64_TARGET,
+        }
+    }
+
+    /// The qemu that emulates it, with its machine.
+    pub fn qemu(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Self::Amd64 => ("qemu-system-x86_64", &[]),
+            Self::Arm64 => ("qemu-system-aarch64", &["-M", "virt"]),
+        }
+    }
+
+    /// The serial console's device in the guest.
+    pub fn console(self) -> &'static str {
+        match self {
+            Self::Amd64 => "ttyS0",
+            Self::Arm64 => "ttyAMA0",
+        }
+    }
+}
 
 /// The file in a kernel's directory that holds its package's version.
 const VERSION: &str = "package-version";
@@ -67,8 +124,10 @@ pub struct Kernel {
     /// The package's version, which carries the upstream one: `5.10.262-1`.
     pub version: String,
     /// The unpacked package: `boot/`, `lib/modules/RELEASE` (with
-    /// `modules.dep`), and `initrd.cpio`.
+    /// `modules.dep`), and `initrd.cpio`; for a foreign architecture, its
+    /// release's `busybox-static` unpacked in `busybox-static/`.
     pub dir: PathBuf,
+    pub arch: Arch,
 }
 
 impl Kernel {
@@ -80,6 +139,15 @@ impl Kernel {
 
     pub fn initrd(&self) -> PathBuf {
         self.dir.join("initrd.cpio")
+    }
+
+    /// The static busybox of the initramfs: the host's, or one of the
+    /// guest's architecture.
+    fn busybox(&self) -> PathBuf {
+        match self.arch {
+            Arch::Amd64 => "/bin/busybox".into(),
+            Arch::Arm64 => self.dir.join("busybox-static/bin/busybox"),
+        }
     }
 }
 
@@ -100,6 +168,7 @@ pub fn get(series: &Series) -> Result<Kernel> {
             release,
             version,
             dir,
+            arch: series.arch,
         };
         // Made anew each time (a few MB): the cached kernel gets this
         // project's current init.
@@ -116,10 +185,12 @@ pub fn get(series: &Series) -> Result<Kernel> {
 }
 
 fn fetch(series: &Series, cache: &Path) -> Result<Kernel> {
-    let apt = PrivateApt::new(&cache.join("apt").join(series.codename), series.codename)?;
+    let apt = PrivateApt::new(cache, series.codename, series.arch)?;
     eprintln!(
-        "xtask: fetching the kernel of {} ({})",
-        series.distribution, series.codename
+        "xtask: fetching the {} kernel of {} ({})",
+        series.arch.debian(),
+        series.distribution,
+        series.codename
     );
     apt.update()?;
     let package = apt.image_package(series)?;
@@ -160,20 +231,34 @@ fn fetch(series: &Series, cache: &Path) -> Result<Kernel> {
         release,
         version,
         dir,
+        arch: series.arch,
     };
+    if kernel.arch != Arch::Amd64 {
+        let busybox = apt.download("busybox-static")?;
+        let to = kernel.dir.join("busybox-static");
+        run_checked(Command::new("dpkg-deb").arg("-x").arg(&busybox).arg(&to))?;
+        fs::remove_file(&busybox)?;
+    }
     write_initrd(&kernel)?;
     Ok(kernel)
 }
 
 /// apt with its own sources, lists and status, under the cache: only for
-/// `apt-get download`.
-struct PrivateApt {
+/// `apt-get download`, of one release and architecture.
+pub struct PrivateApt {
     dir: PathBuf,
     options: Vec<String>,
+    arch: Arch,
 }
 
 impl PrivateApt {
-    fn new(dir: &Path, codename: &str) -> Result<Self> {
+    pub fn new(cache: &Path, codename: &str, arch: Arch) -> Result<Self> {
+        let dir = &match arch {
+            Arch::Amd64 => cache.join("apt").join(codename),
+            _ => cache
+                .join("apt")
+                .join(format!("{codename}-{}", arch.debian())),
+        };
         for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
             fs::create_dir_all(dir.join(sub))?;
         }
@@ -200,6 +285,8 @@ impl PrivateApt {
             // Downloads land in this root-owned directory, which apt's
             // unprivileged `_apt` user could not write.
             ("APT::Sandbox::User", "root".into()),
+            ("APT::Architecture", arch.debian().into()),
+            ("APT::Architectures", arch.debian().into()),
         ]
         .into_iter()
         .flat_map(|(key, value)| ["-o".to_owned(), format!("{key}={value}")])
@@ -207,6 +294,7 @@ impl PrivateApt {
         Ok(Self {
             dir: dir.to_owned(),
             options,
+            arch,
         })
     }
 
@@ -216,41 +304,39 @@ impl PrivateApt {
         command
     }
 
-    fn update(&self) -> Result<()> {
+    pub fn update(&self) -> Result<()> {
         run_checked(self.command("apt-get").arg("update"))
     }
 
-    /// The release's current kernel image: what its `linux-image-amd64`
+    /// The release's current kernel image: what its `linux-image-ARCH`
     /// depends on, which must belong to the series.
     fn image_package(&self, series: &Series) -> Result<String> {
+        let meta = format!("linux-image-{}", self.arch.debian());
         let output = self
             .command("apt-cache")
-            .args(["depends", "linux-image-amd64"])
+            .args(["depends", &meta])
             .stderr(Stdio::inherit())
             .output()
             .context("running apt-cache")?;
         if !output.status.success() {
-            bail!(
-                "apt-cache depends linux-image-amd64 failed ({})",
-                output.status
-            );
+            bail!("apt-cache depends {meta} failed ({})", output.status);
         }
         let text = String::from_utf8_lossy(&output.stdout);
-        let prefix = format!("linux-image-{}.", series.name);
+        let prefix = format!("linux-image-{}.", series.kernel);
         text.lines()
             .filter_map(|l| l.trim().strip_prefix("Depends: "))
             .find(|p| p.starts_with(&prefix))
             .map(str::to_owned)
             .with_context(|| {
                 format!(
-                    "{}'s linux-image-amd64 depends on no {prefix}* package:\n{text}",
+                    "{}'s {meta} depends on no {prefix}* package:\n{text}",
                     series.codename
                 )
             })
     }
 
     /// Downloads `package` into the private cache; the `.deb`'s path.
-    fn download(&self, package: &str) -> Result<PathBuf> {
+    pub fn download(&self, package: &str) -> Result<PathBuf> {
         let archives = self.dir.join("cache/archives");
         run_checked(
             self.command("apt-get")
@@ -344,7 +430,8 @@ fn write_initrd(kernel: &Kernel) -> Result<()> {
     for dir in &entries {
         fs::create_dir_all(staging.join(dir))?;
     }
-    fs::copy("/bin/busybox", staging.join("bin/busybox")).context("copying /bin/busybox")?;
+    fs::copy(kernel.busybox(), staging.join("bin/busybox"))
+        .with_context(|| format!("copying {}", kernel.busybox().display()))?;
     entries.push("bin/busybox".into());
     let executable = |path: &str, text: &str| -> Result<()> {
         let path = staging.join(path);

@@ -273,12 +273,19 @@ pub fn table(rows: &[Row]) -> String {
 
 /// One line on the static tracer in a guest without libc.
 pub fn bare(outcome: &super::bare::Outcome) -> String {
+    let hooks = match (&outcome.check.refused, outcome.check.hooks) {
+        (Some(why), _) => format!("cannot trace: {why}"),
+        (None, Some((btf, raw, classic))) => format!("hooks {btf} / {raw} / {classic}"),
+        (None, None) => "hooks ?".into(),
+    };
     let mut line = format!(
-        "{} with no libc ({} files in its root, {:.0} s): {} SYN retransmissions, the \
-         transfer's {:?}, segments {} / RetransSegs {}, TIME_WAIT entries {} / netstat {}",
+        "{} with no libc ({} files in its root, {:.0} s): {hooks}, unavailable {:?}; {} SYN \
+         retransmissions, the transfer's {:?}, segments {} / RetransSegs {}, TIME_WAIT \
+         entries {} / netstat {}",
         outcome.release,
         outcome.files,
         outcome.wall.as_secs_f64(),
+        outcome.check.unavailable,
         outcome.syn_retransmits,
         outcome.bulk,
         outcome.segments.0,
