@@ -1,10 +1,10 @@
 //! The static tracer where there is no libc at all: a guest whose root is
 //! its initramfs (static busybox and the kernel's modules), with the host's
 //! root not shared. The tracer runs `--check`, then `--state --json` while
-//! busybox makes connections on loopback, unanswered SYNs, and a bulk
-//! transfer whose peer's address is routed for a while into a device that
-//! drops what it sends; what it printed is held against the kernel's
-//! `RetransSegs` and busybox `netstat`'s TIME_WAIT sockets.
+//! busybox makes connections on loopback, unanswered SYNs, and a connection
+//! whose peer's address is routed for a while into a device that drops what
+//! it sends; what it printed is held against the kernel's `RetransSegs` and
+//! busybox `netstat`'s TIME_WAIT sockets.
 use std::{
     collections::BTreeMap,
     fs,
@@ -25,12 +25,12 @@ use super::{
 const TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// The loopback server's port, the unanswered connection's remote port, and
-/// the bulk transfer's server port.
+/// the port of the connection whose peer goes unreachable.
 const HTTP_PORT: u16 = 8080;
 const DROPPED_PORT: u16 = 9;
-const BULK_PORT: u16 = 7000;
+const OUTAGE_PORT: u16 = 7000;
 
-/// How long the bulk transfer's peer is unreachable.
+/// How long that connection's peer is unreachable.
 const OUTAGE_SECONDS: u32 = 3;
 
 /// Busybox's `wget` requests from its `httpd`.
@@ -47,8 +47,9 @@ pub struct Outcome {
     pub check: Check,
     /// SYN retransmissions the tracer printed.
     pub syn_retransmits: usize,
-    /// Sent retransmissions of the bulk transfer, by type.
-    pub bulk: BTreeMap<String, usize>,
+    /// Retransmissions of the connection whose peer went unreachable, by
+    /// type.
+    pub outage: BTreeMap<String, usize>,
     /// Segments the tracer printed as sent, and the kernel's count.
     pub segments: (u64, u64),
     /// TIME_WAIT entries the tracer printed, and `netstat`'s TIME_WAIT sockets.
@@ -110,20 +111,20 @@ pub fn run(kernel: &Kernel, run: &Path, tracer: &Path) -> Result<Outcome> {
         .clone()
         .filter(|e| e["type"] == "SYN" && port_is(e, "rport", DROPPED_PORT))
         .count();
-    let mut bulk = BTreeMap::new();
-    for retransmit in retransmits.filter(|e| port_is(e, "rport", BULK_PORT)) {
+    let mut outage = BTreeMap::new();
+    for retransmit in retransmits.filter(|e| port_is(e, "rport", OUTAGE_PORT)) {
         let cause = retransmit["type"].as_str().unwrap_or("unknown");
-        *bulk.entry(cause.to_owned()).or_default() += 1;
+        *outage.entry(cause.to_owned()).or_default() += 1;
     }
     let kernel_segments =
         retrans_segs(&read("snmp.after"))?.saturating_sub(retrans_segs(&read("snmp.before"))?);
     if syn_retransmits == 0 {
         problems.push("the tracer printed no SYN retransmission".into());
     }
-    if !bulk.contains_key("RTO") {
+    if !outage.contains_key("RTO") {
         problems.push(format!(
-            "the tracer printed no RTO retransmission of the transfer whose peer was \
-             unreachable for {OUTAGE_SECONDS} s (it printed {bulk:?})"
+            "the tracer printed no RTO retransmission of the connection whose peer was \
+             unreachable for {OUTAGE_SECONDS} s (it printed {outage:?})"
         ));
     }
     if sent != kernel_segments {
@@ -153,7 +154,7 @@ pub fn run(kernel: &Kernel, run: &Path, tracer: &Path) -> Result<Outcome> {
         files: files.lines().count(),
         check: Check::parse(&read("check.txt")),
         syn_retransmits,
-        bulk,
+        outage,
         segments: (sent, kernel_segments),
         time_wait: (traced_time_wait, netstat_time_wait),
         problems,
@@ -207,25 +208,27 @@ for i in $(seq {REQUESTS}); do wget -q -O /dev/null http://127.0.0.1:{HTTP_PORT}
 netstat -tan > netstat.txt
 # Nothing answers 10.99.0.3: the prefix's route leads into the dummy device.
 timeout 5 nc 10.99.0.3 {DROPPED_PORT} < /dev/null
-# A bulk transfer from 10.99.0.1 to 10.99.0.2, delivered locally by a route
-# of its own; while that route is gone, the prefix's route takes the
-# transfer into the dummy device. The server's input is a FIFO held open
-# without a word written, so it neither sends nor closes.
+# A connection from 10.99.0.1 to 10.99.0.2, delivered locally by a route of
+# its own. That route is withdrawn before the client writes, so the prefix's
+# route takes what it sends into the dummy device until the route is back:
+# its data is in flight whatever the receiver's pace. The server's input is
+# a FIFO held open without a word written, so it neither sends nor closes.
 ip route add local 10.99.0.2/32 dev lo src 10.99.0.1 table local
 mkfifo /quiet
-nc -l -p {BULK_PORT} < /quiet > /dev/null &
+nc -l -p {OUTAGE_PORT} < /quiet > /dev/null &
 server=$!
 exec 3> /quiet
-usleep 300000
-nc 10.99.0.2 {BULK_PORT} < /dev/zero &
+i=0
+while ! netstat -ltn | grep -q ':{OUTAGE_PORT} ' && [ $i -lt 50 ]; do usleep 100000; i=$((i + 1)); done
+{{ sleep 1; echo tcpretrans; sleep 9; }} | nc 10.99.0.2 {OUTAGE_PORT} &
 client=$!
-sleep 1
+usleep 300000
 ip route del local 10.99.0.2/32 dev lo table local
 sleep {OUTAGE_SECONDS}
 ip route add local 10.99.0.2/32 dev lo src 10.99.0.1 table local
 sleep 2
 kill $client $server
-wait $client $server
+wait $server
 exec 3>&-
 grep '^Tcp:' /proc/net/snmp > snmp.after
 kill -INT $tracer

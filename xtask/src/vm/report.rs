@@ -21,8 +21,11 @@ impl Check {
             let trimmed = line.trim();
             if let Some(rest) = line.strip_prefix("programs ") {
                 check.hooks = hooks(rest);
-            } else if let Some(member) = trimmed.strip_suffix("MISSING: shown as unknown") {
-                check.unavailable.push(member.trim().to_owned());
+            } else if trimmed.ends_with(": shown as unknown")
+                && let Some(member) = trimmed.split_whitespace().next()
+            {
+                // `MISSING`, or `UNUSABLE (why)`.
+                check.unavailable.push(member.to_owned());
             } else if let Some(rest) = line.strip_prefix("tracepoint ") {
                 if let Some((name, _)) = rest.trim().split_once("  unusable") {
                     check.unavailable.push(format!("tracepoint {name}"));
@@ -280,14 +283,14 @@ pub fn bare(outcome: &super::bare::Outcome) -> String {
     };
     let mut line = format!(
         "{} with no libc ({} files in its root, {:.0} s): {hooks}, unavailable {:?}; {} SYN \
-         retransmissions, the transfer's {:?}, segments {} / RetransSegs {}, TIME_WAIT \
+         retransmissions, the unreachable peer's {:?}, segments {} / RetransSegs {}, TIME_WAIT \
          entries {} / netstat {}",
         outcome.release,
         outcome.files,
         outcome.wall.as_secs_f64(),
         outcome.check.unavailable,
         outcome.syn_retransmits,
-        outcome.bulk,
+        outcome.outage,
         outcome.segments.0,
         outcome.segments.1,
         outcome.time_wait.0,
