@@ -17,6 +17,11 @@ pub const AF_INET6: u16 = 10;
 /// offset handed in must satisfy `offset + size <= RECORD_LEN`.
 pub const RECORD_LEN: usize = 128;
 
+#[macro_use]
+pub mod members;
+
+pub use members::Offset;
+
 /// TCP states, numbered as in the kernel's `include/net/tcp_states.h`.
 pub mod tcp_state {
     pub const ESTABLISHED: u8 = 1;
@@ -81,26 +86,27 @@ pub struct StateFields {
     pub _pad: u16,
 }
 
-/// Byte offsets of kernel struct members, resolved from the running kernel's
-/// BTF by userspace. `ABSENT` when BTF or the member is missing.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockOffsets {
-    /// `struct sock` → `__sk_common.skc_net.net` (a `struct net *`).
-    pub sk_net: u16,
-    /// `struct net` → `ns.inum`.
-    pub net_inum: u16,
-    /// `struct sock` → `sk_cgrp_data.cgroup`: the cgroup (v2) whose process
-    /// created the socket (an accepted socket's: its listener's).
-    pub sk_cgroup: u16,
-    /// `struct cgroup` → `level` (0 at the root).
-    pub cgroup_level: u16,
-    /// `struct cgroup` → `ancestors`: `ancestors[l]` is its ancestor at level `l`.
-    pub cgroup_ancestors: u16,
-    /// `struct cgroup` → `kn`; `struct kernfs_node` → `id` (the directory's inode).
-    pub cgroup_kn: u16,
-    pub kn_id: u16,
-    pub _pad: u16,
+offsets! {
+    /// Where the namespace and cgroup filters find what they compare, from
+    /// the running kernel's BTF.
+    pub struct SockOffsets {
+        /// A `struct net *`.
+        sk_net: Offset<u64> = sock.__sk_common.skc_net.net,
+        net_inum: Offset<u32> = net.ns.inum,
+        /// The cgroup (v2) whose process created the socket (an accepted
+        /// socket's: its listener's).
+        sk_cgroup: Offset<u64> = sock.sk_cgrp_data.cgroup,
+        /// 0 at the root.
+        cgroup_level: Offset<i32> = cgroup.level,
+        /// `ancestors[l]` is its ancestor at level `l`.
+        cgroup_ancestors: Offset<u64> = cgroup.ancestors,
+        /// With `kernfs_node.id`: the cgroup directory's inode.
+        cgroup_kn: Offset<u64> = cgroup.kn,
+        kn_id: Offset<u64> = kernfs_node.id,
+    }
+    derived {
+        _pad: u16,
+    }
 }
 
 /// Layouts of `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`: only the
@@ -168,196 +174,127 @@ impl Bitfield {
     };
 }
 
-/// Byte offsets, from BTF, of what a retransmission event reads beyond the
-/// tracepoint record. `ABSENT` when BTF or the member is missing.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpOffsets {
-    // struct sock / inet_connection_sock / tcp_sock: one object.
-    /// `__sk_common.skc_flags` (`sk_flags`), for `SOCK_DEAD`.
-    pub sk_flags: u16,
-    pub icsk_rto: u16,
-    pub icsk_ca_state: Bitfield,
-    pub icsk_retransmits: u16,
-    pub icsk_pending: u16,
-    /// Expiry (jiffies) of the retransmit/probe timer: `icsk_timeout`, or
-    /// `icsk_retransmit_timer.expires` since 6.14.
-    pub icsk_timer_expires: u16,
-    pub icsk_backoff: u16,
-    pub icsk_syn_retries: u16,
-    pub srtt_us: u16,
-    pub mdev_us: u16,
-    pub snd_cwnd: u16,
-    pub snd_ssthresh: u16,
-    pub total_retrans: u16,
-    // struct sk_buff: members of `cb` (a `struct tcp_skb_cb`), from the skb start.
-    pub skb_seq: u16,
-    pub skb_end_seq: u16,
-    pub skb_gso_segs: u16,
-    pub skb_tcp_flags: u16,
-    // struct net: `ipv4.sysctl_tcp_*`.
-    pub net_syn_retries: u16,
-    pub net_synack_retries: u16,
-    pub net_retries2: u16,
-    pub net_orphan_retries: u16,
-    pub net_syn_linear_timeouts: u16,
-    // struct request_sock.
-    pub req_num_retrans: u16,
-    pub req_num_timeout: Bitfield,
-    pub req_timeout: u16,
-    /// `sk_err`: the error a failed connection reports.
-    pub sk_err: u16,
-    // struct sock_common, shared by full, request and timewait sockets.
-    pub skc_family: u16,
-    pub skc_state: u16,
-    /// `skc_daddr` then `skc_rcv_saddr` (IPv4).
-    pub skc_addrpair: u16,
-    /// `skc_dport` (network order) then `skc_num` (host order).
-    pub skc_portpair: u16,
-    pub skc_hash: u16,
-    pub skc_nulls_node: u16,
-    pub skc_v6_daddr: u16,
-    pub skc_v6_rcv_saddr: u16,
-    /// `struct inet_sock` → `inet_sport` (network order): survives
-    /// `inet_put_port()`, which zeroes `skc_num` on the way to CLOSE.
-    pub inet_sport: u16,
-    // From a connect()ing task to its socket: task_struct → files →
-    // fdt → fd[fd] (struct file) → private_data (struct socket) → sk.
-    pub task_files: u16,
-    /// `struct task_struct` → `stack`: its kernel stack, `1 << stack_shift`
-    /// bytes (tells a task's tracepoint calls from a softirq's).
-    pub task_stack: u16,
-    /// `struct task_struct` → `comm`, and `cred` → `struct cred` → `uid`:
-    /// the owner read from the current task (cheaper than the helpers).
-    pub task_comm: u16,
-    pub task_cred: u16,
-    pub cred_uid: u16,
-    pub files_fdt: u16,
-    pub fdtable_fd: u16,
-    pub file_private_data: u16,
-    pub socket_sk: u16,
-    /// `struct socket` → `file`: proves `private_data` was a socket.
-    pub socket_file: u16,
-    /// `struct sock` → `sk_protocol`, `sk_protocol_bits` wide.
-    pub sk_protocol: u16,
-    // From a socket to its inode number: sock → sk_socket (struct socket,
-    // the first member of struct socket_alloc) → vfs_inode → i_ino.
-    pub sk_socket: u16,
-    pub socket_alloc_inode: u16,
-    pub inode_ino: u16,
-    /// `struct inet_timewait_sock` → `tw_substate`.
-    pub tw_substate: u16,
-    /// `struct net` → `ipv4.tcp_death_row.hashinfo`.
-    pub net_tw_hashinfo: u16,
-    /// `struct inet_hashinfo` → `ehash` and `ehash_mask`.
-    pub hashinfo_ehash: u16,
-    pub hashinfo_ehash_mask: u16,
-    /// Bit number of `SOCK_DEAD` in `sk_flags`.
-    pub sock_dead_bit: u8,
-    pub stack_shift: u8,
-    /// 16 (a `u16` since 5.6) or 8 (an 8-bit bitfield before, `sk_type`'s
-    /// bits after it): read narrower, MPTCP's 262 would pass for TCP's 6.
-    pub sk_protocol_bits: u8,
-    pub _pad: u8,
+offsets! {
+    /// What the programs read beyond the tracepoint records, from the
+    /// running kernel's BTF.
+    pub struct TcpOffsets {
+        // struct sock / inet_connection_sock / tcp_sock: one object.
+        /// `sk_flags`, for `SOCK_DEAD`.
+        sk_flags: Offset<u64> = sock.__sk_common.skc_flags,
+        icsk_rto: Offset<u32> = inet_connection_sock.icsk_rto,
+        icsk_ca_state: Bitfield = inet_connection_sock.icsk_ca_state,
+        icsk_retransmits: Offset<u8> = inet_connection_sock.icsk_retransmits,
+        icsk_pending: Offset<u8> = inet_connection_sock.icsk_pending,
+        /// Expiry (jiffies) of the retransmit/probe timer (its own member
+        /// before 6.14).
+        icsk_timer_expires: Offset<u64> = inet_connection_sock.icsk_retransmit_timer.expires
+            | inet_connection_sock.icsk_timeout,
+        icsk_backoff: Offset<u8> = inet_connection_sock.icsk_backoff,
+        icsk_syn_retries: Offset<u8> = inet_connection_sock.icsk_syn_retries,
+        srtt_us: Offset<u32> = tcp_sock.srtt_us,
+        mdev_us: Offset<u32> = tcp_sock.mdev_us,
+        snd_cwnd: Offset<u32> = tcp_sock.snd_cwnd,
+        snd_ssthresh: Offset<u32> = tcp_sock.snd_ssthresh,
+        total_retrans: Offset<u32> = tcp_sock.total_retrans,
+        // struct sk_buff: its control block, a `struct tcp_skb_cb`.
+        skb_seq: Offset<u32> = tcp_skb_cb.seq @ sk_buff.cb,
+        skb_end_seq: Offset<u32> = tcp_skb_cb.end_seq @ sk_buff.cb,
+        skb_gso_segs: Offset<u16> = tcp_skb_cb.tcp_gso_segs @ sk_buff.cb,
+        skb_tcp_flags: Offset<u8> = tcp_skb_cb.tcp_flags @ sk_buff.cb,
+        // struct net: the sysctls (ints before 5.16: their low byte).
+        net_syn_retries: Offset<u8> = net.ipv4.sysctl_tcp_syn_retries,
+        net_synack_retries: Offset<u8> = net.ipv4.sysctl_tcp_synack_retries,
+        net_retries2: Offset<u8> = net.ipv4.sysctl_tcp_retries2,
+        net_orphan_retries: Offset<u8> = net.ipv4.sysctl_tcp_orphan_retries,
+        /// Since 6.5.
+        net_syn_linear_timeouts: Offset<u8> = net.ipv4.sysctl_tcp_syn_linear_timeouts,
+        req_num_retrans: Offset<u8> = request_sock.num_retrans,
+        req_num_timeout: Bitfield = request_sock.num_timeout,
+        req_timeout: Offset<u32> = request_sock.timeout,
+        /// The error a failed connection reports.
+        sk_err: Offset<i32> = sock.sk_err,
+        // struct sock_common, shared by full, request and timewait sockets.
+        skc_family: Offset<u16> = sock_common.skc_family,
+        skc_state: Offset<u8> = sock_common.skc_state,
+        /// `skc_daddr` then `skc_rcv_saddr` (IPv4).
+        skc_addrpair: Offset<u64> = sock_common.skc_addrpair,
+        /// `skc_dport` (network order) then `skc_num` (host order).
+        skc_portpair: Offset<u32> = sock_common.skc_portpair,
+        skc_hash: Offset<u32> = sock_common.skc_hash,
+        /// Only its position: a timewait socket from its hash chain's node.
+        skc_nulls_node: Offset<()> = sock_common.skc_nulls_node,
+        skc_v6_daddr: Offset<[u64; 2]> = sock_common.skc_v6_daddr,
+        skc_v6_rcv_saddr: Offset<[u64; 2]> = sock_common.skc_v6_rcv_saddr,
+        /// Network order: survives `inet_put_port()`, which zeroes
+        /// `skc_num` on the way to CLOSE.
+        inet_sport: Offset<u16> = inet_sock.inet_sport,
+        // From a connect()ing task to its socket: task_struct → files →
+        // fdt → fd[fd] (struct file) → private_data (struct socket) → sk.
+        task_files: Offset<u64> = task_struct.files,
+        /// Its kernel stack, `1 << stack_shift` bytes (tells a task's
+        /// tracepoint calls from a softirq's).
+        task_stack: Offset<u64> = task_struct.stack,
+        /// With `cred` → `uid`: the owner read from the current task
+        /// (cheaper than the helpers).
+        task_comm: Offset<[u64; 2]> = task_struct.comm,
+        task_cred: Offset<u64> = task_struct.cred,
+        cred_uid: Offset<u32> = cred.uid,
+        files_fdt: Offset<u64> = files_struct.fdt,
+        fdtable_fd: Offset<u64> = fdtable.fd,
+        file_private_data: Offset<u64> = file.private_data,
+        socket_sk: Offset<u64> = socket.sk,
+        /// Proves `private_data` was a socket.
+        socket_file: Offset<u64> = socket.file,
+        /// Read whole: MPTCP's 262 would pass for TCP's 6 in a byte.
+        sk_protocol: Offset<u16> = sock.sk_protocol,
+        // From a socket to its inode number: sock → sk_socket (struct
+        // socket, the first member of struct socket_alloc) → vfs_inode →
+        // i_ino.
+        sk_socket: Offset<u64> = sock.sk_socket,
+        /// Only its position.
+        socket_alloc_inode: Offset<()> = socket_alloc.vfs_inode,
+        inode_ino: Offset<u64> = inode.i_ino,
+        tw_substate: Offset<u8> = inet_timewait_sock.tw_substate,
+        /// A `struct inet_hashinfo *`.
+        net_tw_hashinfo: Offset<u64> = net.ipv4.tcp_death_row.hashinfo,
+        hashinfo_ehash: Offset<u64> = inet_hashinfo.ehash,
+        hashinfo_ehash_mask: Offset<u32> = inet_hashinfo.ehash_mask,
+    }
+    derived {
+        /// Bit number of `SOCK_DEAD` in `sk_flags`.
+        sock_dead_bit: u8,
+        /// log2 of a task's kernel stack size.
+        stack_shift: u8,
+        _pad: u16,
+    }
 }
 
 impl TcpOffsets {
-    pub const UNKNOWN: Self = Self {
-        sk_flags: ABSENT,
-        icsk_rto: ABSENT,
-        icsk_ca_state: Bitfield::ABSENT,
-        icsk_retransmits: ABSENT,
-        icsk_pending: ABSENT,
-        icsk_timer_expires: ABSENT,
-        icsk_backoff: ABSENT,
-        icsk_syn_retries: ABSENT,
-        srtt_us: ABSENT,
-        mdev_us: ABSENT,
-        snd_cwnd: ABSENT,
-        snd_ssthresh: ABSENT,
-        total_retrans: ABSENT,
-        skb_seq: ABSENT,
-        skb_end_seq: ABSENT,
-        skb_gso_segs: ABSENT,
-        skb_tcp_flags: ABSENT,
-        net_syn_retries: ABSENT,
-        net_synack_retries: ABSENT,
-        net_retries2: ABSENT,
-        net_orphan_retries: ABSENT,
-        net_syn_linear_timeouts: ABSENT,
-        req_num_retrans: ABSENT,
-        req_num_timeout: Bitfield::ABSENT,
-        req_timeout: ABSENT,
-        sk_err: ABSENT,
-        skc_family: ABSENT,
-        skc_state: ABSENT,
-        skc_addrpair: ABSENT,
-        skc_portpair: ABSENT,
-        skc_hash: ABSENT,
-        skc_nulls_node: ABSENT,
-        skc_v6_daddr: ABSENT,
-        skc_v6_rcv_saddr: ABSENT,
-        inet_sport: ABSENT,
-        task_files: ABSENT,
-        task_stack: ABSENT,
-        task_comm: ABSENT,
-        task_cred: ABSENT,
-        cred_uid: ABSENT,
-        files_fdt: ABSENT,
-        fdtable_fd: ABSENT,
-        file_private_data: ABSENT,
-        socket_sk: ABSENT,
-        socket_file: ABSENT,
-        sk_protocol: ABSENT,
-        sk_socket: ABSENT,
-        socket_alloc_inode: ABSENT,
-        inode_ino: ABSENT,
-        tw_substate: ABSENT,
-        net_tw_hashinfo: ABSENT,
-        hashinfo_ehash: ABSENT,
-        hashinfo_ehash_mask: ABSENT,
-        sock_dead_bit: 0,
-        stack_shift: 0,
-        sk_protocol_bits: 0,
-        _pad: 0,
-    };
-
     /// Whether a socket's flow, protocol and state can be read from it:
     /// what the raw and BTF tracepoint programs need instead of a record.
     pub const fn reads_flows(&self) -> bool {
-        self.skc_family != ABSENT
-            && self.skc_state != ABSENT
-            && self.skc_addrpair != ABSENT
-            && self.skc_portpair != ABSENT
-            && self.skc_v6_daddr != ABSENT
-            && self.skc_v6_rcv_saddr != ABSENT
-            && self.inet_sport != ABSENT
-            && self.sk_protocol != ABSENT
+        self.skc_family.is_known()
+            && self.skc_state.is_known()
+            && self.skc_addrpair.is_known()
+            && self.skc_portpair.is_known()
+            && self.skc_v6_daddr.is_known()
+            && self.skc_v6_rcv_saddr.is_known()
+            && self.inet_sport.is_known()
+            && self.sk_protocol.is_known()
     }
 }
 
 impl SockOffsets {
-    pub const UNKNOWN: Self = Self {
-        sk_net: ABSENT,
-        net_inum: ABSENT,
-        sk_cgroup: ABSENT,
-        cgroup_level: ABSENT,
-        cgroup_ancestors: ABSENT,
-        cgroup_kn: ABSENT,
-        kn_id: ABSENT,
-        _pad: 0,
-    };
-
     pub const fn has_netns(&self) -> bool {
-        self.sk_net != ABSENT && self.net_inum != ABSENT
+        self.sk_net.is_known() && self.net_inum.is_known()
     }
 
     pub const fn has_cgroup(&self) -> bool {
-        self.sk_cgroup != ABSENT
-            && self.cgroup_level != ABSENT
-            && self.cgroup_ancestors != ABSENT
-            && self.cgroup_kn != ABSENT
-            && self.kn_id != ABSENT
+        self.sk_cgroup.is_known()
+            && self.cgroup_level.is_known()
+            && self.cgroup_ancestors.is_known()
+            && self.cgroup_kn.is_known()
+            && self.kn_id.is_known()
     }
 }
 

@@ -3,7 +3,7 @@
 use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated};
-use tcpretrans_common::{ABSENT, Owner};
+use tcpretrans_common::Owner;
 
 use crate::{
     maps::TCP_OFFSETS,
@@ -53,7 +53,7 @@ pub fn copied(owner: &Owner) -> Owner {
 pub fn current() -> Owner {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let tcp = TCP_OFFSETS.get();
-    if tcp.task_comm == ABSENT || tcp.task_cred == ABSENT || tcp.cred_uid == ABSENT {
+    if !tcp.task_comm.is_known() || !tcp.task_cred.is_known() || !tcp.cred_uid.is_known() {
         return Owner {
             pid,
             uid: bpf_get_current_uid_gid() as u32,

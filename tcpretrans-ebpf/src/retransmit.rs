@@ -122,7 +122,7 @@ fn retransmit(hit: &Hit, skb: u64, state: u8, err: i32) -> Result<(), i64> {
 /// loss probe while it sends it).
 #[inline(always)]
 fn timer_due(sk: u64, tcp: &TcpOffsets) -> u8 {
-    if tcp.icsk_timer_expires == ABSENT {
+    if !tcp.icsk_timer_expires.is_known() {
         return 0;
     }
     let expires: u64 = read(sk, tcp.icsk_timer_expires);

@@ -4,22 +4,26 @@ use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::helpers::{bpf_get_current_task, generated};
 use tcpretrans_common::{
-    ABSENT, AF_INET6, Address, Bitfield, Filter, Flow, Owner, SockOffsets, TcpOffsets,
+    AF_INET6, Address, Bitfield, Filter, Flow, Offset, Owner, SockOffsets, TcpOffsets,
     tcp_state::TIME_WAIT, traffic_family,
 };
 
+/// The pointer at an address: a hash bucket's head, a chain's next node, a
+/// descriptor table's entry.
+pub const POINTER: Offset<u64> = Offset::at(0);
+
 /// How a program reads kernel objects at the offsets userspace resolved.
 pub trait Memory {
-    /// `base + offset` as a `T`; 0 when the offset is unknown or the read
+    /// The `T` at `at` in `base`; 0 when the offset is unknown or the read
     /// fails.
-    fn read<T: Copy + Default>(base: u64, offset: u16) -> T;
+    fn read<T: Copy + Default>(base: u64, at: Offset<T>) -> T;
 
     /// The current task, as this reader takes pointers.
     fn current_task() -> u64;
 
-    /// The pointer member of socket `sk` at `offset` (0 when unknown);
-    /// `None` when `sk` is not a full TCP socket and this reader needs one.
-    fn socket_pointer(sk: u64, offset: u16) -> Option<u64>;
+    /// The pointer member of socket `sk` at `at` (0 when unknown); `None`
+    /// when `sk` is not a full TCP socket and this reader needs one.
+    fn socket_pointer(sk: u64, at: Offset<u64>) -> Option<u64>;
 }
 
 /// Any kernel address, through `bpf_probe_read_kernel`: the pointers of raw
@@ -36,8 +40,8 @@ pub enum Typed {}
 
 impl Memory for Probed {
     #[inline(always)]
-    fn read<T: Copy + Default>(base: u64, offset: u16) -> T {
-        if offset == ABSENT {
+    fn read<T: Copy + Default>(base: u64, at: Offset<T>) -> T {
+        if !at.is_known() {
             return T::default();
         }
         let mut value = MaybeUninit::<T>::uninit();
@@ -49,7 +53,7 @@ impl Memory for Probed {
             generated::bpf_probe_read_kernel(
                 value.as_mut_ptr().cast(),
                 size_of::<T>() as u32,
-                (base + u64::from(offset)) as *const c_void,
+                (base + u64::from(at.byte())) as *const c_void,
             );
             value.assume_init()
         }
@@ -62,20 +66,20 @@ impl Memory for Probed {
     }
 
     #[inline(always)]
-    fn socket_pointer(sk: u64, offset: u16) -> Option<u64> {
-        Some(Self::read(sk, offset))
+    fn socket_pointer(sk: u64, at: Offset<u64>) -> Option<u64> {
+        Some(Self::read(sk, at))
     }
 }
 
 impl Memory for Typed {
     #[inline(always)]
-    fn read<T: Copy + Default>(base: u64, offset: u16) -> T {
-        if offset == ABSENT {
+    fn read<T: Copy + Default>(base: u64, at: Offset<T>) -> T {
+        if !at.is_known() {
             return T::default();
         }
         // SAFETY: see `Typed`: the verifier admits only loads inside the
         // pointed-to object's members, and faults read as 0.
-        unsafe { ((base + u64::from(offset)) as *const T).read_volatile() }
+        unsafe { ((base + u64::from(at.byte())) as *const T).read_volatile() }
     }
 
     #[inline(always)]
@@ -90,23 +94,23 @@ impl Memory for Typed {
     /// kernel's BTF for the member's trust annotations, four linear searches
     /// (~2 ms of the state program's verification) for one load.
     #[inline(always)]
-    fn socket_pointer(sk: u64, offset: u16) -> Option<u64> {
+    fn socket_pointer(sk: u64, at: Offset<u64>) -> Option<u64> {
         // SAFETY: the helper checks its argument and returns NULL for what
         // is not a full TCP socket.
         let tcp_sock = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut c_void) } as u64;
-        (tcp_sock != 0).then(|| Self::read(tcp_sock, offset))
+        (tcp_sock != 0).then(|| Self::read(tcp_sock, at))
     }
 }
 
 /// A probe read: `Probed::read`.
 #[inline(always)]
-pub fn read<T: Copy + Default>(base: u64, offset: u16) -> T {
-    Probed::read(base, offset)
+pub fn read<T: Copy + Default>(base: u64, at: Offset<T>) -> T {
+    Probed::read(base, at)
 }
 
 #[inline(always)]
 pub fn read_bitfield(base: u64, field: Bitfield) -> u8 {
-    let byte: u8 = read(base, field.byte);
+    let byte: u8 = read(base, Offset::at(field.byte));
     let mask = ((1u16 << (field.width & 7)) - 1) as u8 | if field.width >= 8 { 0xff } else { 0 };
     (byte >> (field.shift & 7)) & mask
 }
@@ -153,11 +157,11 @@ fn in_cgroup(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> bool {
 /// (`traffic_family`); `None` when the offsets are unknown.
 #[inline(always)]
 pub fn flow<M: Memory>(sk: u64, tcp: &TcpOffsets) -> Option<(Flow, u16)> {
-    if sk == 0 || tcp.skc_portpair == ABSENT || tcp.skc_family == ABSENT {
+    if sk == 0 || !tcp.skc_portpair.is_known() || !tcp.skc_family.is_known() {
         return None;
     }
     let family: u16 = M::read(sk, tcp.skc_family);
-    let ports = M::read::<u32>(sk, tcp.skc_portpair).to_ne_bytes();
+    let ports = M::read(sk, tcp.skc_portpair).to_ne_bytes();
     let (saddr, daddr) = if family == AF_INET6 {
         (
             address::<M>(sk, tcp.skc_v6_rcv_saddr),
@@ -185,12 +189,9 @@ pub fn flow<M: Memory>(sk: u64, tcp: &TcpOffsets) -> Option<(Flow, u16)> {
 
 /// An IPv6 address member (8-aligned in `sock_common`), read as two words.
 #[inline(always)]
-fn address<M: Memory>(sk: u64, offset: u16) -> Address {
-    if offset == ABSENT {
-        return [0; 4];
-    }
-    let [a, b] = halves(M::read(sk, offset));
-    let [c, d] = halves(M::read(sk, offset + 8));
+fn address<M: Memory>(sk: u64, at: Offset<[u64; 2]>) -> Address {
+    let [low, high] = M::read(sk, at);
+    let ([a, b], [c, d]) = (halves(low), halves(high));
     [a, b, c, d]
 }
 
@@ -228,19 +229,22 @@ pub fn timewait_substate<M: Memory>(
     net: u64,
     lport: u16,
     tcp: &TcpOffsets,
-    sk_net: u16,
+    sk_net: Offset<u64>,
 ) -> u8 {
-    if tcp.hashinfo_ehash == ABSENT || tcp.skc_nulls_node == ABSENT || tcp.tw_substate == ABSENT {
+    if !tcp.hashinfo_ehash.is_known()
+        || !tcp.skc_nulls_node.is_known()
+        || !tcp.tw_substate.is_known()
+    {
         return 0;
     }
     let hashinfo: u64 = M::read(net, tcp.net_tw_hashinfo);
     let ehash: u64 = M::read(hashinfo, tcp.hashinfo_ehash);
     let mask: u32 = M::read(hashinfo, tcp.hashinfo_ehash_mask);
     let hash: u32 = M::read(sk, tcp.skc_hash);
-    let dport: u16 = M::read(sk, tcp.skc_portpair);
+    let dport: u16 = M::read(sk, tcp.skc_portpair.part(0));
     let addresses: u64 = M::read(sk, tcp.skc_addrpair);
     // `struct inet_ehash_bucket` is one `hlist_nulls_head`: a pointer.
-    let mut node: u64 = read(ehash + u64::from(hash & mask) * 8, 0);
+    let mut node = read(ehash + u64::from(hash & mask) * 8, POINTER);
     // The timewait socket went in at the head; other sockets hashing to
     // this bucket (any namespace) may have been added since: look a few
     // entries down.
@@ -249,19 +253,19 @@ pub fn timewait_substate<M: Memory>(
         if node == 0 || node & 1 == 1 {
             break;
         }
-        let tw = node - u64::from(tcp.skc_nulls_node);
+        let tw = node - u64::from(tcp.skc_nulls_node.byte());
         // Differences OR'ed, one test: each `==` would be a branch, and
         // the verifier would walk every way out of the loop. (`net` may be
         // a typed pointer, which allows no arithmetic: compared.)
-        let differences = u64::from(read::<u8>(tw, tcp.skc_state) ^ TIME_WAIT)
-            | u64::from(read::<u16>(tw, tcp.skc_portpair) ^ dport)
-            | u64::from(read::<u16>(tw, tcp.skc_portpair + 2) ^ lport)
-            | (read::<u64>(tw, tcp.skc_addrpair) ^ addresses);
-        if differences == 0 && read::<u64>(tw, sk_net) == net {
+        let differences = u64::from(read(tw, tcp.skc_state) ^ TIME_WAIT)
+            | u64::from(read(tw, tcp.skc_portpair.part::<u16>(0)) ^ dport)
+            | u64::from(read(tw, tcp.skc_portpair.part::<u16>(2)) ^ lport)
+            | (read(tw, tcp.skc_addrpair) ^ addresses);
+        if differences == 0 && read(tw, sk_net) == net {
             return read(tw, tcp.tw_substate);
         }
         // `hlist_nulls_node.next` is its first member.
-        node = read(node, 0);
+        node = read(node, POINTER);
     }
     0
 }
@@ -273,10 +277,13 @@ pub fn timewait_substate<M: Memory>(
 #[inline(always)]
 pub fn inode(sk: u64, tcp: &TcpOffsets) -> u64 {
     let socket: u64 = read(sk, tcp.sk_socket);
-    if socket == 0 || tcp.socket_alloc_inode == ABSENT {
+    if socket == 0 || !tcp.socket_alloc_inode.is_known() {
         return 0;
     }
-    read(socket + u64::from(tcp.socket_alloc_inode), tcp.inode_ino)
+    read(
+        socket + u64::from(tcp.socket_alloc_inode.byte()),
+        tcp.inode_ino,
+    )
 }
 
 /// What an event says about a socket's owner: the owner if known, else the
@@ -296,20 +303,16 @@ pub fn owner_or_inode<'a>(
 pub const IPPROTO_TCP: u16 = 6;
 pub const IPPROTO_MPTCP: u16 = 262;
 
-/// The socket's `sk_protocol`, read as wide as the kernel has it.
+/// The socket's `sk_protocol`.
 #[inline(always)]
 pub fn protocol<M: Memory>(sk: u64, tcp: &TcpOffsets) -> u16 {
-    if tcp.sk_protocol_bits == 16 {
-        M::read(sk, tcp.sk_protocol)
-    } else {
-        u16::from(M::read::<u8>(sk, tcp.sk_protocol))
-    }
+    M::read(sk, tcp.sk_protocol)
 }
 
 /// Whether the owner has closed the socket (`SOCK_DEAD`).
 #[inline(always)]
 pub fn orphan<M: Memory>(sk: u64, tcp: &TcpOffsets) -> u8 {
-    if tcp.sk_flags == ABSENT {
+    if !tcp.sk_flags.is_known() {
         return 0;
     }
     let flags: u64 = M::read(sk, tcp.sk_flags);
@@ -329,10 +332,10 @@ pub fn stream_socket_of_fd(fd: u64, tcp: &TcpOffsets) -> u64 {
     let file: u64 = if fds == 0 || fd > 1 << 20 {
         0
     } else {
-        read(fds + (fd & 0xfffff) * 8, 0)
+        read(fds + (fd & 0xfffff) * 8, POINTER)
     };
     let socket: u64 = read(file, tcp.file_private_data);
-    if socket == 0 || read::<u64>(socket, tcp.socket_file) != file {
+    if socket == 0 || read(socket, tcp.socket_file) != file {
         return 0;
     }
     let sk: u64 = read(socket, tcp.socket_sk);

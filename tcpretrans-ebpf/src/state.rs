@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use tcpretrans_common::{
-    ABSENT, ConnectErrorEvent, DURATION_UNKNOWN, ListenerKey, Owner, SockInfo, StateEvent,
-    event_kind, lost_slot, reset_direction, state_nesting,
+    ConnectErrorEvent, DURATION_UNKNOWN, ListenerKey, Owner, SockInfo, StateEvent, event_kind,
+    lost_slot, reset_direction, state_nesting,
     tcp_state::{
         CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
         SYN_SENT,
@@ -131,7 +131,7 @@ fn recover(args: &Arguments) {
 #[inline(always)]
 fn note_taken<M: Memory>(args: &Arguments) {
     let tcp = TCP_OFFSETS.get();
-    let at_task_level = tcp.task_stack == ABSENT || {
+    let at_task_level = !tcp.task_stack.is_known() || {
         let stack: u64 = M::read(M::current_task(), tcp.task_stack);
         // Compared, never subtracted: the verifier refuses arithmetic on
         // the context pointer. Opaque bounds keep LLVM from subtracting.

@@ -25,10 +25,9 @@ pub struct TransitionCount {
 pub struct Transitions {
     pub made: u64,
     /// Of them, those made while a thread of process 1 was current: in
-    /// softirqs that interrupted it. On this project's VM, whose process 1
-    /// is the VM's agent, the kernel runs no BPF program for those (every
-    /// transition missing from a BPF tracer's output in the third and
-    /// eighth sessions' checks was one).
+    /// softirqs that interrupted it. On this project's VM the kernel runs no
+    /// BPF program for transitions made in a softirq on top of one
+    /// long-running thread of process 1 (BENCHMARKS.md, "Machine").
     pub on_init_threads: u64,
 }
 

@@ -9,7 +9,10 @@ use std::{ffi::c_void, fs, io, num::NonZeroUsize, ops::Deref, path::Path, ptr::N
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
-use tcpretrans_common::{ABSENT, Bitfield, SockOffsets, TcpOffsets};
+use tcpretrans_common::{
+    SockOffsets, TcpOffsets,
+    members::{Found, Member, Misfit, Path as MemberPath},
+};
 use thiserror::Error;
 
 /// The running kernel's BTF.
@@ -25,7 +28,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
-const KIND_TYPEDEF: u32 = 8;
+pub(crate) const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
@@ -42,21 +45,6 @@ pub enum BtfError {
     Read { path: String, source: io::Error },
     #[error("{path} is not BTF data ({reason})")]
     Malformed { path: String, reason: &'static str },
-}
-
-/// A member's position inside its outermost struct.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemberOffset {
-    pub bits: u32,
-    /// Width of a bitfield member; 0 for ordinary members.
-    pub bitfield_bits: u32,
-}
-
-impl MemberOffset {
-    /// The byte offset, for members that start on a byte boundary.
-    pub fn bytes(&self) -> Option<u32> {
-        self.bits.is_multiple_of(8).then_some(self.bits / 8)
-    }
 }
 
 /// Parsed BTF: the raw data plus the position of every type record.
@@ -302,12 +290,7 @@ impl Btf {
     /// Finds `name` among the members of the struct/union `outer`, looking
     /// inside anonymous struct/union members. Returns the member's type id
     /// and offset relative to `outer`.
-    fn find_member(
-        &self,
-        outer: &TypeHeader,
-        name: &str,
-        depth: u32,
-    ) -> Option<(u32, MemberOffset)> {
+    fn find_member(&self, outer: &TypeHeader, name: &str, depth: u32) -> Option<(u32, Found)> {
         if depth > 8 || !matches!(outer.kind, KIND_STRUCT | KIND_UNION) {
             return None;
         }
@@ -319,14 +302,16 @@ impl Btf {
                 self.u32_at(pos + 8)?,
             );
             let offset = if outer.kind_flag {
-                MemberOffset {
+                Found {
                     bits: raw & 0xff_ffff,
                     bitfield_bits: raw >> 24,
+                    size: 0,
                 }
             } else {
-                MemberOffset {
+                Found {
                     bits: raw,
                     bitfield_bits: 0,
+                    size: 0,
                 }
             };
             let member_name = self.name(name_off);
@@ -340,7 +325,7 @@ impl Btf {
                 let bits = offset.bits + inner_offset.bits;
                 return Some((
                     id,
-                    MemberOffset {
+                    Found {
                         bits,
                         ..inner_offset
                     },
@@ -350,42 +335,61 @@ impl Btf {
         None
     }
 
-    /// Offset of `path` (member names, each inside the previous one's type)
-    /// from the start of `struct outer`.
-    pub fn member_offset(&self, outer: &str, path: &[&str]) -> Option<MemberOffset> {
+    /// Where `path` (member names, each inside the previous one's type) is
+    /// from the start of `struct outer`, with the size of its type.
+    pub fn member_offset(&self, outer: &str, path: &[&str]) -> Option<Found> {
         self.member_offset_in(self.find_types(KIND_STRUCT, &[outer])[0]?, path)
     }
 
-    fn member_offset_in(&self, outer_id: u32, path: &[&str]) -> Option<MemberOffset> {
+    fn member_offset_in(&self, outer_id: u32, path: &[&str]) -> Option<Found> {
         let mut current = self.header(outer_id)?;
-        let mut total = MemberOffset {
+        let mut total = Found {
             bits: 0,
             bitfield_bits: 0,
+            size: 0,
         };
         for (i, name) in path.iter().enumerate() {
             let (type_id, offset) = self.find_member(&current, name, 0)?;
-            total = MemberOffset {
+            total = Found {
                 bits: total.bits + offset.bits,
                 bitfield_bits: offset.bitfield_bits,
+                size: 0,
             };
             if i + 1 < path.len() {
                 current = self.resolve(type_id)?;
+            } else {
+                total.size = self.size_of(type_id)?;
             }
         }
         Some(total)
     }
 
-    /// Offsets of many members, finding their outer structs in one pass.
-    pub fn member_offsets(&self, members: &[Member]) -> Vec<Option<MemberOffset>> {
-        let mut outers: Vec<&str> = members.iter().map(|m| m.outer).collect();
+    /// Bytes of type `id`; an array's elements together, a flexible
+    /// array's one element (what an index reads).
+    fn size_of(&self, id: u32) -> Option<u32> {
+        let h = self.resolve(id)?;
+        match h.kind {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => Some(h.size_or_type),
+            KIND_PTR => Some(8),
+            KIND_ARRAY => {
+                let element = self.size_of(self.u32_at(h.body)?)?;
+                Some(element * self.u32_at(h.body + 8)?.max(1))
+            }
+            _ => None,
+        }
+    }
+
+    /// Where each of `paths` is, finding their outer structs in one pass.
+    pub fn member_offsets(&self, paths: &[MemberPath]) -> Vec<Option<Found>> {
+        let mut outers: Vec<&str> = paths.iter().map(|p| p.outer).collect();
         outers.sort_unstable();
         outers.dedup();
         let ids = self.find_types(KIND_STRUCT, &outers);
-        members
+        paths
             .iter()
-            .map(|m| {
-                let id = ids[outers.binary_search(&m.outer).ok()?]?;
-                self.member_offset_in(id, m.path)
+            .map(|p| {
+                let id = ids[outers.binary_search(&p.outer).ok()?]?;
+                self.member_offset_in(id, p.members)
             })
             .collect()
     }
@@ -404,159 +408,6 @@ fn body_len(h: &TypeHeader) -> Option<usize> {
     })
 }
 
-/// A kernel struct member the kernel programs read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Member {
-    pub outer: &'static str,
-    pub path: &'static [&'static str],
-}
-
-impl Member {
-    pub fn describe(&self) -> String {
-        format!("{}.{}", self.outer, self.path.join("."))
-    }
-}
-
-const fn member(outer: &'static str, path: &'static [&'static str]) -> Member {
-    Member { outer, path }
-}
-
-pub const SK_NET: Member = member("sock", &["__sk_common", "skc_net", "net"]);
-pub const NET_INUM: Member = member("net", &["ns", "inum"]);
-pub const SK_CGROUP: Member = member("sock", &["sk_cgrp_data", "cgroup"]);
-pub const CGROUP_LEVEL: Member = member("cgroup", &["level"]);
-pub const CGROUP_ANCESTORS: Member = member("cgroup", &["ancestors"]);
-pub const CGROUP_KN: Member = member("cgroup", &["kn"]);
-pub const KERNFS_NODE_ID: Member = member("kernfs_node", &["id"]);
-/// `sk_flags` is a macro for this.
-pub const SK_FLAGS: Member = member("sock", &["__sk_common", "skc_flags"]);
-pub const ICSK_RTO: Member = member("inet_connection_sock", &["icsk_rto"]);
-pub const ICSK_CA_STATE: Member = member("inet_connection_sock", &["icsk_ca_state"]);
-pub const ICSK_RETRANSMITS: Member = member("inet_connection_sock", &["icsk_retransmits"]);
-pub const ICSK_PENDING: Member = member("inet_connection_sock", &["icsk_pending"]);
-pub const ICSK_BACKOFF: Member = member("inet_connection_sock", &["icsk_backoff"]);
-pub const ICSK_TIMER_EXPIRES: Member = member(
-    "inet_connection_sock",
-    &["icsk_retransmit_timer", "expires"],
-);
-/// Before 6.14 the timer's expiry had its own member.
-pub const ICSK_TIMEOUT: Member = member("inet_connection_sock", &["icsk_timeout"]);
-pub const ICSK_SYN_RETRIES: Member = member("inet_connection_sock", &["icsk_syn_retries"]);
-pub const SRTT_US: Member = member("tcp_sock", &["srtt_us"]);
-pub const MDEV_US: Member = member("tcp_sock", &["mdev_us"]);
-pub const SND_CWND: Member = member("tcp_sock", &["snd_cwnd"]);
-pub const SND_SSTHRESH: Member = member("tcp_sock", &["snd_ssthresh"]);
-pub const TOTAL_RETRANS: Member = member("tcp_sock", &["total_retrans"]);
-pub const SKB_CB: Member = member("sk_buff", &["cb"]);
-pub const CB_SEQ: Member = member("tcp_skb_cb", &["seq"]);
-pub const CB_END_SEQ: Member = member("tcp_skb_cb", &["end_seq"]);
-pub const CB_GSO_SEGS: Member = member("tcp_skb_cb", &["tcp_gso_segs"]);
-pub const CB_TCP_FLAGS: Member = member("tcp_skb_cb", &["tcp_flags"]);
-pub const NET_SYN_RETRIES: Member = member("net", &["ipv4", "sysctl_tcp_syn_retries"]);
-pub const NET_SYNACK_RETRIES: Member = member("net", &["ipv4", "sysctl_tcp_synack_retries"]);
-pub const NET_RETRIES2: Member = member("net", &["ipv4", "sysctl_tcp_retries2"]);
-pub const NET_ORPHAN_RETRIES: Member = member("net", &["ipv4", "sysctl_tcp_orphan_retries"]);
-/// Since 6.5; older kernels simply lack it.
-pub const NET_SYN_LINEAR_TIMEOUTS: Member =
-    member("net", &["ipv4", "sysctl_tcp_syn_linear_timeouts"]);
-pub const REQ_NUM_RETRANS: Member = member("request_sock", &["num_retrans"]);
-pub const REQ_NUM_TIMEOUT: Member = member("request_sock", &["num_timeout"]);
-pub const REQ_TIMEOUT: Member = member("request_sock", &["timeout"]);
-
-pub const SK_ERR: Member = member("sock", &["sk_err"]);
-pub const SKC_FAMILY: Member = member("sock_common", &["skc_family"]);
-pub const SKC_STATE: Member = member("sock_common", &["skc_state"]);
-pub const SKC_ADDRPAIR: Member = member("sock_common", &["skc_addrpair"]);
-pub const SKC_PORTPAIR: Member = member("sock_common", &["skc_portpair"]);
-pub const SKC_HASH: Member = member("sock_common", &["skc_hash"]);
-pub const SKC_NULLS_NODE: Member = member("sock_common", &["skc_nulls_node"]);
-pub const SKC_V6_DADDR: Member = member("sock_common", &["skc_v6_daddr"]);
-pub const SKC_V6_RCV_SADDR: Member = member("sock_common", &["skc_v6_rcv_saddr"]);
-pub const INET_SPORT: Member = member("inet_sock", &["inet_sport"]);
-pub const TASK_FILES: Member = member("task_struct", &["files"]);
-pub const TASK_STACK: Member = member("task_struct", &["stack"]);
-pub const TASK_COMM: Member = member("task_struct", &["comm"]);
-pub const TASK_CRED: Member = member("task_struct", &["cred"]);
-pub const CRED_UID: Member = member("cred", &["uid"]);
-pub const FILES_FDT: Member = member("files_struct", &["fdt"]);
-pub const FDTABLE_FD: Member = member("fdtable", &["fd"]);
-pub const FILE_PRIVATE_DATA: Member = member("file", &["private_data"]);
-pub const SOCKET_SK: Member = member("socket", &["sk"]);
-pub const SOCKET_FILE: Member = member("socket", &["file"]);
-pub const SK_PROTOCOL: Member = member("sock", &["sk_protocol"]);
-pub const SK_SOCKET: Member = member("sock", &["sk_socket"]);
-pub const SOCKET_ALLOC_INODE: Member = member("socket_alloc", &["vfs_inode"]);
-pub const INODE_INO: Member = member("inode", &["i_ino"]);
-pub const TW_SUBSTATE: Member = member("inet_timewait_sock", &["tw_substate"]);
-pub const NET_TW_HASHINFO: Member = member("net", &["ipv4", "tcp_death_row", "hashinfo"]);
-pub const HASHINFO_EHASH: Member = member("inet_hashinfo", &["ehash"]);
-pub const HASHINFO_EHASH_MASK: Member = member("inet_hashinfo", &["ehash_mask"]);
-
-/// Every member the kernel programs use.
-pub const MEMBERS: [Member; 61] = [
-    SK_NET,
-    NET_INUM,
-    SK_CGROUP,
-    CGROUP_LEVEL,
-    CGROUP_ANCESTORS,
-    CGROUP_KN,
-    KERNFS_NODE_ID,
-    SK_FLAGS,
-    ICSK_RTO,
-    ICSK_CA_STATE,
-    ICSK_RETRANSMITS,
-    ICSK_PENDING,
-    ICSK_TIMER_EXPIRES,
-    ICSK_BACKOFF,
-    ICSK_SYN_RETRIES,
-    SRTT_US,
-    MDEV_US,
-    SND_CWND,
-    SND_SSTHRESH,
-    TOTAL_RETRANS,
-    SKB_CB,
-    CB_SEQ,
-    CB_END_SEQ,
-    CB_GSO_SEGS,
-    CB_TCP_FLAGS,
-    NET_SYN_RETRIES,
-    NET_SYNACK_RETRIES,
-    NET_RETRIES2,
-    NET_ORPHAN_RETRIES,
-    NET_SYN_LINEAR_TIMEOUTS,
-    REQ_NUM_RETRANS,
-    REQ_NUM_TIMEOUT,
-    REQ_TIMEOUT,
-    SK_ERR,
-    SKC_FAMILY,
-    SKC_STATE,
-    SKC_ADDRPAIR,
-    SKC_PORTPAIR,
-    SKC_HASH,
-    SKC_NULLS_NODE,
-    SKC_V6_DADDR,
-    SKC_V6_RCV_SADDR,
-    INET_SPORT,
-    TASK_FILES,
-    TASK_STACK,
-    TASK_COMM,
-    TASK_CRED,
-    CRED_UID,
-    FILES_FDT,
-    FDTABLE_FD,
-    FILE_PRIVATE_DATA,
-    SOCKET_SK,
-    SOCKET_FILE,
-    SK_PROTOCOL,
-    SK_SOCKET,
-    SOCKET_ALLOC_INODE,
-    INODE_INO,
-    TW_SUBSTATE,
-    NET_TW_HASHINFO,
-    HASHINFO_EHASH,
-    HASHINFO_EHASH_MASK,
-];
-
 /// `SOCK_DEAD` has been the first `enum sock_flags` value forever; BTF says
 /// for sure.
 const SOCK_DEAD_DEFAULT: u8 = 0;
@@ -571,25 +422,8 @@ fn kernel_stack_shift(btf: &Btf) -> u8 {
     }
 }
 
-/// An aya `Btf` in which `typedef name` has the type id `id`, as in the
-/// kernel's BTF, and nothing else has a name: what aya 0.14's
-/// `BtfTracePoint::load` looks its target up in. Handing it the kernel's BTF
-/// would mean aya parsing all of it (35 ms and 14 MB of heap here) for the
-/// one id that `Btf::typedef_id` has found; the ids before it are nameless
-/// forward declarations.
-pub fn attach_target(name: &str, id: u32) -> Result<aya::Btf, aya::BtfError> {
-    const KIND_FWD: u32 = 7;
-    let mut writer = Writer::default();
-    for _ in 1..id {
-        writer.push(&[0, KIND_FWD << 24, 0]);
-    }
-    let name = writer.string(name);
-    writer.push(&[name, KIND_TYPEDEF << 24, 0]);
-    aya::Btf::parse(&writer.finish(), aya::Endianness::default())
-}
-
 /// Writes a BTF blob: type records (in id order), then their strings.
-struct Writer {
+pub(crate) struct Writer {
     types: Vec<u8>,
     strings: Vec<u8>,
 }
@@ -606,7 +440,7 @@ impl Default for Writer {
 
 impl Writer {
     /// The offset of `s` in the string section.
-    fn string(&mut self, s: &str) -> u32 {
+    pub(crate) fn string(&mut self, s: &str) -> u32 {
         if s.is_empty() {
             return 0;
         }
@@ -617,13 +451,13 @@ impl Writer {
     }
 
     /// Appends a record's words.
-    fn push(&mut self, words: &[u32]) {
+    pub(crate) fn push(&mut self, words: &[u32]) {
         for word in words {
             self.types.extend_from_slice(&word.to_ne_bytes());
         }
     }
 
-    fn finish(self) -> Vec<u8> {
+    pub(crate) fn finish(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + self.types.len() + self.strings.len());
         out.extend_from_slice(&MAGIC.to_ne_bytes());
         out.extend_from_slice(&[1, 0]); // version, flags
@@ -638,13 +472,25 @@ impl Writer {
     }
 }
 
+/// Where a member of the table is in this kernel, or why it cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// At `found`, by way of `path` (the member's own, or its fallback).
+    Found {
+        path: MemberPath,
+        found: Found,
+    },
+    Missing,
+    Misfit(Misfit),
+}
+
 /// What the kernel programs need from BTF, and what this kernel's BTF lacks.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub sock: SockOffsets,
     pub tcp: TcpOffsets,
-    /// Each member with its offset, `None` when missing.
-    pub members: Vec<(Member, Option<MemberOffset>)>,
+    /// Every member of the table with its place.
+    pub members: Vec<(Member, Place)>,
 }
 
 impl Resolved {
@@ -653,149 +499,89 @@ impl Resolved {
         Self {
             sock: SockOffsets::UNKNOWN,
             tcp: TcpOffsets::UNKNOWN,
-            members: MEMBERS.iter().map(|&m| (m, None)).collect(),
+            members: table().map(|m| (m, Place::Missing)).collect(),
         }
     }
 
-    pub fn missing(&self) -> impl Iterator<Item = &Member> {
+    /// The members that cannot be read here, and why.
+    pub fn unavailable(&self) -> impl Iterator<Item = String> + '_ {
         self.members
             .iter()
-            .filter(|(_, o)| o.is_none())
-            .map(|(m, _)| m)
+            .filter_map(|(member, place)| match place {
+                Place::Found { .. } => None,
+                Place::Missing => Some(member.path.to_string()),
+                Place::Misfit(misfit) => Some(format!("{} ({misfit})", member.path)),
+            })
     }
 }
 
-/// Where the kernel side finds a member it reads as a bitfield: a bitfield
-/// within one byte, or a whole byte.
-fn bitfield(offset: Option<MemberOffset>) -> Bitfield {
-    match offset {
-        Some(o) if o.bitfield_bits > 0 && o.bits % 8 + o.bitfield_bits <= 8 => Bitfield {
-            byte: u16::try_from(o.bits / 8).unwrap_or(ABSENT),
-            shift: (o.bits % 8) as u8,
-            width: o.bitfield_bits as u8,
-        },
-        Some(o) if o.bitfield_bits == 0 => Bitfield {
-            byte: o
-                .bytes()
-                .and_then(|b| u16::try_from(b).ok())
-                .unwrap_or(ABSENT),
-            shift: 0,
-            width: 8,
-        },
-        _ => Bitfield::ABSENT,
-    }
+/// Every member the kernel programs read.
+fn table() -> impl Iterator<Item = Member> {
+    TcpOffsets::MEMBERS.into_iter().chain(SockOffsets::MEMBERS)
 }
 
 /// Resolves every member the kernel programs read.
 pub fn resolve(btf: &Btf) -> Resolved {
-    let offsets = btf.member_offsets(&MEMBERS);
-    let mut members: Vec<(Member, Option<MemberOffset>)> =
-        MEMBERS.iter().copied().zip(offsets).collect();
-    for (member, offset) in &mut members {
-        if *member == ICSK_TIMER_EXPIRES && offset.is_none() {
-            *member = ICSK_TIMEOUT;
-            *offset = btf.member_offset(ICSK_TIMEOUT.outer, ICSK_TIMEOUT.path);
+    let members: Vec<Member> = table().collect();
+    // Every path any member may need, looked up in one pass.
+    let paths: Vec<MemberPath> = members
+        .iter()
+        .flat_map(|m| [Some(m.path), m.fallback, m.within])
+        .flatten()
+        .collect();
+    let offsets = btf.member_offsets(&paths);
+    let at = |path: MemberPath| {
+        paths
+            .iter()
+            .position(|p| *p == path)
+            .and_then(|i| offsets[i])
+    };
+    let place = |m: &Member| -> Place {
+        let Some((path, found)) = at(m.path)
+            .map(|f| (m.path, f))
+            .or_else(|| m.fallback.and_then(|p| at(p).map(|f| (p, f))))
+        else {
+            return Place::Missing;
+        };
+        let found = match m.within {
+            None => found,
+            Some(within) => match at(within) {
+                Some(base) => Found {
+                    bits: base.bits + found.bits,
+                    ..found
+                },
+                None => return Place::Missing,
+            },
+        };
+        match m.fits(&found) {
+            Ok(()) => Place::Found { path, found },
+            Err(misfit) => Place::Misfit(misfit),
         }
-    }
-    let members = members;
-    let get = |m: Member| members.iter().find(|(x, _)| *x == m).and_then(|(_, o)| *o);
-    let byte = |m: Member| {
-        get(m)
-            .and_then(|o| o.bytes())
-            .and_then(|b| u16::try_from(b).ok())
-            .unwrap_or(ABSENT)
     };
-    let bitfield = |m: Member| bitfield(get(m));
-    // Members of the skb's control block, from the start of the skb.
-    let in_cb = |m: Member| match (byte(SKB_CB), byte(m)) {
-        (ABSENT, _) | (_, ABSENT) => ABSENT,
-        (cb, off) => cb + off,
+    let members: Vec<(Member, Place)> = members.iter().map(|m| (*m, place(m))).collect();
+    let find = |m: &Member| {
+        members
+            .iter()
+            .find(|(x, _)| x == m)
+            .and_then(|(_, place)| match place {
+                Place::Found { found, .. } => Some(*found),
+                _ => None,
+            })
     };
-    let sock_dead_bit = btf
+    let mut tcp = TcpOffsets::resolve(find);
+    tcp.sock_dead_bit = btf
         .enum_value("sock_flags", "SOCK_DEAD")
         .and_then(|v| u8::try_from(v).ok())
         .unwrap_or(SOCK_DEAD_DEFAULT);
-    let tcp = TcpOffsets {
-        sk_flags: byte(SK_FLAGS),
-        icsk_rto: byte(ICSK_RTO),
-        icsk_ca_state: bitfield(ICSK_CA_STATE),
-        icsk_retransmits: byte(ICSK_RETRANSMITS),
-        icsk_pending: byte(ICSK_PENDING),
-        icsk_timer_expires: match byte(ICSK_TIMER_EXPIRES) {
-            ABSENT => byte(ICSK_TIMEOUT),
-            found => found,
-        },
-        icsk_backoff: byte(ICSK_BACKOFF),
-        icsk_syn_retries: byte(ICSK_SYN_RETRIES),
-        srtt_us: byte(SRTT_US),
-        mdev_us: byte(MDEV_US),
-        snd_cwnd: byte(SND_CWND),
-        snd_ssthresh: byte(SND_SSTHRESH),
-        total_retrans: byte(TOTAL_RETRANS),
-        skb_seq: in_cb(CB_SEQ),
-        skb_end_seq: in_cb(CB_END_SEQ),
-        skb_gso_segs: in_cb(CB_GSO_SEGS),
-        skb_tcp_flags: in_cb(CB_TCP_FLAGS),
-        net_syn_retries: byte(NET_SYN_RETRIES),
-        net_synack_retries: byte(NET_SYNACK_RETRIES),
-        net_retries2: byte(NET_RETRIES2),
-        net_orphan_retries: byte(NET_ORPHAN_RETRIES),
-        net_syn_linear_timeouts: byte(NET_SYN_LINEAR_TIMEOUTS),
-        req_num_retrans: byte(REQ_NUM_RETRANS),
-        req_num_timeout: bitfield(REQ_NUM_TIMEOUT),
-        req_timeout: byte(REQ_TIMEOUT),
-        sk_err: byte(SK_ERR),
-        skc_family: byte(SKC_FAMILY),
-        skc_state: byte(SKC_STATE),
-        skc_addrpair: byte(SKC_ADDRPAIR),
-        skc_portpair: byte(SKC_PORTPAIR),
-        skc_hash: byte(SKC_HASH),
-        skc_nulls_node: byte(SKC_NULLS_NODE),
-        skc_v6_daddr: byte(SKC_V6_DADDR),
-        skc_v6_rcv_saddr: byte(SKC_V6_RCV_SADDR),
-        inet_sport: byte(INET_SPORT),
-        task_files: byte(TASK_FILES),
-        task_stack: byte(TASK_STACK),
-        task_comm: byte(TASK_COMM),
-        task_cred: byte(TASK_CRED),
-        cred_uid: byte(CRED_UID),
-        files_fdt: byte(FILES_FDT),
-        fdtable_fd: byte(FDTABLE_FD),
-        file_private_data: byte(FILE_PRIVATE_DATA),
-        socket_sk: byte(SOCKET_SK),
-        socket_file: byte(SOCKET_FILE),
-        sk_protocol: byte(SK_PROTOCOL),
-        sk_socket: byte(SK_SOCKET),
-        socket_alloc_inode: byte(SOCKET_ALLOC_INODE),
-        inode_ino: byte(INODE_INO),
-        tw_substate: byte(TW_SUBSTATE),
-        net_tw_hashinfo: byte(NET_TW_HASHINFO),
-        hashinfo_ehash: byte(HASHINFO_EHASH),
-        hashinfo_ehash_mask: byte(HASHINFO_EHASH_MASK),
-        sock_dead_bit,
-        stack_shift: kernel_stack_shift(btf),
-        sk_protocol_bits: match get(SK_PROTOCOL) {
-            Some(o) if o.bitfield_bits > 0 => o.bitfield_bits as u8,
-            Some(_) => 16,
-            None => 0,
-        },
-        _pad: 0,
-    };
-    let sock = SockOffsets {
-        sk_net: byte(SK_NET),
-        net_inum: byte(NET_INUM),
-        sk_cgroup: byte(SK_CGROUP),
-        cgroup_level: byte(CGROUP_LEVEL),
-        cgroup_ancestors: byte(CGROUP_ANCESTORS),
-        cgroup_kn: byte(CGROUP_KN),
-        kn_id: byte(KERNFS_NODE_ID),
-        _pad: 0,
-    };
+    tcp.stack_shift = kernel_stack_shift(btf);
+    let sock = SockOffsets::resolve(find);
     Resolved { sock, tcp, members }
 }
 
 #[cfg(test)]
 mod tests {
+    use tcpretrans_common::Offset;
+
     use super::*;
 
     /// Builds a BTF blob of the kinds the tests need.
@@ -853,25 +639,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn attach_target_names_the_typedef_at_the_kernel_s_id() {
-        let target = attach_target("btf_trace_inet_sock_set_state", 38_203).expect("parses");
-        assert_eq!(
-            target
-                .id_by_type_name_kind(
-                    "btf_trace_inet_sock_set_state",
-                    aya_obj::btf::BtfKind::Typedef
-                )
-                .expect("found"),
-            38_203
-        );
-        assert!(
-            target
-                .id_by_type_name_kind("btf_trace_tcp_probe", aya_obj::btf::BtfKind::Typedef)
-                .is_err()
-        );
-    }
-
     /// A miniature of the kernel's layout: anonymous unions, a typedef'd
     /// struct, a pointer to another struct and a bitfield.
     fn sample() -> Btf {
@@ -921,88 +688,92 @@ mod tests {
     #[test]
     fn resolves_paths_through_typedefs_and_anonymous_members() {
         let btf = sample();
-        assert_eq!(
-            btf.member_offset("sock", SK_NET.path).unwrap().bytes(),
-            Some(48)
-        );
-        assert_eq!(
-            btf.member_offset("net", NET_INUM.path).unwrap().bytes(),
-            Some(24)
-        );
-        assert_eq!(
-            btf.member_offset("sock_common", &["skc_daddr"])
-                .unwrap()
-                .bytes(),
-            Some(0)
-        );
+        let bytes = |outer, path: &[&str]| btf.member_offset(outer, path).map(|f| f.bits / 8);
+        assert_eq!(bytes("sock", &["__sk_common", "skc_net", "net"]), Some(48));
+        assert_eq!(bytes("net", &["ns", "inum"]), Some(24));
+        assert_eq!(bytes("sock_common", &["skc_daddr"]), Some(0));
         let resolved = resolve(&btf);
         assert_eq!(
             resolved.sock,
             SockOffsets {
-                sk_net: 48,
-                net_inum: 24,
+                sk_net: Offset::at(48),
+                net_inum: Offset::at(24),
                 ..SockOffsets::UNKNOWN
             }
         );
         let ca_state = resolved.tcp.icsk_ca_state;
         assert_eq!((ca_state.byte, ca_state.shift, ca_state.width), (128, 2, 5));
         assert!(
-            resolved.missing().any(|m| *m == ICSK_RTO),
+            resolved
+                .unavailable()
+                .any(|m| m == "inet_connection_sock.icsk_rto"),
             "the sample has no icsk_rto"
         );
-        assert_eq!(resolved.tcp.icsk_rto, ABSENT);
+        assert_eq!(resolved.tcp.icsk_rto, Offset::ABSENT);
     }
 
     #[test]
-    fn reports_bitfields() {
-        let offset = sample()
-            .member_offset("inet_connection_sock", &["icsk_ca_state"])
-            .unwrap();
+    fn reports_bitfields_and_sizes() {
+        let btf = sample();
         assert_eq!(
-            offset,
-            MemberOffset {
+            btf.member_offset("inet_connection_sock", &["icsk_ca_state"]),
+            Some(Found {
                 bits: 1026,
-                bitfield_bits: 5
-            }
-        );
-        assert_eq!(offset.bytes(), None);
-    }
-
-    #[test]
-    fn bitfields_spanning_two_bytes_are_not_read() {
-        let straddle = sample().member_offset("inet_connection_sock", &["icsk_straddle"]);
-        assert_eq!(
-            straddle,
-            Some(MemberOffset {
-                bits: 1037,
-                bitfield_bits: 5
+                bitfield_bits: 5,
+                size: 4
             })
         );
-        assert_eq!(bitfield(straddle), Bitfield::ABSENT);
-        let byte = bitfield(Some(MemberOffset {
-            bits: 16,
-            bitfield_bits: 0,
-        }));
-        assert_eq!((byte.byte, byte.shift, byte.width), (2, 0, 8));
+        assert_eq!(
+            btf.member_offset("sock", &["__sk_common", "skc_net"])
+                .map(|f| f.size),
+            Some(8)
+        );
+    }
+
+    /// A kernel whose `icsk_rto` is narrower than the programs read, whose
+    /// timer expiry has its pre-6.14 name, and whose skb control block
+    /// holds the TCP one.
+    fn kernel_of_other_shapes() -> Btf {
+        let mut b = Builder::new();
+        b.int("unsigned short", 2); // 1
+        b.int("unsigned long", 8); // 2
+        b.int("unsigned int", 4); // 3
+        b.composite(
+            KIND_STRUCT,
+            "inet_connection_sock",
+            512,
+            &[("icsk_rto", 1, 64, 0), ("icsk_timeout", 2, 128, 0)],
+        ); // 4
+        b.int("char", 1); // 5
+        let index = b.string("int");
+        b.push(&[index, KIND_INT << 24, 4, 32]); // 6
+        b.push(&[0, KIND_ARRAY << 24, 0, 5, 6, 48]); // 7: char[48]
+        b.composite(KIND_STRUCT, "sk_buff", 232, &[("cb", 7, 320, 0)]); // 8
+        b.composite(
+            KIND_STRUCT,
+            "tcp_skb_cb",
+            48,
+            &[("seq", 3, 0, 0), ("end_seq", 3, 32, 0)],
+        ); // 9
+        Btf::parse(b.build()).unwrap()
     }
 
     #[test]
-    fn sk_protocol_is_read_as_wide_as_the_kernel_has_it() {
-        // A `u16` since 5.6; an 8-bit bitfield beside `sk_type` before.
-        for (bit, bitfield_bits, byte, bits) in [(4128, 0, 516, 16), (4136, 8, 517, 8)] {
-            let mut b = Builder::new();
-            b.int("unsigned short", 2); // 1
-            b.composite(
-                KIND_STRUCT,
-                "sock",
-                1024,
-                &[("sk_protocol", 1, bit, bitfield_bits)],
-            ); // 2
-            let tcp = resolve(&Btf::parse(b.build()).unwrap()).tcp;
-            assert_eq!((tcp.sk_protocol, tcp.sk_protocol_bits), (byte, bits));
-        }
-        let tcp = resolve(&sample()).tcp;
-        assert_eq!((tcp.sk_protocol, tcp.sk_protocol_bits), (ABSENT, 0));
+    fn narrower_members_are_refused_and_fallbacks_and_containers_followed() {
+        let resolved = resolve(&kernel_of_other_shapes());
+        assert_eq!(resolved.tcp.icsk_rto, Offset::ABSENT);
+        assert!(
+            resolved
+                .unavailable()
+                .any(|m| m == "inet_connection_sock.icsk_rto (2 bytes here, the programs read 4)"),
+            "{:?}",
+            resolved.unavailable().collect::<Vec<_>>()
+        );
+        assert_eq!(resolved.tcp.icsk_timer_expires, Offset::at(16));
+        assert_eq!(
+            (resolved.tcp.skb_seq, resolved.tcp.skb_end_seq),
+            (Offset::at(40), Offset::at(44))
+        );
     }
 
     #[test]
@@ -1041,12 +812,11 @@ mod tests {
             Btf::from_file(Path::new(VMLINUX)).expect("this test needs the running kernel's BTF");
         let resolved = resolve(&btf);
         let took = started.elapsed();
-        let missing: Vec<_> = resolved.missing().collect();
-        assert!(missing.is_empty(), "unresolved: {missing:?}");
+        let unavailable: Vec<_> = resolved.unavailable().collect();
+        assert!(unavailable.is_empty(), "unresolved: {unavailable:?}");
         assert!(resolved.sock.has_netns());
         assert_eq!(resolved.tcp.sock_dead_bit, 0);
         assert!(resolved.tcp.icsk_ca_state.width >= 5);
-        assert_eq!(resolved.tcp.sk_protocol_bits, 16);
         eprintln!("read + resolve vmlinux BTF: {took:?}");
     }
 }

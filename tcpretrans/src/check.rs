@@ -6,7 +6,7 @@ use std::{
 };
 
 use crate::{
-    btf::{self, Btf},
+    btf::{self, Btf, Place},
     cli::Args,
     kernel,
     loader::{HookCount, PROGRAMS, Tracer},
@@ -87,20 +87,25 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
                 btf_path.display(),
                 started.elapsed()
             )?;
-            for (member, offset) in &resolved.members {
-                let place = match offset {
-                    Some(o) if o.bitfield_bits > 0 => {
+            for (member, place) in &resolved.members {
+                let (path, place) = match place {
+                    Place::Found { path, found } if found.bitfield_bits > 0 => (
+                        *path,
                         format!(
                             "byte {} bits {}..{}",
-                            o.bits / 8,
-                            o.bits % 8,
-                            o.bits % 8 + o.bitfield_bits
-                        )
-                    }
-                    Some(o) => format!("byte {}", o.bits / 8),
-                    None => "MISSING: shown as unknown".into(),
+                            found.bits / 8,
+                            found.bits % 8,
+                            found.bits % 8 + found.bitfield_bits
+                        ),
+                    ),
+                    Place::Found { path, found } => (*path, format!("byte {}", found.bits / 8)),
+                    Place::Missing => (member.path, "MISSING: shown as unknown".into()),
+                    Place::Misfit(misfit) => (
+                        member.path,
+                        format!("UNUSABLE ({misfit}): shown as unknown"),
+                    ),
                 };
-                writeln!(out, "  {:<44} {place}", member.describe())?;
+                writeln!(out, "  {:<44} {place}", path.to_string())?;
             }
         }
         Err(e) => writeln!(
@@ -129,7 +134,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
     {
         // The real proof: load, verify and attach every program, then detach.
         let started = Instant::now();
-        let loaded = trace::prepare(args, tracefs)
+        // What it would say is in the report already (each member, HZ).
+        let loaded = trace::prepare(args, tracefs, &mut |_| {})
             .map_err(|e| e.to_string())
             .and_then(|Setup { plan, .. }| {
                 Tracer::load(&plan, Vec::new).map_err(|e| e.to_string())

@@ -11,8 +11,8 @@ use compact_str::CompactString;
 use jiff::Timestamp;
 use nix::time::{ClockId, clock_gettime};
 use tcpretrans_common::{
-    ABSENT, Address, ConnectErrorEvent, DURATION_UNKNOWN, EventHeader, Flow, Owner, ResetEvent,
-    RetransmitEvent, StateEvent, TcpOffsets, event_kind, reset_direction, retry_budget,
+    ABSENT, Address, ConnectErrorEvent, DURATION_UNKNOWN, EventHeader, Flow, Offset, Owner,
+    ResetEvent, RetransmitEvent, StateEvent, TcpOffsets, event_kind, reset_direction, retry_budget,
 };
 use thiserror::Error;
 
@@ -140,11 +140,11 @@ impl Decoder {
         let mut new_state = TcpState::from_u8(raw.new_state);
         let timewait_known = self.netns_known
             && [
-                t.net_tw_hashinfo,
-                t.hashinfo_ehash,
-                t.hashinfo_ehash_mask,
-                t.skc_nulls_node,
-                t.tw_substate,
+                t.net_tw_hashinfo.byte(),
+                t.hashinfo_ehash.byte(),
+                t.hashinfo_ehash_mask.byte(),
+                t.skc_nulls_node.byte(),
+                t.tw_substate.byte(),
             ]
             .iter()
             .all(|&o| o != ABSENT);
@@ -193,7 +193,7 @@ impl Decoder {
                 .then(|| Duration::from_nanos(raw.prev_state_ns)),
             close: close.flatten(),
             error,
-            orphan: (t.sk_flags != ABSENT).then_some(raw.orphan == 1),
+            orphan: t.sk_flags.is_known().then_some(raw.orphan == 1),
             opened: (raw.opened_ns != 0).then(|| self.clock.wall(raw.opened_ns)),
         }
     }
@@ -208,8 +208,8 @@ impl Decoder {
         } else if state == Some(TcpState::SynSent) {
             Some(Cause::Syn)
         } else if !known(t.icsk_ca_state.byte)
-            || !known(t.icsk_pending)
-            || !known(t.icsk_timer_expires)
+            || !t.icsk_pending.is_known()
+            || !t.icsk_timer_expires.is_known()
         {
             None
         } else if raw.ca_state == TCP_CA_LOSS {
@@ -225,9 +225,9 @@ impl Decoder {
         // fires; a SYN-ACK's counter moves after it.
         let timer_driven = matches!(cause, Some(Cause::Rto | Cause::Syn));
         let retransmits_known = if synack {
-            known(t.req_num_retrans)
+            t.req_num_retrans.is_known()
         } else {
-            known(t.icsk_retransmits)
+            t.icsk_retransmits.is_known()
         };
         let retries = retransmits_known.then(|| {
             let count = u32::from(raw.retransmits);
@@ -238,17 +238,19 @@ impl Decoder {
             }
         });
         let rto_known = if synack {
-            known(t.req_timeout)
+            t.req_timeout.is_known()
         } else {
-            known(t.icsk_rto)
+            t.icsk_rto.is_known()
         };
         let rto = self.hz.filter(|_| rto_known).map(|hz| {
             let rto = Duration::from_micros(u64::from(raw.rto_jiffies) * 1_000_000 / u64::from(hz));
             if synack { rto.min(TCP_RTO_MAX) } else { rto }
         });
-        let tcp_field = |offset: u16, value: u32| (!synack && known(offset)).then_some(value);
-        let seq_known =
-            !synack && known(t.skb_seq) && known(t.skb_end_seq) && known(t.skb_tcp_flags);
+        let tcp_field = |at: Offset<u32>, value: u32| (!synack && at.is_known()).then_some(value);
+        let seq_known = !synack
+            && t.skb_seq.is_known()
+            && t.skb_end_seq.is_known()
+            && t.skb_tcp_flags.is_known();
         let syn_fin =
             u32::from(raw.tcp_flags & TCPHDR_SYN != 0) + u32::from(raw.tcp_flags & TCPHDR_FIN != 0);
         Retransmit {
@@ -260,7 +262,7 @@ impl Decoder {
             backoff: (if synack {
                 known(t.req_num_timeout.byte)
             } else {
-                known(t.icsk_backoff)
+                t.icsk_backoff.is_known()
             })
             .then_some(raw.backoff),
             retries,
@@ -277,13 +279,13 @@ impl Decoder {
             segs: if synack {
                 Some(1)
             } else {
-                known(t.skb_gso_segs).then_some(raw.segs)
+                t.skb_gso_segs.is_known().then_some(raw.segs)
             },
             bytes: seq_known.then(|| raw.end_seq.wrapping_sub(raw.seq).wrapping_sub(syn_fin)),
             seq: seq_known.then_some(raw.seq),
             orphan: match raw.budget {
                 retry_budget::ORPHAN => Some(true),
-                retry_budget::RETRIES2 => known(t.sk_flags).then_some(false),
+                retry_budget::RETRIES2 => t.sk_flags.is_known().then_some(false),
                 _ => None,
             },
         }
@@ -293,18 +295,18 @@ impl Decoder {
     /// `tcp_write_timeout()` computes it.
     fn retry_limit(&self, raw: &RetransmitEvent) -> Option<u32> {
         let t = &self.tcp;
-        let net = |offset: u16| self.netns_known && offset != ABSENT;
+        let net = |known: bool| self.netns_known && known;
         let limit = u32::from(raw.budget_limit);
         match raw.budget {
-            retry_budget::SYN if net(t.net_syn_retries) => {
+            retry_budget::SYN if net(t.net_syn_retries.is_known()) => {
                 Some(syn_retry_limit(limit, u32::from(raw.syn_linear_timeouts)))
             }
-            retry_budget::SYNACK if net(t.net_synack_retries) => Some(limit),
+            retry_budget::SYNACK if net(t.net_synack_retries.is_known()) => Some(limit),
             // tcp_orphan_retries(): 0 means 8 while the peer may still answer.
-            retry_budget::ORPHAN if net(t.net_orphan_retries) => {
+            retry_budget::ORPHAN if net(t.net_orphan_retries.is_known()) => {
                 Some(if limit == 0 { 8 } else { limit })
             }
-            retry_budget::RETRIES2 if net(t.net_retries2) => Some(limit),
+            retry_budget::RETRIES2 if net(t.net_retries2.is_known()) => Some(limit),
             _ => None,
         }
     }
@@ -800,7 +802,7 @@ mod tests {
     fn without_timewait_offsets_an_unexplained_close_stays_unknown() {
         let d = Decoder {
             tcp: TcpOffsets {
-                tw_substate: ABSENT,
+                tw_substate: Offset::ABSENT,
                 ..all_known()
             },
             ..decoder()

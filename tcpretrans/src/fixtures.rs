@@ -7,7 +7,7 @@ use std::{
 };
 
 use jiff::Timestamp;
-use tcpretrans_common::{Bitfield, TcpOffsets};
+use tcpretrans_common::{TcpOffsets, members::Found};
 
 use crate::{
     decode::{Clock, Decoder},
@@ -17,70 +17,13 @@ use crate::{
 /// Offsets as on a kernel where every member resolved (values are
 /// irrelevant to decoding: only known/unknown matters).
 pub fn all_known() -> TcpOffsets {
-    let b = Bitfield {
-        byte: 1,
-        shift: 0,
-        width: 5,
-    };
-    TcpOffsets {
-        sk_flags: 1,
-        icsk_rto: 1,
-        icsk_ca_state: b,
-        icsk_retransmits: 1,
-        icsk_pending: 1,
-        icsk_timer_expires: 1,
-        icsk_backoff: 1,
-        icsk_syn_retries: 1,
-        srtt_us: 1,
-        mdev_us: 1,
-        snd_cwnd: 1,
-        snd_ssthresh: 1,
-        total_retrans: 1,
-        skb_seq: 1,
-        skb_end_seq: 1,
-        skb_gso_segs: 1,
-        skb_tcp_flags: 1,
-        net_syn_retries: 1,
-        net_synack_retries: 1,
-        net_retries2: 1,
-        net_orphan_retries: 1,
-        net_syn_linear_timeouts: 1,
-        req_num_retrans: 1,
-        req_num_timeout: b,
-        req_timeout: 1,
-        sk_err: 1,
-        skc_family: 1,
-        skc_state: 1,
-        skc_addrpair: 1,
-        skc_portpair: 1,
-        skc_hash: 1,
-        skc_nulls_node: 1,
-        skc_v6_daddr: 1,
-        skc_v6_rcv_saddr: 1,
-        inet_sport: 1,
-        task_files: 1,
-        task_stack: 1,
-        task_comm: 1,
-        task_cred: 1,
-        cred_uid: 1,
-        files_fdt: 1,
-        fdtable_fd: 1,
-        file_private_data: 1,
-        socket_sk: 1,
-        socket_file: 1,
-        sk_protocol: 1,
-        sk_socket: 1,
-        socket_alloc_inode: 1,
-        inode_ino: 1,
-        tw_substate: 1,
-        net_tw_hashinfo: 1,
-        hashinfo_ehash: 1,
-        hashinfo_ehash_mask: 1,
-        sock_dead_bit: 0,
-        stack_shift: 0,
-        sk_protocol_bits: 16,
-        _pad: 0,
-    }
+    TcpOffsets::resolve(|_| {
+        Some(Found {
+            bits: 8,
+            bitfield_bits: 0,
+            size: 16,
+        })
+    })
 }
 
 pub fn decoder() -> Decoder {

@@ -1,6 +1,7 @@
 //! tcpretrans: live TCP retransmissions and state changes from eBPF tracepoints.
 //!
 //! The binary is a thin shell over this library; tests use it directly.
+pub mod aya_shims;
 pub mod btf;
 pub mod cgroup;
 pub mod check;
@@ -15,6 +16,7 @@ pub mod listeners;
 pub mod loader;
 pub mod memory;
 pub mod netns;
+pub mod notice;
 pub mod output;
 pub mod owners;
 pub mod reconcile;

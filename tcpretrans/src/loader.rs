@@ -9,14 +9,13 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError, EbpfLoader,
+    Ebpf, EbpfError,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         Program, ProgramError, raw_trace_point::RawTracePointLink, tp_btf::BtfTracePointLink,
         trace_point::TracePointLink,
     },
 };
-use landlock::{AccessFs, Ruleset, RulesetAttr as _};
 use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
     SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags, globals, lost_slot,
@@ -24,7 +23,7 @@ use tcpretrans_common::{
 };
 use thiserror::Error;
 
-use crate::{btf, memory::NoRoom};
+use crate::{aya_shims, memory::NoRoom};
 
 /// The kernel object built from tcpretrans-ebpf (empty when built with `AYA_BUILD_SKIP=1`).
 pub(crate) static OBJECT: &[u8] =
@@ -212,7 +211,7 @@ impl Plan {
     fn attach_target(&self) -> Option<aya::Btf> {
         let id = self.state_btf_id?;
         // Unbuildable, it leaves the hook on its raw programs.
-        btf::attach_target(STATE_BTF_TRACEPOINT, id).ok()
+        aya_shims::attach_target(STATE_BTF_TRACEPOINT, id).ok()
     }
 }
 
@@ -360,27 +359,6 @@ fn recursion_misses(fdinfo: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// aya's loader, without its parse of the kernel's BTF. aya 0.14 parses the
-/// whole vmlinux BTF whenever a loader is made (~35 ms here, a third of the
-/// start-up), although this object has no CO-RE relocations and needs none
-/// of it (later aya versions parse it lazily, but need a newer Rust). The
-/// loader is made on a throwaway thread that Landlock forbids to read files:
-/// the parse then fails at once and aya goes on without BTF, as
-/// `.btf(None)` asks. Where Landlock is unavailable the parse just happens.
-fn loader_without_kernel_btf() -> EbpfLoader<'static> {
-    let made = thread::spawn(|| {
-        // Only this thread is restricted (and made `no_new_privs`).
-        let _ = Ruleset::default()
-            .handle_access(AccessFs::ReadFile)
-            .and_then(|ruleset| ruleset.create())
-            .and_then(|ruleset| ruleset.restrict_self());
-        EbpfLoader::new()
-    })
-    .join();
-    // The thread only fails by panicking, which it has then reported.
-    made.unwrap_or_else(|_| EbpfLoader::new())
-}
-
 impl Tracer {
     /// Loads and attaches the programs. `listeners` gives the owners of the
     /// listeners that exist already (see `listeners::existing`), which the
@@ -402,7 +380,7 @@ impl Tracer {
             let plan = *plan;
             thread::spawn(move || plan.attach_target())
         };
-        let mut ebpf = loader_without_kernel_btf()
+        let mut ebpf = aya_shims::loader_without_kernel_btf()
             // No CO-RE relocations in the object: we resolve the offsets we
             // need ourselves.
             .btf(None)

@@ -48,7 +48,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(trace::run(&args)) {
+    let mut notify = |notice| eprintln!("tcpretrans: {notice}");
+    match runtime.block_on(trace::run(&args, &mut notify)) {
         Ok(summary) => {
             if !summary.output_closed && !args.quiet {
                 eprintln!("tcpretrans: {summary}");

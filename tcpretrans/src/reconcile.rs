@@ -17,8 +17,6 @@
 //! programs attached or detached may or may not be.
 use std::fmt;
 
-use tcpretrans_common::ABSENT;
-
 use crate::{
     cli::Args,
     decode::Decoder,
@@ -131,7 +129,7 @@ impl Baseline {
         if filters_retransmits(args) {
             return Err(NotCompared::Filtered);
         }
-        if !decoder.netns_known || decoder.tcp.skb_gso_segs == ABSENT {
+        if !decoder.netns_known || !decoder.tcp.skb_gso_segs.is_known() {
             return Err(NotCompared::Unknown);
         }
         // Held open: a namespace every process leaves during the session can
@@ -261,7 +259,7 @@ mod tests {
             NotCompared::Unknown
         );
         let mut without_segs = decoder.clone();
-        without_segs.tcp.skb_gso_segs = ABSENT;
+        without_segs.tcp.skb_gso_segs = tcpretrans_common::Offset::ABSENT;
         assert_eq!(
             Baseline::take(&args(&[]), &without_segs).unwrap_err(),
             NotCompared::Unknown

@@ -24,6 +24,7 @@ use crate::{
     kernel, listeners,
     loader::{self, LoadError, LostCounter, Plan, Tracer},
     netns,
+    notice::Notice,
     output::{self, Output},
     owners::Owners,
     reconcile::{Baseline, NotCompared},
@@ -73,8 +74,12 @@ pub struct Setup {
 }
 
 /// Resolves this kernel's layouts and the user's selection. What this
-/// kernel cannot offer is said once on stderr and shown as unknown.
-pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
+/// kernel cannot offer is told to `notify` once and shown as unknown.
+pub fn prepare(
+    args: &Args,
+    tracefs: &Tracefs,
+    notify: &mut dyn FnMut(Notice),
+) -> Result<Setup, TraceError> {
     let retransmit = tracefs
         .format("tcp", "tcp_retransmit_skb")?
         .retransmit_fields()?;
@@ -103,12 +108,9 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
     let (resolved, state_btf_id) = match Btf::from_file(btf_path) {
         Ok(btf) => {
             let resolved = btf::resolve(&btf);
-            let missing: Vec<String> = resolved.missing().map(btf::Member::describe).collect();
-            if !missing.is_empty() {
-                eprintln!(
-                    "tcpretrans: kernel BTF lacks {}: what they give is shown as unknown",
-                    missing.join(", ")
-                );
+            let unavailable: Vec<String> = resolved.unavailable().collect();
+            if !unavailable.is_empty() {
+                notify(Notice::UnavailableMembers(unavailable));
             }
             // BTF tracepoints name their target by its id in the kernel's
             // own BTF.
@@ -124,10 +126,7 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
             if args.cgroup.is_some() {
                 return Err(TraceError::CgroupWithoutBtf(describe_btf_error(&err)));
             }
-            eprintln!(
-                "tcpretrans: {}; namespaces, timers, RTT, congestion and retry budgets are shown as unknown",
-                describe_btf_error(&err)
-            );
+            notify(Notice::NoBtf(describe_btf_error(&err)));
             (btf::Resolved::unknown(), None)
         }
     };
@@ -141,9 +140,7 @@ pub fn prepare(args: &Args, tracefs: &Tracefs) -> Result<Setup, TraceError> {
             "this kernel's BTF lacks the members it needs".into(),
         ));
     }
-    let hz = kernel::hz()
-        .inspect_err(|e| eprintln!("tcpretrans: {e}"))
-        .ok();
+    let hz = kernel::hz().map_err(|e| notify(Notice::UnknownHz(e))).ok();
     let filter = args.filter();
     let plan = Plan {
         retransmit,
@@ -225,8 +222,9 @@ fn release_startup_heap() {
 
 /// Runs a session to its end: Ctrl-C, SIGTERM, `--duration`, or a closed
 /// output pipe. Events go to stdout; with `--json` (but `-c`) a `summary`
-/// event ends them; the stderr summary is the caller's to print.
-pub async fn run(args: &Args) -> Result<Summary, TraceError> {
+/// event ends them; the summary and the notices on the way are the
+/// caller's to print.
+pub async fn run(args: &Args, notify: &mut dyn FnMut(Notice)) -> Result<Summary, TraceError> {
     // Said first: without privileges everything after fails less clearly.
     if !kernel::Privileges::current().suffice() {
         return Err(LoadError::Permission.into());
@@ -237,7 +235,7 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     let style = args.style();
     let output = thread::spawn(move || output::new(style, io::stdout()));
     let tracefs = Tracefs::find_or_mount()?;
-    let Setup { plan, decoder } = prepare(args, &tracefs)?;
+    let Setup { plan, decoder } = prepare(args, &tracefs, notify)?;
     // The kernel's count, before the programs attach.
     let baseline = Baseline::take(args, &decoder);
     // Found in /proc while the programs load.
@@ -253,7 +251,7 @@ pub async fn run(args: &Args) -> Result<Summary, TraceError> {
     let mut out = output
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    let mut summary = consume(args, tracer, decoder, out.as_mut(), args.duration, baseline).await?;
+    let mut summary = consume(args, tracer, decoder, out.as_mut(), notify, baseline).await?;
     // `-c` writes flow tables only.
     if !summary.output_closed && !args.quiet && !args.count {
         if args.state.is_some() {
@@ -281,6 +279,7 @@ struct Consumer<'a> {
     /// table with `-c`.
     sessions: Option<Sessions>,
     out: &'a mut dyn Output,
+    notify: &'a mut dyn FnMut(Notice),
     summary: Summary,
 }
 
@@ -307,7 +306,7 @@ impl Consumer<'_> {
                 }
                 Err(err) => {
                     if self.summary.malformed == 0 {
-                        eprintln!("tcpretrans: skipping malformed event: {err}");
+                        (self.notify)(Notice::Malformed(err));
                     }
                     self.summary.malformed += 1;
                 }
@@ -335,11 +334,17 @@ impl Consumer<'_> {
         let total = ring_full + skipped;
         self.summary.lost_skipped = skipped;
         if total > self.summary.lost {
+            let count = total - self.summary.lost;
+            self.summary.lost = total;
+            // JSON has it in its stream; a person watching text must not
+            // miss it, nor must it break a table piped into another tool.
+            if !self.args.json {
+                (self.notify)(Notice::Lost(count));
+            }
             let event = Event::Lost {
                 time: self.decoder.clock.now(),
-                count: total - self.summary.lost,
+                count,
             };
-            self.summary.lost = total;
             self.out.event(&event).map_err(TraceError::Output)?;
         }
         Ok(())
@@ -378,7 +383,7 @@ async fn consume(
     tracer: Tracer,
     decoder: Decoder,
     out: &mut dyn Output,
-    duration: Option<Duration>,
+    notify: &mut dyn FnMut(Notice),
     baseline: Result<Baseline, NotCompared>,
 ) -> Result<Summary, TraceError> {
     let Tracer {
@@ -399,6 +404,7 @@ async fn consume(
         time_waits: TimeWaits::new(TIME_WAITS_REMEMBERED),
         sessions: (args.state.is_some() || args.count).then(|| Sessions::new(SESSIONS_TRACKED)),
         out,
+        notify,
         summary: Summary::default(),
     };
     let mut drain_every = FIRST_DRAIN;
@@ -409,7 +415,7 @@ async fn consume(
     let mut sigterm = signal(SignalKind::terminate()).map_err(TraceError::Poll)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(TraceError::Poll)?;
     let deadline = async {
-        match duration {
+        match args.duration {
             Some(d) => time::sleep(d).await,
             None => std::future::pending().await,
         }
@@ -424,7 +430,10 @@ async fn consume(
     };
 
     // The header (text) or `start` event (JSON) tells people and scripts
-    // that events are being captured from now on.
+    // that events are being captured from now on; `-c`'s tables come later.
+    if args.count && !args.json && !args.quiet {
+        (consumer.notify)(Notice::CountingFlows);
+    }
     let started = consumer
         .out
         .header(consumer.decoder.clock.now())

@@ -241,7 +241,6 @@ impl<W: Write> Output for Text<W> {
         }
         if self.count {
             // Tables come later, each with its own heading.
-            eprintln!("tcpretrans: counting retransmissions per flow");
             return Ok(());
         }
         let mut header = format!(
@@ -314,9 +313,7 @@ impl<W: Write> Output for Text<W> {
                 self.push_painted(TROUBLE, &format!("reset {}", direction.name()), 0);
             }
             Event::Lost { count, .. } => {
-                // Also on stderr: a person watching must not miss it, and it
-                // must not break a table piped into another tool.
-                eprintln!("tcpretrans: lost {count} events (ring buffer full)");
+                // Also a notice on stderr (the session's).
                 self.push_painted(
                     LOST,
                     &format!("# lost {count} events (ring buffer full)"),

@@ -278,8 +278,9 @@ pub fn skip(reason: &str) {
     println!("skipped: {reason}");
 }
 
-/// Whether this kernel's BTF lacks a member the tool reads (`--check`
-/// reports it `MISSING`), e.g. `request_sock.timeout` before 5.12.
+/// Whether this kernel's BTF lacks a member the tool reads, or has it in a
+/// shape it cannot read (`--check` reports it `MISSING` or `UNUSABLE`),
+/// e.g. `request_sock.timeout` before 5.12.
 pub fn kernel_lacks(member: &str) -> bool {
     static REPORT: OnceLock<String> = OnceLock::new();
     REPORT
@@ -291,7 +292,7 @@ pub fn kernel_lacks(member: &str) -> bool {
             String::from_utf8_lossy(&check.stdout).into_owned()
         })
         .lines()
-        .any(|l| l.contains("MISSING") && l.split_whitespace().any(|w| w == member))
+        .any(|l| l.ends_with(": shown as unknown") && l.split_whitespace().next() == Some(member))
 }
 
 /// The tool's stderr without its notice of the BTF members this kernel
