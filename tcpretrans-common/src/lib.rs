@@ -623,6 +623,28 @@ pub struct EventHeader {
     pub sock_ino: u64,
 }
 
+impl EventHeader {
+    /// The one way an event's header is made.
+    pub const fn new(
+        kind: u8,
+        family: u8,
+        netns: u32,
+        timestamp_ns: u64,
+        skaddr: u64,
+        sock_ino: u64,
+    ) -> Self {
+        Self {
+            kind,
+            family,
+            _pad: 0,
+            netns,
+            timestamp_ns,
+            skaddr,
+            sock_ino,
+        }
+    }
+}
+
 /// An IPv6 address's 16 bytes in network order, held as 4 words in memory
 /// order: the kernel side moves words, where it would move a byte array byte
 /// by byte (the BPF target has no unaligned loads or stores).

@@ -6,7 +6,7 @@
 //! socket closes with an error; not for MPTCP, whose state the program
 //! follows in the TCP subflows, which no descriptor names).
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -16,6 +16,7 @@ use tcpretrans_common::{
 };
 
 use crate::{
+    event::{self, fill},
     maps::{CONNECT_FIELDS, CONNECTS, FILTER, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner,
     sock::{self, Probed, read},
@@ -126,26 +127,28 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved slot of the event's size; every
-    // field is written before submit.
+    let family = if pending.family == AF_INET { 4 } else { 6 };
+    let header = EventHeader::new(
+        event_kind::CONNECT_ERROR,
+        family,
+        netns,
+        event::now(),
+        pending.sk,
+        0,
+    );
+    // SAFETY: `event` points at a reserved slot of the event's size.
     unsafe {
-        (&raw mut (*event).header).write(EventHeader {
-            kind: event_kind::CONNECT_ERROR,
-            family: if pending.family == AF_INET { 4 } else { 6 },
-            _pad: 0,
-            netns,
-            timestamp_ns: bpf_ktime_get_ns(),
-            skaddr: pending.sk,
-            sock_ino: 0,
+        fill!(event: ConnectErrorEvent {
+            header = header,
+            owner = owner::current(),
+            flow = Flow {
+                saddr: local.map_or([0; 4], |l| l.saddr),
+                daddr: pending.daddr,
+                sport: local.map_or(0, |l| l.sport),
+                dport: pending.dport,
+            },
+            errno = errno,
         });
-        (&raw mut (*event).owner).write(owner::current());
-        (&raw mut (*event).flow).write(Flow {
-            saddr: local.map_or([0; 4], |l| l.saddr),
-            daddr: pending.daddr,
-            sport: local.map_or(0, |l| l.sport),
-            dport: pending.dport,
-        });
-        (&raw mut (*event).errno).write(errno);
     }
     submit(entry);
     Ok(())

@@ -7,6 +7,7 @@
 
 mod accept;
 mod connect;
+mod event;
 mod maps;
 mod owner;
 mod record;

@@ -164,34 +164,17 @@ impl Hit {
         })
     }
 
-    /// Fills the header and flow every event starts with.
-    ///
-    /// # Safety
-    ///
-    /// `head` and `flow` point into a reserved ring-buffer slot.
+    /// The header of an event about this hit's socket.
     #[inline(always)]
-    pub unsafe fn write_head(
-        &self,
-        kind: u8,
-        timestamp_ns: u64,
-        skaddr: u64,
-        sock_ino: u64,
-        head: *mut EventHeader,
-        flow: *mut Flow,
-    ) {
-        // SAFETY: per the contract.
-        unsafe {
-            head.write(EventHeader {
-                kind,
-                family: self.version,
-                _pad: 0,
-                netns: self.netns.inum,
-                timestamp_ns,
-                skaddr,
-                sock_ino,
-            });
-            flow.write(self.flow);
-        }
+    pub fn header(&self, kind: u8, timestamp_ns: u64, skaddr: u64, sock_ino: u64) -> EventHeader {
+        EventHeader::new(
+            kind,
+            self.version,
+            self.netns.inum,
+            timestamp_ns,
+            skaddr,
+            sock_ino,
+        )
     }
 }
 

@@ -2,7 +2,6 @@
 //! one hook. The reset is remembered on the socket, so that the `CLOSE` it
 //! causes says why, and reported when state events are on.
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -11,6 +10,7 @@ use tcpretrans_common::{
 };
 
 use crate::{
+    event::{self, fill},
     maps::{FILTER, RESET_FIELDS, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
     record::family_version,
@@ -102,23 +102,24 @@ fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved slot of the event's size; every
-    // field is written before submit.
+    let header = EventHeader::new(
+        event_kind::RESET,
+        family_version(family).unwrap_or(0),
+        netns.inum,
+        event::now(),
+        sk,
+        sock_ino,
+    );
+    // SAFETY: `event` points at a reserved slot of the event's size.
     unsafe {
-        (&raw mut (*event).header).write(EventHeader {
-            kind: event_kind::RESET,
-            family: family_version(family).unwrap_or(0),
-            _pad: 0,
-            netns: netns.inum,
-            timestamp_ns: bpf_ktime_get_ns(),
-            skaddr: sk,
-            sock_ino,
+        fill!(event: ResetEvent {
+            header = header,
+            flow = flow,
+            owner => |at| write_owner(at, owner),
+            direction = direction,
+            state = read(sk, tcp.skc_state),
+            _pad = 0,
         });
-        (&raw mut (*event).flow).write(flow);
-        write_owner(&raw mut (*event).owner, owner);
-        (&raw mut (*event).direction).write(direction);
-        (&raw mut (*event).state).write(read(sk, tcp.skc_state));
-        (&raw mut (*event)._pad).write(0);
     }
     submit(entry);
     Ok(())

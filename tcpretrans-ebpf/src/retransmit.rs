@@ -1,7 +1,7 @@
 //! `tcp:tcp_retransmit_skb`: one event per retransmitted skb, with the
 //! socket's timers, RTT, congestion state and retry budget at that moment.
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, generated},
+    helpers::generated,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -10,6 +10,7 @@ use tcpretrans_common::{
 };
 
 use crate::{
+    event::{self, fill},
     maps::{FILTER, RETRANSMIT_FIELDS, SOCKETS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
     record::Hit,
@@ -77,41 +78,36 @@ fn retransmit(hit: &Hit, skb: u64, state: u8, err: i32) -> Result<(), i64> {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved slot of the event's size; every
-    // field is written before submit.
+    let now = event::now();
+    let (owner, sock_ino) = sock::owner_or_inode(sk, known_owner, tcp);
+    // SAFETY: `event` points at a reserved slot of the event's size.
     unsafe {
-        let now = bpf_ktime_get_ns();
-        let (owner, sock_ino) = sock::owner_or_inode(sk, known_owner, tcp);
-        hit.write_head(
-            event_kind::RETRANSMIT,
-            now,
-            sk,
-            sock_ino,
-            &raw mut (*event).header,
-            &raw mut (*event).flow,
-        );
-        write_owner(&raw mut (*event).owner, owner);
-        (&raw mut (*event).state).write(state);
-        (&raw mut (*event).ca_state).write(read_bitfield(sk, tcp.icsk_ca_state));
-        (&raw mut (*event).pending).write(read(sk, tcp.icsk_pending));
-        (&raw mut (*event).timer_due).write(timer_due(sk, tcp));
-        (&raw mut (*event).backoff).write(read(sk, tcp.icsk_backoff));
-        (&raw mut (*event).err).write(err);
-        (&raw mut (*event).retransmits).write(read(sk, tcp.icsk_retransmits));
-        (&raw mut (*event).tcp_flags).write(read(skb, tcp.skb_tcp_flags));
-        (&raw mut (*event).segs).write(read(skb, tcp.skb_gso_segs));
-        (&raw mut (*event).rto_jiffies).write(read(sk, tcp.icsk_rto));
-        (&raw mut (*event).srtt_us8).write(read(sk, tcp.srtt_us));
-        (&raw mut (*event).mdev_us4).write(read(sk, tcp.mdev_us));
-        (&raw mut (*event).cwnd).write(read(sk, tcp.snd_cwnd));
-        (&raw mut (*event).ssthresh).write(read(sk, tcp.snd_ssthresh));
-        (&raw mut (*event).total_retrans).write(read(sk, tcp.total_retrans));
-        (&raw mut (*event).seq).write(read(skb, tcp.skb_seq));
-        (&raw mut (*event).end_seq).write(read(skb, tcp.skb_end_seq));
-        (&raw mut (*event).budget).write(budget);
-        (&raw mut (*event).budget_limit).write(budget_limit);
-        (&raw mut (*event).syn_linear_timeouts).write(syn_linear_timeouts);
-        (&raw mut (*event)._pad1).write(0);
+        fill!(event: RetransmitEvent {
+            header = hit.header(event_kind::RETRANSMIT, now, sk, sock_ino),
+            flow = hit.flow,
+            owner => |at| write_owner(at, owner),
+            state = state,
+            ca_state = read_bitfield(sk, tcp.icsk_ca_state),
+            pending = read(sk, tcp.icsk_pending),
+            timer_due = timer_due(sk, tcp),
+            backoff = read(sk, tcp.icsk_backoff),
+            err = err,
+            retransmits = read(sk, tcp.icsk_retransmits),
+            tcp_flags = read(skb, tcp.skb_tcp_flags),
+            segs = read(skb, tcp.skb_gso_segs),
+            rto_jiffies = read(sk, tcp.icsk_rto),
+            srtt_us8 = read(sk, tcp.srtt_us),
+            mdev_us4 = read(sk, tcp.mdev_us),
+            cwnd = read(sk, tcp.snd_cwnd),
+            ssthresh = read(sk, tcp.snd_ssthresh),
+            total_retrans = read(sk, tcp.total_retrans),
+            seq = read(skb, tcp.skb_seq),
+            end_seq = read(skb, tcp.skb_end_seq),
+            budget = budget,
+            budget_limit = budget_limit,
+            syn_linear_timeouts = syn_linear_timeouts,
+            _pad1 = 0,
+        });
     }
     submit(entry);
     Ok(())

@@ -2,7 +2,6 @@
 //! and its owner, and reports the transitions userspace asked for.
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
@@ -16,6 +15,7 @@ use tcpretrans_common::{
 };
 
 use crate::{
+    event::{self, fill},
     maps::{
         FILTER, LISTENERS, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, STATE_NESTING, STATE_TAKEN,
         TCP_OFFSETS, add_one, reserve, submit,
@@ -190,7 +190,7 @@ fn transition<M: Memory>(
 ) -> Result<(), i64> {
     let (filter, skaddr) = (FILTER.get(), hit.sk);
     // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = event::now();
 
     let lport = hit.flow.sport;
     let listener = ListenerKey {
@@ -238,29 +238,24 @@ fn transition<M: Memory>(
         return Ok(());
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved slot of the event's size; every
-    // field is written before submit.
+    let (owner, sock_ino) = sock::owner_or_inode(skaddr, Some(&tracked.owner), tcp);
+    // SAFETY: `event` points at a reserved slot of the event's size.
     unsafe {
-        let (owner, sock_ino) = sock::owner_or_inode(skaddr, Some(&tracked.owner), tcp);
-        hit.write_head(
-            event_kind::STATE,
-            now,
-            skaddr,
-            sock_ino,
-            &raw mut (*event).header,
-            &raw mut (*event).flow,
-        );
-        write_owner(&raw mut (*event).owner, owner);
-        (&raw mut (*event).prev_state_ns).write(tracked.prev_state_ns);
-        (&raw mut (*event).opened_ns).write(tracked.opened_ns);
-        (&raw mut (*event).old_state).write(old_state);
-        (&raw mut (*event).new_state).write(new_state);
-        (&raw mut (*event).timewait).write(timewait);
-        (&raw mut (*event).reset).write(tracked.reset);
-        (&raw mut (*event).error).write(error);
-        (&raw mut (*event).orphan).write(sock::orphan::<M>(skaddr, tcp));
-        (&raw mut (*event)._pad0).write(0);
-        (&raw mut (*event)._pad1).write(0);
+        fill!(event: StateEvent {
+            header = hit.header(event_kind::STATE, now, skaddr, sock_ino),
+            flow = hit.flow,
+            owner => |at| write_owner(at, owner),
+            prev_state_ns = tracked.prev_state_ns,
+            opened_ns = tracked.opened_ns,
+            old_state = old_state,
+            new_state = new_state,
+            timewait = timewait,
+            reset = tracked.reset,
+            error = error,
+            orphan = sock::orphan::<M>(skaddr, tcp),
+            _pad0 = 0,
+            _pad1 = 0,
+        });
     }
     submit(entry);
     Ok(())
@@ -271,19 +266,14 @@ fn report_connect_error(hit: &Hit, errno: i32, owner: Option<&Owner>, now: u64, 
         return;
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved slot of the event's size; every
-    // field is written before submit.
+    // SAFETY: `event` points at a reserved slot of the event's size.
     unsafe {
-        hit.write_head(
-            event_kind::CONNECT_ERROR,
-            now,
-            hit.sk,
-            0,
-            &raw mut (*event).header,
-            &raw mut (*event).flow,
-        );
-        write_owner(&raw mut (*event).owner, owner);
-        (&raw mut (*event).errno).write(errno);
+        fill!(event: ConnectErrorEvent {
+            header = hit.header(event_kind::CONNECT_ERROR, now, hit.sk, 0),
+            flow = hit.flow,
+            owner => |at| write_owner(at, owner),
+            errno = errno,
+        });
     }
     submit(entry);
 }

@@ -1,7 +1,6 @@
 //! `tcp:tcp_retransmit_synack`: the passive side's SYN-ACK retransmissions,
 //! reported as retransmission events of the request socket.
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -10,6 +9,7 @@ use tcpretrans_common::{
 };
 
 use crate::{
+    event::{self, fill, zero},
     maps::{FILTER, SOCKETS, SYNACK_FIELDS, TCP_OFFSETS, reserve, submit},
     owner::write_owner,
     record::Hit,
@@ -77,52 +77,40 @@ fn synack(hit: &Hit, req: u64) -> Result<(), i64> {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved slot of the event's size; every
-    // field is written before submit.
+    let now = event::now();
+    // Accepted connections belong to whoever listens.
+    let (owner, sock_ino) = sock::owner_or_inode(listener, known_owner, tcp);
+    // SAFETY: `event` points at a reserved slot of the event's size.
     unsafe {
-        let now = bpf_ktime_get_ns();
-        // Accepted connections belong to whoever listens.
-        let (owner, sock_ino) = sock::owner_or_inode(listener, known_owner, tcp);
-        hit.write_head(
-            event_kind::SYNACK,
-            now,
-            req,
-            sock_ino,
-            &raw mut (*event).header,
-            &raw mut (*event).flow,
-        );
-        write_owner(&raw mut (*event).owner, owner);
-        (&raw mut (*event).state).write(SYN_RECV);
-        (&raw mut (*event).ca_state).write(0);
-        (&raw mut (*event).pending).write(0);
-        (&raw mut (*event).timer_due).write(0);
-        (&raw mut (*event).backoff).write(num_timeout);
-        (&raw mut (*event).err).write(0);
-        (&raw mut (*event).retransmits).write(read(req, tcp.req_num_retrans));
-        (&raw mut (*event).tcp_flags).write(SYN_ACK_FLAGS);
-        (&raw mut (*event).segs).write(1);
-        (&raw mut (*event).rto_jiffies).write(
-            timeout
+        // A request socket has no RTT, congestion state or sequence yet.
+        fill!(event: RetransmitEvent {
+            header = hit.header(event_kind::SYNACK, now, req, sock_ino),
+            flow = hit.flow,
+            owner => |at| write_owner(at, owner),
+            state = SYN_RECV,
+            ca_state = 0,
+            pending = 0,
+            timer_due = 0,
+            backoff = num_timeout,
+            err = 0,
+            retransmits = read(req, tcp.req_num_retrans),
+            tcp_flags = SYN_ACK_FLAGS,
+            segs = 1,
+            rto_jiffies = timeout
                 .checked_shl(u32::from(num_timeout))
                 .unwrap_or(u32::MAX),
-        );
-        // A request socket has no RTT or congestion state yet. Volatile:
-        // merged plain stores become an out-of-line byte-wise memset.
-        for field in [
-            &raw mut (*event).srtt_us8,
-            &raw mut (*event).mdev_us4,
-            &raw mut (*event).cwnd,
-            &raw mut (*event).ssthresh,
-            &raw mut (*event).total_retrans,
-            &raw mut (*event).seq,
-            &raw mut (*event).end_seq,
-        ] {
-            field.write_volatile(0);
-        }
-        (&raw mut (*event).budget).write(retry_budget::SYNACK);
-        (&raw mut (*event).budget_limit).write(limit);
-        (&raw mut (*event).syn_linear_timeouts).write(0);
-        (&raw mut (*event)._pad1).write(0);
+            srtt_us8 => zero,
+            mdev_us4 => zero,
+            cwnd => zero,
+            ssthresh => zero,
+            total_retrans => zero,
+            seq => zero,
+            end_seq => zero,
+            budget = retry_budget::SYNACK,
+            budget_limit = limit,
+            syn_linear_timeouts = 0,
+            _pad1 = 0,
+        });
     }
     submit(entry);
     Ok(())
