@@ -12,6 +12,7 @@ use aya_build::{Package, Toolchain};
 
 const SKIP: &str = "AYA_BUILD_SKIP";
 const EBPF_PACKAGE: &str = "tcpretrans-ebpf";
+const COMMON_PACKAGE: &str = "tcpretrans-common";
 /// The file aya-build writes: the eBPF crate's binary name.
 const OBJECT: &str = "tcpretrans";
 
@@ -32,6 +33,13 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    // aya-build watches the kernel crate; its records and tables live in
+    // tcpretrans-common, and a change there must rebuild the object too.
+    let common_dir = root
+        .parent()
+        .ok_or_else(|| anyhow!("tcpretrans has no parent directory"))?
+        .join(COMMON_PACKAGE);
+    println!("cargo:rerun-if-changed={}", common_dir.display());
     aya_build::build_ebpf(
         [Package {
             name: EBPF_PACKAGE,
