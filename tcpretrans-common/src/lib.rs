@@ -17,6 +17,7 @@ pub const AF_INET6: u16 = 10;
 /// offset handed in must satisfy `offset + size <= RECORD_LEN`.
 pub const RECORD_LEN: usize = 128;
 
+pub mod hooks;
 #[macro_use]
 pub mod members;
 

@@ -3,10 +3,11 @@
 //! the master, which the connection inherits at its creation in softirq; the
 //! worker that accepts it is the process that serves it (as `ss -tnp` says).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tcpretrans_common::{ABSENT, SockInfo, reset_direction};
+use tcpretrans_common::{ABSENT, SockInfo, hooks, reset_direction};
 
 use crate::{
     maps::{CONNECT_FIELDS, FILTER, SOCKETS, TCP_OFFSETS},
+    names::named,
     owner,
     record::Hit,
     sock::{self, IPPROTO_TCP, Probed},
@@ -71,3 +72,6 @@ fn accepted(ctx: &TracePointContext) -> Result<(), i64> {
     }
     Ok(())
 }
+
+named!(hooks::EXIT_ACCEPT4.classic, sys_exit_accept4);
+named!(hooks::EXIT_ACCEPT.classic, sys_exit_accept);

@@ -12,12 +12,13 @@ use aya_ebpf::{
 };
 use tcpretrans_common::{
     ABSENT, AF_INET, AF_INET6, Address, ConnectErrorEvent, EventHeader, Flow, PendingConnect,
-    event_kind, lost_slot, traffic_family,
+    event_kind, hooks, lost_slot, traffic_family,
 };
 
 use crate::{
     event::{self, fill},
     maps::{CONNECT_FIELDS, CONNECTS, FILTER, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
+    names::named,
     owner,
     sock::{self, Probed, read},
 };
@@ -158,3 +159,6 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
 fn thread_id() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
+
+named!(hooks::ENTER_CONNECT.classic, sys_enter_connect);
+named!(hooks::EXIT_CONNECT.classic, sys_exit_connect);

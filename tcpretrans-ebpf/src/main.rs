@@ -9,6 +9,7 @@ mod accept;
 mod connect;
 mod event;
 mod maps;
+mod names;
 mod owner;
 mod record;
 mod reset;

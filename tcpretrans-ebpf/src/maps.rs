@@ -1,5 +1,5 @@
 //! Maps, load-time globals, and the ring-buffer discipline shared by all programs.
-use crate::record::Record;
+use crate::{names::named, record::Record};
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
-    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, lost_slot, state_nesting,
+    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, globals, hooks, lost_slot,
+    state_nesting,
 };
 
 /// A value userspace writes at load time (`EbpfLoader::override_global`,
@@ -135,3 +136,19 @@ pub fn submit<T: 'static>(entry: RingBufEntry<T>) {
     };
     entry.submit(flags.into());
 }
+
+named!(globals::RETRANSMIT_FIELDS, RETRANSMIT_FIELDS);
+named!(globals::STATE_FIELDS, STATE_FIELDS);
+named!(globals::SYNACK_FIELDS, SYNACK_FIELDS);
+named!(globals::SOCK_OFFSETS, SOCK_OFFSETS);
+named!(globals::TCP_OFFSETS, TCP_OFFSETS);
+named!(globals::RESET_FIELDS, RESET_FIELDS);
+named!(globals::CONNECT_FIELDS, CONNECT_FIELDS);
+named!(globals::FILTER, FILTER);
+named!(globals::WAKEUP_BYTES, WAKEUP_BYTES);
+named!(hooks::maps::EVENTS, EVENTS);
+named!(hooks::maps::LOST, LOST);
+named!(hooks::maps::STATE_NESTING, STATE_NESTING);
+named!(hooks::maps::SOCKETS, SOCKETS);
+named!(hooks::maps::LISTENERS, LISTENERS);
+named!(hooks::maps::CONNECTS, CONNECTS);

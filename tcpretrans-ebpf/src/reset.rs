@@ -6,12 +6,13 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tcpretrans_common::{
-    ABSENT, EventHeader, ResetEvent, event_kind, filter_flags, lost_slot, reset_direction,
+    ABSENT, EventHeader, ResetEvent, event_kind, filter_flags, hooks, lost_slot, reset_direction,
 };
 
 use crate::{
     event::{self, fill},
     maps::{FILTER, RESET_FIELDS, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
+    names::named,
     owner::write_owner,
     record::family_version,
     sock::{self, Probed, read},
@@ -124,3 +125,8 @@ fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
     submit(entry);
     Ok(())
 }
+
+named!(hooks::SEND_RESET.classic, tcp_send_reset);
+named!(hooks::SEND_RESET.raw.unwrap(), tcp_send_reset_raw);
+named!(hooks::RECEIVE_RESET.classic, tcp_receive_reset);
+named!(hooks::RECEIVE_RESET.raw.unwrap(), tcp_receive_reset_raw);

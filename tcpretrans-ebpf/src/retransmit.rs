@@ -6,12 +6,14 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tcpretrans_common::{
-    ABSENT, RetransmitEvent, TcpOffsets, event_kind, lost_slot, retry_budget, tcp_state::SYN_SENT,
+    ABSENT, RetransmitEvent, TcpOffsets, event_kind, hooks, lost_slot, retry_budget,
+    tcp_state::SYN_SENT,
 };
 
 use crate::{
     event::{self, fill},
     maps::{FILTER, RETRANSMIT_FIELDS, SOCKETS, TCP_OFFSETS, reserve, submit},
+    names::named,
     owner::write_owner,
     record::Hit,
     sock::{self, Probed, read, read_bitfield},
@@ -149,3 +151,6 @@ fn retry_budget(sk: u64, net: u64, state: u8, tcp: &TcpOffsets) -> (u8, u8, u8) 
     }
     (retry_budget::RETRIES2, read(net, tcp.net_retries2), 0)
 }
+
+named!(hooks::RETRANSMIT.classic, tcp_retransmit_skb);
+named!(hooks::RETRANSMIT.raw.unwrap(), tcp_retransmit_skb_raw);

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tcpretrans_common::{
     ConnectErrorEvent, DURATION_UNKNOWN, ListenerKey, Owner, SockInfo, StateEvent, event_kind,
-    lost_slot, reset_direction, state_nesting,
+    hooks, lost_slot, reset_direction, state_nesting,
     tcp_state::{
         CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
         SYN_SENT,
@@ -20,6 +20,7 @@ use crate::{
         FILTER, LISTENERS, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, STATE_NESTING, STATE_TAKEN,
         TCP_OFFSETS, add_one, reserve, submit,
     },
+    names::named,
     owner::{self, write_owner},
     record::Hit,
     sock::{self, IPPROTO_TCP, Memory, Probed, Typed},
@@ -399,3 +400,8 @@ fn new_owner(old_state: u8, new_state: u8, listener: &ListenerKey) -> Option<Own
         _ => None,
     }
 }
+
+named!(hooks::STATE.classic, inet_sock_set_state);
+named!(hooks::STATE.raw.unwrap(), inet_sock_set_state_raw);
+named!(hooks::STATE.nested.unwrap(), inet_sock_set_state_raw_nested);
+named!(hooks::STATE.btf.unwrap(), inet_sock_set_state_btf);

@@ -5,12 +5,13 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tcpretrans_common::{
-    RetransmitEvent, event_kind, lost_slot, retry_budget, tcp_state::SYN_RECV,
+    RetransmitEvent, event_kind, hooks, lost_slot, retry_budget, tcp_state::SYN_RECV,
 };
 
 use crate::{
     event::{self, fill, zero},
     maps::{FILTER, SOCKETS, SYNACK_FIELDS, TCP_OFFSETS, reserve, submit},
+    names::named,
     owner::write_owner,
     record::Hit,
     sock::{self, Probed, read, read_bitfield},
@@ -115,3 +116,6 @@ fn synack(hit: &Hit, req: u64) -> Result<(), i64> {
     submit(entry);
     Ok(())
 }
+
+named!(hooks::SYNACK.classic, tcp_retransmit_synack);
+named!(hooks::SYNACK.raw.unwrap(), tcp_retransmit_synack_raw);

@@ -5,11 +5,13 @@ use std::{
     time::Instant,
 };
 
+use tcpretrans_common::hooks::{self, Layout};
+
 use crate::{
     btf::{self, Btf, Place},
     cli::Args,
     kernel,
-    loader::{HookCount, PROGRAMS, Tracer},
+    loader::{HookCount, Tracer},
     trace::{self, Setup},
     tracefs::Tracefs,
 };
@@ -43,18 +45,16 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
         }
     };
     if let Some(tracefs) = &tracefs {
-        for hook in PROGRAMS {
-            let (category, name) = (hook.category, hook.name);
-            let layout = tracefs.format(category, name).and_then(|f| {
-                match name {
-                    "tcp_retransmit_skb" => f.retransmit_fields().map(drop),
-                    "tcp_retransmit_synack" => f.synack_fields().map(drop),
-                    "inet_sock_set_state" => f.state_fields().map(drop),
-                    "sys_enter_connect" => f.connect_enter_fields().map(drop),
-                    "sys_exit_connect" | "sys_exit_accept4" | "sys_exit_accept" => {
-                        f.syscall_exit_ret().map(drop)
-                    }
-                    _ => f.reset_skaddr().map(drop),
+        for hook in hooks::ALL {
+            let (category, name) = (hook.category, hook.tracepoint);
+            let layout = tracefs.hook_format(&hook).and_then(|f| {
+                match hook.layout {
+                    Layout::Retransmit => f.retransmit_fields().map(drop),
+                    Layout::Synack => f.synack_fields().map(drop),
+                    Layout::State => f.state_fields().map(drop),
+                    Layout::ConnectEnter => f.connect_enter_fields().map(drop),
+                    Layout::SyscallExit => f.syscall_exit_ret().map(drop),
+                    Layout::Reset => f.reset_skaddr().map(drop),
                 }?;
                 Ok(f)
             });

@@ -18,8 +18,9 @@ use aya::{
 };
 use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
-    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags, globals, lost_slot,
-    state_nesting,
+    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags, globals,
+    hooks::{self, Hook, maps},
+    lost_slot, state_nesting,
 };
 use thiserror::Error;
 
@@ -29,69 +30,38 @@ use crate::{aya_shims, memory::NoRoom};
 pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpretrans"));
 
-/// The hooks: tracepoint category and name, and the cheapest kind of
-/// program the object has for each. BTF and raw tracepoints cost less than
-/// classic ones and are guarded against recursion per program, where a
-/// classic tracepoint program is skipped whenever any other one runs on its
-/// CPU (a softirq interrupting it); they need BTF to read the socket. A BTF
-/// tracepoint reads the members of `struct sock` with plain loads instead of
-/// probe-read calls: the state hook, which runs on every transition of the
-/// host, has one. System calls have no raw tracepoint of their own.
-pub const PROGRAMS: [Hook; 9] = [
-    Hook::new("tcp", "tcp_retransmit_skb", Via::Raw),
-    Hook::new("tcp", "tcp_retransmit_synack", Via::Raw),
-    Hook::new("sock", "inet_sock_set_state", Via::Btf),
-    Hook::new("tcp", "tcp_send_reset", Via::Raw),
-    Hook::new("tcp", "tcp_receive_reset", Via::Raw),
-    Hook::new("syscalls", "sys_enter_connect", Via::Classic),
-    Hook::new("syscalls", "sys_exit_connect", Via::Classic),
-    Hook::new("syscalls", "sys_exit_accept4", Via::Classic),
-    Hook::new("syscalls", "sys_exit_accept", Via::Classic),
-];
-
-/// The BTF type the kernel knows the state tracepoint by, for BTF programs.
-pub const STATE_BTF_TRACEPOINT: &str = "btf_trace_inet_sock_set_state";
-
-/// A tracepoint, and the cheapest kind of program for it.
-#[derive(Debug, Clone, Copy)]
-pub struct Hook {
-    pub category: &'static str,
-    pub name: &'static str,
-    best: Via,
+/// The kind of program to prefer for `hook`: the cheapest the object has.
+/// BTF and raw tracepoints cost less than classic ones and are guarded
+/// against recursion per program, where a classic tracepoint program is
+/// skipped whenever any other one runs on its CPU (a softirq interrupting
+/// it); they need BTF to read the socket. A BTF tracepoint reads the members
+/// of `struct sock` with plain loads instead of probe-read calls: the state
+/// hook, which runs on every transition of the host, has one. System calls
+/// have no raw tracepoint of their own.
+fn best(hook: &Hook) -> Via {
+    match (hook.btf, hook.raw) {
+        (Some(_), _) => Via::Btf,
+        (None, Some(_)) => Via::Raw,
+        (None, None) => Via::Classic,
+    }
 }
 
-impl Hook {
-    const fn new(category: &'static str, name: &'static str, best: Via) -> Self {
-        Self {
-            category,
-            name,
-            best,
-        }
-    }
-
-    /// The hook's program of kind `via`: `NAME`, `NAME_raw` or `NAME_btf`.
-    fn program(&self, via: Via) -> String {
-        match via {
-            Via::Classic => self.name.to_owned(),
-            Via::Raw => format!("{}_raw", self.name),
-            Via::Btf => format!("{}_btf", self.name),
-        }
-    }
-
-    /// The hook's programs when it runs on kind `via`, each with its own
-    /// kind: the state hook's raw and BTF programs come with the program
-    /// that handles the transitions the kernel skips for them (see
-    /// `state_nesting`), `NAME_raw_nested`. A raw one for both: it handles
-    /// so few that probe reads cost nothing, and it verifies in a third of
-    /// a BTF program's time.
-    fn programs(&self, via: Via) -> Vec<(String, Via)> {
-        let mut programs = vec![(self.program(via), via)];
-        if self.name == STATE_HOOK && via != Via::Classic {
-            let nested = format!("{}{NESTED_SUFFIX}", self.program(Via::Raw));
-            programs.push((nested, Via::Raw));
-        }
-        programs
-    }
+/// The hook's programs when it runs on kind `via`, each with its own kind:
+/// the state hook's raw and BTF programs come with the program that handles
+/// the transitions the kernel skips for them (see `state_nesting`). A raw
+/// one for both: it handles so few that probe reads cost nothing, and it
+/// verifies in a third of a BTF program's time.
+fn programs(hook: &Hook, via: Via) -> Vec<(&'static str, Via)> {
+    let main = match via {
+        Via::Classic => Some(hook.classic),
+        Via::Raw => hook.raw,
+        Via::Btf => hook.btf,
+    };
+    let nested = hook.nested.filter(|_| via != Via::Classic);
+    main.map(|p| (p, via))
+        .into_iter()
+        .chain(nested.map(|p| (p, Via::Raw)))
+        .collect()
 }
 
 /// The kinds of program, cheapest first.
@@ -104,9 +74,6 @@ pub enum Via {
     /// A classic tracepoint: its record.
     Classic,
 }
-
-const STATE_HOOK: &str = "inet_sock_set_state";
-const NESTED_SUFFIX: &str = "_nested";
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -204,14 +171,14 @@ impl Plan {
             (true, None) => Via::Raw,
             (true, Some(_)) => Via::Btf,
         };
-        hook.best.max(allowed)
+        best(hook).max(allowed)
     }
 
     /// What BTF programs find their tracepoint in.
     fn attach_target(&self) -> Option<aya::Btf> {
         let id = self.state_btf_id?;
         // Unbuildable, it leaves the hook on its raw programs.
-        aya_shims::attach_target(STATE_BTF_TRACEPOINT, id).ok()
+        aya_shims::attach_target(hooks::STATE_BTF_TRACEPOINT, id).ok()
     }
 }
 
@@ -427,16 +394,16 @@ impl Tracer {
         // Out of `ebpf` before its programs are borrowed: the map stays
         // open, and the programs refer to it already.
         let mut known_listeners: HashMap<_, ListenerKey, Owner> =
-            take_map(&mut ebpf, "LISTENERS", HashMap::try_from)?;
+            take_map(&mut ebpf, maps::LISTENERS, HashMap::try_from)?;
         let state_events = plan.filter.flags & filter_flags::STATE_EVENTS != 0;
         // Resets only explain endings of state events: without them, two
         // fewer programs to verify and attach (and to run on every reset).
-        let mut chosen: Vec<(Hook, Via)> = PROGRAMS
+        let mut chosen: Vec<(Hook, Via)> = hooks::ALL
             .into_iter()
-            .filter(|hook| state_events || !hook.name.ends_with("_reset"))
+            .filter(|hook| state_events || !hook.state_only)
             .map(|hook| (hook, plan.via(&hook)))
             .collect();
-        let mut wanted: StdHashMap<String, (Hook, Via)> = StdHashMap::new();
+        let mut wanted: StdHashMap<&str, (Hook, Via)> = StdHashMap::new();
         for &(hook, via) in &chosen {
             // A BTF hook's raw programs stand by in case this kernel
             // refuses BTF tracepoints.
@@ -446,7 +413,7 @@ impl Tracer {
                 &[via]
             };
             for &via in vias {
-                for (program, kind) in hook.programs(via) {
+                for (program, kind) in programs(&hook, via) {
                     wanted.insert(program, (hook, kind));
                 }
             }
@@ -464,14 +431,16 @@ impl Tracer {
             })
             .collect();
         if let Some(program) = wanted.into_keys().next() {
-            return Err(LoadError::MissingProgram { program });
+            return Err(LoadError::MissingProgram {
+                program: program.to_owned(),
+            });
         }
         // Longest verification first (the state hook's, a BTF program's
         // the longest of them): started last, it ends last.
-        programs.sort_by_key(|c| (c.hook.name != STATE_HOOK, c.via != Via::Btf));
+        programs.sort_by_key(|c| (c.hook != hooks::STATE, c.via != Via::Btf));
         let is_chosen = |chosen: &[(Hook, Via)], c: &Candidate| {
             chosen.iter().any(|&(hook, via)| {
-                hook.name == c.hook.name && (via == c.via || (c.nested() && via != Via::Classic))
+                hook == c.hook && (via == c.via || (c.nested() && via != Via::Classic))
             })
         };
         // The thread only fails by panicking, which it has then reported.
@@ -482,15 +451,15 @@ impl Tracer {
         )?;
         if !refused.is_empty() {
             for (hook, via) in &mut chosen {
-                if refused.contains(&hook.name) {
+                if refused.contains(&hook.tracepoint) {
                     *via = Via::Raw;
                 }
             }
             // The nested program is loaded already.
             let again = load_side_by_side(
-                programs
-                    .iter_mut()
-                    .filter(|c| c.via == Via::Raw && !c.nested() && refused.contains(&c.hook.name)),
+                programs.iter_mut().filter(|c| {
+                    c.via == Via::Raw && !c.nested() && refused.contains(&c.hook.tracepoint)
+                }),
                 None,
             )?;
             debug_assert!(again.is_empty(), "only BTF programs are retried");
@@ -500,7 +469,7 @@ impl Tracer {
             known_listeners
                 .insert(listener, owner, 0)
                 .map_err(|source| LoadError::Map {
-                    map: "LISTENERS",
+                    map: maps::LISTENERS,
                     source,
                 })?;
         }
@@ -517,18 +486,18 @@ impl Tracer {
 
         let fdinfo = ebpf
             .programs()
-            .filter(|&(name, _)| !name.ends_with(NESTED_SUFFIX))
+            .filter(|&(name, _)| !hooks::ALL.iter().any(|h| h.nested == Some(name)))
             .filter_map(|(_, program)| program.fd().ok())
             .map(|fd| PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())))
             .collect();
         let census = Census {
-            sockets: take_map(&mut ebpf, "SOCKETS", HashMap::try_from)?,
+            sockets: take_map(&mut ebpf, maps::SOCKETS, HashMap::try_from)?,
             listeners: known_listeners,
-            connects: take_map(&mut ebpf, "CONNECTS", HashMap::try_from)?,
+            connects: take_map(&mut ebpf, maps::CONNECTS, HashMap::try_from)?,
         };
-        let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
-        let lost = take_map(&mut ebpf, "LOST", PerCpuArray::try_from)?;
-        let state_nesting = take_map(&mut ebpf, "STATE_NESTING", PerCpuArray::try_from)?;
+        let ring = take_map(&mut ebpf, maps::EVENTS, RingBuf::try_from)?;
+        let lost = take_map(&mut ebpf, maps::LOST, PerCpuArray::try_from)?;
+        let state_nesting = take_map(&mut ebpf, maps::STATE_NESTING, PerCpuArray::try_from)?;
         Ok(Self {
             programs: ebpf,
             links,
@@ -578,7 +547,7 @@ struct Candidate<'a> {
 
 impl Candidate<'_> {
     fn nested(&self) -> bool {
-        self.name.ends_with(NESTED_SUFFIX)
+        self.hook.nested == Some(self.name)
     }
 
     /// Loads the program into the kernel; BTF tracepoints find their
@@ -588,7 +557,7 @@ impl Candidate<'_> {
             Program::RawTracePoint(program) => program.load(),
             Program::TracePoint(program) => program.load(),
             Program::BtfTracePoint(program) => match target {
-                Some(target) => program.load(self.hook.name, target),
+                Some(target) => program.load(self.hook.tracepoint, target),
                 // No attach target could be made: refused like a kernel
                 // refusal, so the hook falls back to its raw programs.
                 None => Err(ProgramError::NotLoaded),
@@ -600,7 +569,7 @@ impl Candidate<'_> {
 
     /// Attaches the loaded program to its hook's tracepoint.
     fn attach(self) -> Result<Attachment, LoadError> {
-        let (category, tracepoint) = (self.hook.category, self.hook.name);
+        let (category, tracepoint) = (self.hook.category, self.hook.tracepoint);
         let attach_error = |source| LoadError::Attach {
             category,
             name: tracepoint,
@@ -654,8 +623,8 @@ fn load_side_by_side<'a, 'b: 'a>(
     for (hook, via, result) in results {
         match result {
             Err(LoadError::Program { .. }) if via == Via::Btf => {
-                if !refused.contains(&hook.name) {
-                    refused.push(hook.name);
+                if !refused.contains(&hook.tracepoint) {
+                    refused.push(hook.tracepoint);
                 }
             }
             result => result?,
@@ -704,6 +673,27 @@ fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The other half of the join the kernel side checks at build time:
+    /// every program the hooks table names is in the object, and nothing
+    /// else is.
+    #[test]
+    fn the_object_has_exactly_the_tables_programs() {
+        if OBJECT.is_empty() {
+            println!("skipped: built with AYA_BUILD_SKIP, without the kernel object");
+            return;
+        }
+        let object = aya_obj::Object::parse(OBJECT).expect("the eBPF object");
+        let mut in_object: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        let mut in_table: Vec<&str> = hooks::ALL
+            .iter()
+            .flat_map(|h| [Some(h.classic), h.raw, h.btf, h.nested])
+            .flatten()
+            .collect();
+        in_object.sort_unstable();
+        in_table.sort_unstable();
+        assert_eq!(in_object, in_table);
+    }
 
     #[test]
     fn a_kernel_without_the_ring_buffer_is_named_with_the_floor() {

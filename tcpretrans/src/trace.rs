@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tcpretrans_common::{ConnectFields, ResetFields};
+use tcpretrans_common::{ConnectFields, ResetFields, hooks};
 use thiserror::Error;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -22,7 +22,7 @@ use crate::{
     decode::{Clock, Decoder},
     events::Event,
     kernel, listeners,
-    loader::{self, LoadError, LostCounter, Plan, Tracer},
+    loader::{LoadError, LostCounter, Plan, Tracer},
     netns,
     notice::Notice,
     output::{self, Output},
@@ -81,28 +81,24 @@ pub fn prepare(
     notify: &mut dyn FnMut(Notice),
 ) -> Result<Setup, TraceError> {
     let retransmit = tracefs
-        .format("tcp", "tcp_retransmit_skb")?
+        .hook_format(&hooks::RETRANSMIT)?
         .retransmit_fields()?;
-    let synack = tracefs
-        .format("tcp", "tcp_retransmit_synack")?
-        .synack_fields()?;
-    let state = tracefs
-        .format("sock", "inet_sock_set_state")?
-        .state_fields()?;
+    let synack = tracefs.hook_format(&hooks::SYNACK)?.synack_fields()?;
+    let state = tracefs.hook_format(&hooks::STATE)?.state_fields()?;
     let (enter_fd, enter_uservaddr) = tracefs
-        .format("syscalls", "sys_enter_connect")?
+        .hook_format(&hooks::ENTER_CONNECT)?
         .connect_enter_fields()?;
     let connect = ConnectFields {
         enter_fd,
         enter_uservaddr,
         exit_ret: tracefs
-            .format("syscalls", "sys_exit_connect")?
+            .hook_format(&hooks::EXIT_CONNECT)?
             .syscall_exit_ret()?,
         accept_exit_ret: accept_exit_ret(tracefs)?,
     };
     let reset = ResetFields {
-        send_skaddr: tracefs.format("tcp", "tcp_send_reset")?.reset_skaddr()?,
-        receive_skaddr: tracefs.format("tcp", "tcp_receive_reset")?.reset_skaddr()?,
+        send_skaddr: tracefs.hook_format(&hooks::SEND_RESET)?.reset_skaddr()?,
+        receive_skaddr: tracefs.hook_format(&hooks::RECEIVE_RESET)?.reset_skaddr()?,
     };
     let btf_path = args.btf.as_deref().unwrap_or(Path::new(btf::VMLINUX));
     let (resolved, state_btf_id) = match Btf::from_file(btf_path) {
@@ -115,7 +111,7 @@ pub fn prepare(
             // BTF tracepoints name their target by its id in the kernel's
             // own BTF.
             let state_btf_id = (btf_path == Path::new(btf::VMLINUX))
-                .then(|| btf.typedef_id(loader::STATE_BTF_TRACEPOINT))
+                .then(|| btf.typedef_id(hooks::STATE_BTF_TRACEPOINT))
                 .flatten();
             (resolved, state_btf_id)
         }
@@ -168,10 +164,10 @@ pub fn prepare(
 /// layout serves: refused if they differ.
 fn accept_exit_ret(tracefs: &Tracefs) -> Result<u16, FormatError> {
     let accept4 = tracefs
-        .format("syscalls", "sys_exit_accept4")?
+        .hook_format(&hooks::EXIT_ACCEPT4)?
         .syscall_exit_ret()?;
     let accept = tracefs
-        .format("syscalls", "sys_exit_accept")?
+        .hook_format(&hooks::EXIT_ACCEPT)?
         .syscall_exit_ret()?;
     if accept != accept4 {
         return Err(FormatError::Differs {

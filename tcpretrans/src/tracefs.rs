@@ -9,7 +9,7 @@ use std::{
 };
 
 use tcpretrans_common::{
-    ABSENT, FlowFields, RECORD_LEN, RetransmitFields, StateFields, SynackFields,
+    ABSENT, FlowFields, RECORD_LEN, RetransmitFields, StateFields, SynackFields, hooks::Hook,
 };
 use thiserror::Error;
 
@@ -92,6 +92,11 @@ impl Tracefs {
     }
 
     /// The parsed `format` file of `category:name`.
+    /// The record layout of `hook`'s tracepoint.
+    pub fn hook_format(&self, hook: &Hook) -> Result<Format, FormatError> {
+        self.format(hook.category, hook.tracepoint)
+    }
+
     pub fn format(&self, category: &str, name: &str) -> Result<Format, FormatError> {
         let path = self
             .root

@@ -43,7 +43,10 @@ const SUSTAINED_TOOL: &str = "tcpretrans --state > file";
 const CHURN_CLIENTS: u16 = 4;
 const CHURN_PORT: u16 = 6000;
 /// tcpretrans' state programs (both), as the kernel names them truncated.
-const STATE_PROGRAM: &str = "inet_sock_set_state_raw";
+const STATE_PROGRAM: &str = match tcpretrans_common::hooks::STATE.raw {
+    Some(program) => program,
+    None => panic!("the state hook has a raw program"),
+};
 const UPLOAD_PORT: u16 = 7000;
 const UPLOAD_LOSS_PERCENT: u32 = 5;
 const UPLOAD_BYTES: usize = 4 << 20;

@@ -424,19 +424,38 @@ fn ipv4_on_a_dual_stack_listener_is_ipv4() {
             "2",
         ]);
         let after = ns.counters();
-        let events = tracer.stop().events();
-        (events, delta(&before, &after, "Tcp.RetransSegs"))
+        let output = tracer.stop();
+        let counts = |name: &str| delta(&before, &after, name);
+        let kernel = (counts("Tcp.RetransSegs"), counts("TcpExt.TCPRetransFail"));
+        (output.events(), output.stderr, kernel)
     };
-    let (ipv4, kernel_segments) = upload("-4");
-    let (ipv6, kernel_segments_v6) = upload("-6");
+    let (ipv4, said, (kernel_segments, kernel_failed)) = upload("-4");
+    let (ipv6, _, (kernel_segments_v6, _)) = upload("-6");
     drop(server);
 
     let retransmits = of_kind(&ipv4, "retransmit");
     assert!(kernel_segments > 0, "the loss made retransmissions");
+    // Each connection's account, to tell which one a difference is in.
+    let sessions: Vec<String> = of_kind(&ipv4, "session_end")
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{} -> {}:{} {} segments {} failed {}",
+                e["laddr"],
+                e["lport"],
+                e["raddr"],
+                e["rport"],
+                e["by_type"],
+                e["segments"],
+                e["failed"]
+            )
+        })
+        .collect();
     assert_eq!(
         sent_segments(&retransmits),
         kernel_segments,
-        "-4 vs Tcp.RetransSegs"
+        "-4 vs Tcp.RetransSegs (TCPRetransFail +{kernel_failed}); connections:\n{}\ntracer:\n{said}",
+        sessions.join("\n")
     );
     assert!(
         ipv4.iter()
