@@ -18,6 +18,7 @@ pub const AF_INET6: u16 = 10;
 pub const RECORD_LEN: usize = 128;
 
 pub mod hooks;
+pub mod snmp;
 #[macro_use]
 pub mod members;
 

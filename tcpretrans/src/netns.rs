@@ -13,6 +13,7 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
+use tcpretrans_common::snmp;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -79,7 +80,7 @@ impl Namespace {
     /// alike (one MIB serves both).
     pub fn retrans_segs(&self) -> Result<u64, NetnsError> {
         let snmp = self.read(|| fs::read_to_string("/proc/thread-self/net/snmp"))?;
-        snmp_counter(&snmp, "Tcp", "RetransSegs").ok_or(NetnsError::NoCounter {
+        snmp::counter(&snmp, "Tcp", "RetransSegs").ok_or(NetnsError::NoCounter {
             inode: self.inode,
             counter: "RetransSegs",
         })
@@ -193,18 +194,6 @@ fn read_occupancy(inode: u32) -> io::Result<Occupancy> {
     })
 }
 
-/// A counter of `/proc/net/snmp`, whose groups are a line of names and a
-/// line of values: `Tcp: ... RetransSegs ...`, `Tcp: ... 2593 ...`.
-fn snmp_counter(snmp: &str, group: &str, name: &str) -> Option<u64> {
-    let mut lines = snmp.lines().filter(|l| {
-        l.strip_prefix(group)
-            .is_some_and(|rest| rest.starts_with(':'))
-    });
-    let (names, values) = (lines.next()?, lines.next()?);
-    let at = names.split_whitespace().position(|n| n == name)?;
-    values.split_whitespace().nth(at)?.parse().ok()
-}
-
 /// `TCP: inuse 5 orphan 0 tw 3 alloc 6 mem 1` → 3.
 fn parse_sockstat_tw(sockstat: &str) -> Option<u64> {
     let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
@@ -245,20 +234,6 @@ mod tests {
     fn a_namespace_nobody_holds_is_gone() {
         assert!(matches!(occupancy(1), Err(NetnsError::Gone(1))));
         assert!(matches!(Namespace::open(1), Err(NetnsError::Gone(1))));
-    }
-
-    #[test]
-    fn parses_snmp_counters() {
-        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
-                    Tcp: RtoAlgorithm RtoMin MaxConn RetransSegs InErrs\n\
-                    Tcp: 1 200 -1 2593 0\n\
-                    TcpExt: RetransSegs\nTcpExt: 7\n\
-                    Udp: InDatagrams\nUdp: 12\n";
-        assert_eq!(snmp_counter(snmp, "Tcp", "RetransSegs"), Some(2593));
-        assert_eq!(snmp_counter(snmp, "Udp", "InDatagrams"), Some(12));
-        assert_eq!(snmp_counter(snmp, "Tcp", "MaxConn"), None, "signed");
-        assert_eq!(snmp_counter(snmp, "Tcp", "OutRsts"), None);
-        assert_eq!(snmp_counter(snmp, "Icmp", "InMsgs"), None);
     }
 
     #[test]

@@ -167,19 +167,10 @@ fn is_libc(path: &str) -> bool {
     name.starts_with("ld-linux") || name.starts_with("ld-musl") || name.starts_with("libc.")
 }
 
-/// `Tcp: RetransSegs` from the two `Tcp:` lines of /proc/net/snmp.
+/// `Tcp: RetransSegs` of a copy of /proc/net/snmp the guest left.
 fn retrans_segs(snmp: &str) -> Result<u64> {
-    let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = lines
-        .next()
-        .zip(lines.next())
-        .context("the guest left no Tcp: lines of /proc/net/snmp")?;
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "RetransSegs")
-        .and_then(|(_, value)| value.parse().ok())
-        .context("/proc/net/snmp has no RetransSegs")
+    tcpretrans_common::snmp::counter(snmp, "Tcp", "RetransSegs")
+        .context("the guest left no Tcp: RetransSegs of /proc/net/snmp")
 }
 
 /// The guest's work in busybox sh, run in the run directory.
@@ -241,13 +232,6 @@ echo $? > tracer.rc
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retrans_segs_is_read_by_name() {
-        let snmp = "Tcp: RtoAlgorithm RtoMin RetransSegs InErrs\nTcp: 1 200 17 0\n";
-        assert_eq!(retrans_segs(snmp).unwrap(), 17);
-        assert!(retrans_segs("Ip: 1\n").is_err());
-    }
 
     #[test]
     fn loaders_and_libcs_are_told_from_other_files() {
