@@ -109,7 +109,7 @@ pub const ALL: [Hook; 9] = [
 /// The BTF type the kernel knows the state tracepoint by, for BTF programs.
 pub const STATE_BTF_TRACEPOINT: &str = concat!("btf_trace_", "inet_sock_set_state");
 
-/// The maps userspace opens.
+/// The maps, by the names userspace opens and sizes them by.
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
@@ -117,6 +117,8 @@ pub mod maps {
     pub const SOCKETS: &str = "SOCKETS";
     pub const LISTENERS: &str = "LISTENERS";
     pub const CONNECTS: &str = "CONNECTS";
+    pub const STATE_TAKEN: &str = "STATE_TAKEN";
+    pub const RECORDS: &str = "RECORDS";
 }
 
 /// Whether two names are the same, at build time.

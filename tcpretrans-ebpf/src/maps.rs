@@ -152,3 +152,5 @@ named!(hooks::maps::STATE_NESTING, STATE_NESTING);
 named!(hooks::maps::SOCKETS, SOCKETS);
 named!(hooks::maps::LISTENERS, LISTENERS);
 named!(hooks::maps::CONNECTS, CONNECTS);
+named!(hooks::maps::STATE_TAKEN, STATE_TAKEN);
+named!(hooks::maps::RECORDS, RECORDS);

@@ -302,11 +302,11 @@ impl LostCounter {
         };
         let mut ring_full = 0;
         for slot in 0..lost_slot::COUNT {
-            ring_full += sum(&self.ring_full, "LOST", slot)?;
+            ring_full += sum(&self.ring_full, maps::LOST, slot)?;
         }
         let recovered = sum(
             &self.state_nesting,
-            "STATE_NESTING",
+            maps::STATE_NESTING,
             state_nesting::RECOVERED,
         )?;
         let missed: u64 = self.fdinfo.iter().map(|path| recursion_misses(path)).sum();
@@ -351,8 +351,8 @@ impl Tracer {
             // No CO-RE relocations in the object: we resolve the offsets we
             // need ourselves.
             .btf(None)
-            .map_max_entries("EVENTS", plan.ring_bytes)
-            .map_max_entries("SOCKETS", plan.max_sockets)
+            .map_max_entries(maps::EVENTS, plan.ring_bytes)
+            .map_max_entries(maps::SOCKETS, plan.max_sockets)
             .override_global(globals::RETRANSMIT_FIELDS, &plan.retransmit, true)
             .override_global(globals::SYNACK_FIELDS, &plan.synack, true)
             .override_global(globals::STATE_FIELDS, &plan.state, true)
@@ -369,16 +369,16 @@ impl Tracer {
                     match name.as_str() {
                         // A map type the kernel does not know is EINVAL:
                         // the ring buffer came in 5.8.
-                        "EVENTS" if io_error.raw_os_error() == Some(libc_einval()) => {
+                        maps::EVENTS if io_error.raw_os_error() == Some(libc_einval()) => {
                             LoadError::NoRingBuffer {
                                 kernel: kernel_release(),
                             }
                         }
-                        "EVENTS" => LoadError::RingBuffer {
+                        maps::EVENTS => LoadError::RingBuffer {
                             bytes: Bytes(plan.ring_bytes),
                             source: io_error,
                         },
-                        "SOCKETS" => LoadError::SocketMap {
+                        maps::SOCKETS => LoadError::SocketMap {
                             entries: plan.max_sockets,
                             source: io_error,
                         },

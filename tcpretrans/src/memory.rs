@@ -14,7 +14,7 @@ use std::{
 };
 
 use tcpretrans_common::{
-    ListenerKey, Owner, PendingConnect, RECORD_LEN, SockInfo, lost_slot, state_nesting,
+    ListenerKey, Owner, PendingConnect, RECORD_LEN, SockInfo, hooks::maps, lost_slot, state_nesting,
 };
 use thiserror::Error;
 
@@ -121,9 +121,9 @@ fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 8] {
     // Sizes of small structs.
     let size = |n: usize| n as u32;
     [
-        ("EVENTS", Map::RingBuf { bytes: ring_bytes }),
+        (maps::EVENTS, Map::RingBuf { bytes: ring_bytes }),
         (
-            "SOCKETS",
+            maps::SOCKETS,
             Map::LruHash {
                 key: 8,
                 value: size(size_of::<SockInfo>()),
@@ -131,7 +131,7 @@ fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 8] {
             },
         ),
         (
-            "LISTENERS",
+            maps::LISTENERS,
             Map::LruHash {
                 key: size(size_of::<ListenerKey>()),
                 value: size(size_of::<Owner>()),
@@ -139,7 +139,7 @@ fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 8] {
             },
         ),
         (
-            "CONNECTS",
+            maps::CONNECTS,
             Map::LruHash {
                 key: 4,
                 value: size(size_of::<PendingConnect>()),
@@ -147,28 +147,28 @@ fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 8] {
             },
         ),
         (
-            "LOST",
+            maps::LOST,
             Map::PerCpuArray {
                 value: 8,
                 entries: lost_slot::COUNT,
             },
         ),
         (
-            "STATE_NESTING",
+            maps::STATE_NESTING,
             Map::PerCpuArray {
                 value: 8,
                 entries: state_nesting::COUNT,
             },
         ),
         (
-            "STATE_TAKEN",
+            maps::STATE_TAKEN,
             Map::PerCpuArray {
                 value: 16,
                 entries: state_nesting::LEVELS,
             },
         ),
         (
-            "RECORDS",
+            maps::RECORDS,
             Map::PerCpuArray {
                 value: size(RECORD_LEN + 16),
                 entries: 1,
