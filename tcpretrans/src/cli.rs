@@ -17,6 +17,7 @@ use crate::{
     cgroup::{self, Cgroup},
     events::{Close, Event, Process, StateChange, TcpState},
     generate::Generated,
+    metrics::{self, Dimensions, Endpoint},
     netns,
     output::Style,
 };
@@ -57,6 +58,7 @@ const EVENTS: &str = "Events";
 const FILTERS: &str = "Filters (in the kernel where possible)";
 const OUTPUT: &str = "Output";
 const SESSION: &str = "Session";
+const METRICS: &str = "Metrics (Prometheus)";
 
 /// Exit statuses, for runbooks: documented in `--help`, the man page and
 /// the README.
@@ -209,7 +211,7 @@ pub struct Args {
     pub wall_time: bool,
 
     /// No header and no exit summary: only events (and losses, which are
-    /// never silent).
+    /// never silent). With --metrics, no events either: a quiet exporter.
     #[arg(help_heading = OUTPUT, short = 'q', long)]
     pub quiet: bool,
 
@@ -234,6 +236,25 @@ pub struct Args {
     #[arg(help_heading = SESSION, long, value_name = "N", default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(1024..=1 << 24))]
     pub max_sockets: u32,
+
+    /// Serve Prometheus metrics of every retransmission and transition at
+    /// http://[ADDR:]PORT/metrics while tracing (PORT alone: every IPv4
+    /// address), with /healthz and /readyz for probes.
+    #[arg(help_heading = METRICS, long, value_name = "[ADDR:]PORT", value_parser = metrics::parse_endpoint, conflicts_with = "count")]
+    pub metrics: Option<Endpoint>,
+
+    /// Label the metrics of connections by LIST (comma separated): comm,
+    /// netns, lport, rport, raddr (raddr/24 cuts IPv4 addresses to /24 and
+    /// IPv6 ones to /64; raddr/24/48 says both). None by default.
+    #[arg(help_heading = METRICS, long, value_name = "LIST", requires = "metrics", value_parser = metrics::parse_dimensions)]
+    pub metrics_by: Option<Dimensions>,
+
+    /// At most N series labelled by --metrics-by; the events of any further
+    /// connection count under the label value `other` (and in
+    /// tcpretrans_folded_events_total).
+    #[arg(help_heading = METRICS, long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_series: u32,
 
     /// Read kernel type information from FILE instead of /sys/kernel/btf/vmlinux.
     #[arg(help_heading = SESSION, long, value_name = "FILE")]
@@ -332,7 +353,8 @@ impl Args {
             netns: self.netns.unwrap_or(0),
             family,
             state_mask: self.state.map_or(0, |m| m.0),
-            flags: if self.state.is_some() {
+            // The metrics count transitions whatever is printed.
+            flags: if self.state.is_some() || self.metrics.is_some() {
                 filter_flags::STATE_EVENTS
             } else {
                 0
@@ -353,6 +375,18 @@ impl Args {
     /// Whether an event passes the `--state` list (see `StateMask::shows`).
     pub fn shows_states(&self, event: &Event) -> bool {
         self.state.is_none_or(|mask| mask.shows(event))
+    }
+
+    /// Whether an event is listed (printed, counted in the summary): a
+    /// lifecycle event only with --state (--metrics has them traced for its
+    /// counters alone).
+    pub fn lists(&self, event: &Event) -> bool {
+        self.state.is_some() || !event.is_lifecycle()
+    }
+
+    /// `-q --metrics`: the metrics are the only output.
+    pub fn quiet_exporter(&self) -> bool {
+        self.quiet && self.metrics.is_some()
     }
 
     /// Whether an event's owner passes `-p`/`--comm`. The kernel side

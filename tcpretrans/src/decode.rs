@@ -281,6 +281,8 @@ impl Decoder {
             } else {
                 t.skb_gso_segs.is_known().then_some(raw.segs)
             },
+            // Set by the consumer, which sees the socket's previous event.
+            unseen_segs: None,
             bytes: seq_known.then(|| raw.end_seq.wrapping_sub(raw.seq).wrapping_sub(syn_fin)),
             seq: seq_known.then_some(raw.seq),
             orphan: match raw.budget {

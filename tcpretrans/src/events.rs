@@ -195,6 +195,9 @@ pub struct Retransmit {
     pub ssthresh: Option<u32>,
     /// Segments in this skb (`tcp_skb_pcount`): what `TcpRetransSegs` adds.
     pub segs: Option<u16>,
+    /// Segments the socket retransmitted since its previous event that no
+    /// event reported (see `gaps`); `None` for its first event.
+    pub unseen_segs: Option<u32>,
     /// Payload bytes.
     pub bytes: Option<u32>,
     pub seq: Option<u32>,
@@ -342,6 +345,9 @@ pub struct Account {
     /// Attempts the kernel could not send (e.g. `EBUSY`: the previous copy
     /// was still queued in the host).
     pub failed: u64,
+    /// Segments retransmitted with no event, found by the gaps in the
+    /// socket's count (see `gaps`).
+    pub unseen: u64,
     pub first: Option<Timestamp>,
     pub last: Option<Timestamp>,
     /// The largest retransmission timeout seen.
@@ -362,6 +368,7 @@ impl Account {
             None => self.unknown_cause += 1,
         }
         self.segments += u64::from(r.segs.unwrap_or(1));
+        self.unseen += u64::from(r.unseen_segs.unwrap_or(0));
         self.first.get_or_insert(r.socket.time);
         self.last = Some(r.socket.time);
         self.max_rto = self.max_rto.max(r.rto);
@@ -394,6 +401,17 @@ impl Event {
             | Self::ConnectError { socket, .. }
             | Self::TimeWaitReuse { socket, .. } => Some(socket),
             Self::Lost { .. } => None,
+        }
+    }
+
+    /// Whether it is of the connection lifecycle (shown with `--state`).
+    pub fn is_lifecycle(&self) -> bool {
+        match self {
+            Self::State(_)
+            | Self::SessionEnd(_)
+            | Self::Reset { .. }
+            | Self::TimeWaitReuse { .. } => true,
+            Self::Retransmit(_) | Self::ConnectError { .. } | Self::Lost { .. } => false,
         }
     }
 

@@ -83,6 +83,7 @@ pub fn sample_retransmit(socket: Socket) -> Retransmit {
         cwnd: Some(1),
         ssthresh: Some(7),
         segs: Some(2),
+        unseen_segs: None,
         bytes: Some(2896),
         seq: Some(1_000_000),
         orphan: Some(false),

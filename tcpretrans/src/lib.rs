@@ -10,11 +10,13 @@ pub mod decode;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod gaps;
 pub mod generate;
 pub mod kernel;
 pub mod listeners;
 pub mod loader;
 pub mod memory;
+pub mod metrics;
 pub mod netns;
 pub mod notice;
 pub mod output;

@@ -89,19 +89,25 @@ impl Summary {
         self.reported_segments.get(&netns).copied().unwrap_or(0)
     }
 
-    /// Segments the kernel retransmitted in the namespace compared that
-    /// were not reported: events missing like lost ones.
+    /// Segments the kernel retransmitted that were not reported: in the
+    /// namespace compared, else those found in the gaps of the sockets'
+    /// counts (`gaps`). Events missing like lost ones.
     pub fn unseen(&self) -> u64 {
         match &self.reconciliation {
             Some(Ok(comparison)) => comparison.unseen(),
-            _ => 0,
+            _ => self.retransmits.unseen,
         }
     }
 
-    /// The comparison with the kernel's count, or why there is none.
+    /// The comparison with the kernel's count, or why there is none (and
+    /// then what the sockets' counts told).
     pub fn reconciliation_line(&self) -> Option<String> {
         self.reconciliation.as_ref().map(|compared| match compared {
             Ok(comparison) => comparison.describe(self.lost),
+            Err(why) if self.retransmits.unseen > 0 => format!(
+                "{why}; the sockets' own counts grew by {} retransmitted segments no event reported",
+                self.retransmits.unseen
+            ),
             Err(why) => why.to_string(),
         })
     }

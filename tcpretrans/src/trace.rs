@@ -3,6 +3,7 @@
 use std::{
     io::{self, ErrorKind},
     path::Path,
+    sync::Arc,
     thread,
     time::Duration,
 };
@@ -21,8 +22,10 @@ use crate::{
     cli::Args,
     decode::{Clock, Decoder},
     events::Event,
+    gaps::Gaps,
     kernel, listeners,
     loader::{LoadError, LostCounter, Plan, Tracer},
+    metrics::{self, Exporter, Metrics, ServeError},
     netns,
     notice::Notice,
     output::{self, Output},
@@ -65,6 +68,8 @@ pub enum TraceError {
     Poll(#[source] io::Error),
     #[error("writing output failed: {0}")]
     Output(#[source] io::Error),
+    #[error(transparent)]
+    Metrics(#[from] ServeError),
 }
 
 /// A session's kernel-side plan and the matching decoder.
@@ -226,6 +231,19 @@ pub async fn run(args: &Args, notify: &mut dyn FnMut(Notice)) -> Result<Summary,
         return Err(LoadError::Permission.into());
     }
     single_heap();
+    // Before loading: a port in use is said at once, and probes get an
+    // answer (not ready) while the programs load.
+    let exporter = match args.metrics {
+        Some(endpoint) => {
+            let listener = metrics::bind(endpoint).await?;
+            let (metrics, registry) =
+                Metrics::new(args.metrics_by.clone().unwrap_or_default(), args.max_series);
+            let exporter = Exporter::new(registry);
+            tokio::spawn(metrics::serve(listener, Arc::clone(&exporter)));
+            Some((metrics, exporter))
+        }
+        None => None,
+    };
     // Made while the programs load: text output looks the local time zone
     // up in the system's zoneinfo tree (0.7-1.4 ms here).
     let style = args.style();
@@ -242,12 +260,27 @@ pub async fn run(args: &Args, notify: &mut dyn FnMut(Notice)) -> Result<Summary,
         listeners.join().unwrap_or_default()
     })?;
     let baseline = baseline.and_then(Baseline::attached);
+    let metrics = exporter.map(|(metrics, exporter)| {
+        exporter.set_ready();
+        metrics
+    });
     release_startup_heap();
     // The thread only fails by panicking, which it has then reported.
     let mut out = output
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    let mut summary = consume(args, tracer, decoder, out.as_mut(), notify, baseline).await?;
+    let mut summary = consume(
+        args,
+        tracer,
+        decoder,
+        Sinks {
+            out: out.as_mut(),
+            metrics,
+            notify,
+        },
+        baseline,
+    )
+    .await?;
     // `-c` writes flow tables only.
     if !summary.output_closed && !args.quiet && !args.count {
         if args.state.is_some() {
@@ -270,13 +303,22 @@ struct Consumer<'a> {
     args: &'a Args,
     decoder: Decoder,
     owners: Owners,
+    gaps: Gaps,
     time_waits: TimeWaits,
     /// Connection accounts: for `session_end` with `--state`, for the flow
     /// table with `-c`.
     sessions: Option<Sessions>,
     out: &'a mut dyn Output,
+    metrics: Option<Metrics>,
     notify: &'a mut dyn FnMut(Notice),
     summary: Summary,
+}
+
+/// Where a session's events go: the output, the metrics, and notices.
+struct Sinks<'a> {
+    out: &'a mut dyn Output,
+    metrics: Option<Metrics>,
+    notify: &'a mut dyn FnMut(Notice),
 }
 
 impl Consumer<'_> {
@@ -285,6 +327,7 @@ impl Consumer<'_> {
             match self.decoder.decode(&record) {
                 Ok(mut event) => {
                     self.owners.resolve(&mut event);
+                    self.gaps.observe(&mut event);
                     if !self.args.keeps_owner(event.owner()) {
                         continue;
                     }
@@ -317,8 +360,14 @@ impl Consumer<'_> {
         if !self.args.shows_states(event) {
             return Ok(());
         }
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.observe(event);
+        }
+        if !self.args.lists(event) {
+            return Ok(());
+        }
         self.summary.count(event);
-        if self.args.count {
+        if self.args.count || self.args.quiet_exporter() {
             return Ok(());
         }
         self.out.event(event)
@@ -327,6 +376,9 @@ impl Consumer<'_> {
     /// Reports events the kernel side dropped since the last report.
     fn report_lost(&mut self, lost: &LostCounter) -> Result<(), TraceError> {
         let (ring_full, skipped) = lost.total()?;
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.lost(ring_full, skipped);
+        }
         let total = ring_full + skipped;
         self.summary.lost_skipped = skipped;
         if total > self.summary.lost {
@@ -334,8 +386,11 @@ impl Consumer<'_> {
             self.summary.lost = total;
             // JSON has it in its stream; a person watching text must not
             // miss it, nor must it break a table piped into another tool.
-            if !self.args.json {
+            if !self.args.json || self.args.quiet_exporter() {
                 (self.notify)(Notice::Lost(count));
+            }
+            if self.args.quiet_exporter() {
+                return Ok(());
             }
             let event = Event::Lost {
                 time: self.decoder.clock.now(),
@@ -378,10 +433,14 @@ async fn consume(
     args: &Args,
     tracer: Tracer,
     decoder: Decoder,
-    out: &mut dyn Output,
-    notify: &mut dyn FnMut(Notice),
+    sinks: Sinks<'_>,
     baseline: Result<Baseline, NotCompared>,
 ) -> Result<Summary, TraceError> {
+    let Sinks {
+        out,
+        metrics,
+        notify,
+    } = sinks;
     let Tracer {
         programs: _programs,
         links,
@@ -397,9 +456,11 @@ async fn consume(
         args,
         decoder,
         owners: Owners::default(),
+        gaps: Gaps::default(),
         time_waits: TimeWaits::new(TIME_WAITS_REMEMBERED),
         sessions: (args.state.is_some() || args.count).then(|| Sessions::new(SESSIONS_TRACKED)),
         out,
+        metrics,
         notify,
         summary: Summary::default(),
     };

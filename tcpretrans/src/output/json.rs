@@ -370,6 +370,7 @@ impl Fields<'_> {
         self.optional(key!("cwnd"), r.cwnd, Self::integer);
         self.optional(key!("ssthresh"), r.ssthresh, Self::integer);
         self.optional(key!("segs"), r.segs, Self::integer);
+        self.optional(key!("unseen_segs"), r.unseen_segs, Self::integer);
         self.optional(key!("bytes"), r.bytes, Self::integer);
         self.optional(key!("seq"), r.seq, Self::integer);
         self.optional(key!("orphan"), r.orphan, Self::boolean);
@@ -404,6 +405,7 @@ impl Fields<'_> {
         self.buf.push(b'}');
         self.integer(key!("segments"), a.segments);
         self.integer(key!("failed"), a.failed);
+        self.integer(key!("unseen_segments"), a.unseen);
         self.optional(key!("max_rto_ms"), a.max_rto, Self::millis);
         self.optional(key!("first_retransmit"), a.first, Self::time);
         self.optional(key!("last_retransmit"), a.last, Self::time);
@@ -578,6 +580,8 @@ struct SummaryLine<'a> {
     by_type: ByType<'a>,
     segments: u64,
     failed: u64,
+    /// Found in the gaps of the sockets' counts, under any filter.
+    unseen_segments: u64,
     /// The namespace whose `Tcp: RetransSegs` was compared, the counts
     /// compared, and what the kernel counted beyond the reported; all null
     /// when not compared (`not_compared` says why).
@@ -664,6 +668,7 @@ impl<W: Write> Output for Json<W> {
             by_type: ByType(r),
             segments: r.segments,
             failed: r.failed,
+            unseen_segments: r.unseen,
             compared_netns: compared.map(|c| c.netns),
             kernel_retransmitted_segments: compared.map(|c| c.kernel),
             reported_segments: compared.map(|c| c.reported),
@@ -830,7 +835,7 @@ mod tests {
                 "pid": 7, "uid": 0, "comm": "nginx", "state": "ESTABLISHED", "err": 0,
                 "type": "RTO", "rto_ms": 800.0, "backoff": 2, "retries": 2, "retry_limit": 15,
                 "total_retrans": 9, "srtt_us": 12345, "rttvar_us": 3000, "cwnd": 1, "ssthresh": 7,
-                "segs": 2, "bytes": 2896, "seq": 1000000, "orphan": false
+                "segs": 2, "unseen_segs": null, "bytes": 2896, "seq": 1000000, "orphan": false
             })
         );
     }

@@ -254,6 +254,14 @@ pub fn sent_segments(events: &[&Value]) -> i64 {
         .sum()
 }
 
+/// Segments retransmitted with no event, as the events' `unseen_segs` say.
+pub fn unseen_segments(events: &[&Value]) -> i64 {
+    events
+        .iter()
+        .filter_map(|e| e["unseen_segs"].as_i64())
+        .sum()
+}
+
 /// Retransmissions of one cause (`type`).
 pub fn of_type<'a>(events: &[&'a Value], cause: &str) -> Vec<&'a Value> {
     events
