@@ -296,6 +296,9 @@ fn refuse_other_tracers() -> Result<()> {
     Ok(())
 }
 
+/// Where the metrics-only tracer serves (nothing scrapes it in the bench).
+const METRICS_ENDPOINT: &str = "127.0.0.1:19431";
+
 fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
     let tcpretrans = |binary: &Path, args: &[&str]| {
         let mut command = vec![binary.display().to_string(), "--json".into()];
@@ -344,6 +347,18 @@ fn tools(binary: &Path, baseline: Option<&Path>, scripts: &Path) -> Vec<Tool> {
             stdio_buffered: false,
             is_state: json_state,
             socket_transition: Some(json_socket_transition),
+        },
+        Tool {
+            label: "tcpretrans --metrics -q",
+            reports_states: false,
+            command: ours(&["--metrics", METRICS_ENDPOINT, "-q"]),
+            discard: true,
+            preamble: 0,
+            // The state programs run for the metrics.
+            ready: Ready::Links(8),
+            stdio_buffered: false,
+            is_state: |_| false,
+            socket_transition: None,
         },
         Tool {
             label: "tcpretrans (default)",

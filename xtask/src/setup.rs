@@ -7,8 +7,9 @@ use anyhow::{Context as _, Result, bail};
 /// Debian packages: LLVM 22 for bpf-linker, musl's C compiler wrapper for the
 /// static binary's C code (its allocator), nftables and iproute2 for the
 /// lab, real programs the lab traces (nginx, a prefork server; curl; iperf3),
+/// Prometheus (and promtool) to scrape and lint `--metrics`,
 /// zsh and fish to check the completion scripts with.
-const APT_PACKAGES: [&str; 12] = [
+const APT_PACKAGES: [&str; 13] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -19,6 +20,7 @@ const APT_PACKAGES: [&str; 12] = [
     "nginx-light",
     "curl",
     "iperf3",
+    "prometheus",
     "zsh",
     "fish",
 ];

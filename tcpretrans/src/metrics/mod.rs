@@ -42,6 +42,7 @@ pub struct Metrics {
     retransmits: Family<(Fixed<1>, Connection), Counter>,
     segments: Family<(Fixed<1>, Connection), Counter>,
     failed: Family<(Fixed<0>, Connection), Counter>,
+    unseen: Family<(Fixed<0>, Connection), Counter>,
     rto: Histogram,
     transitions: Family<(Fixed<2>, Connection), Counter>,
     time_wait_entries: Family<(Fixed<0>, Connection), Counter>,
@@ -68,6 +69,7 @@ impl Metrics {
             retransmits: Family::default(),
             segments: Family::default(),
             failed: Family::default(),
+            unseen: Family::default(),
             rto: Histogram::new(RTO_BUCKETS),
             transitions: Family::default(),
             time_wait_entries: Family::default(),
@@ -95,6 +97,11 @@ impl Metrics {
             "retransmit_failures",
             "Retransmissions the kernel attempted but could not send (TcpExt TCPRetransFail)",
             metrics.failed.clone(),
+        );
+        registry.register(
+            "unseen_retransmitted_segments",
+            "Segments the kernel retransmitted without running the tracer's program, found in the gaps of the sockets' own counts: with retransmitted_segments they sum to RetransSegs",
+            metrics.unseen.clone(),
         );
         registry.register_with_unit(
             "rto",
@@ -225,6 +232,11 @@ impl Metrics {
             .inc_by(u64::from(r.segs.unwrap_or(1)));
         if let Some(rto) = r.rto {
             self.rto.observe(rto.as_secs_f64());
+        }
+        if let Some(unseen) = r.unseen_segs.filter(|&n| n > 0) {
+            self.series
+                .counter(&self.unseen, [], &connection)
+                .inc_by(u64::from(unseen));
         }
     }
 

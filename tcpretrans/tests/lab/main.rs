@@ -5,6 +5,7 @@ mod count;
 mod degraded;
 mod harness;
 mod lifecycle;
+mod metrics;
 mod owners;
 mod ports;
 mod programs;

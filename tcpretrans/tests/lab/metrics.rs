@@ -1,0 +1,253 @@
+//! `--metrics` as a fleet runs it: a quiet exporter that Debian's real
+//! Prometheus scrapes every second, checked against the kernel's counters
+//! and `ss`, and its exposition against `promtool check metrics`.
+use std::{
+    fs,
+    io::Write as _,
+    net::{SocketAddr, TcpListener},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tcpretrans_lab::process::Watched;
+
+use crate::harness::{Netns, bulk_upload, delta, drop_inbound, short_connection};
+
+/// How long Prometheus may take to start and to scrape what happened.
+const SCRAPE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A port on loopback that nothing listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `GET` on loopback with curl: `(status, body)`.
+fn get(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "--silent",
+            "--max-time",
+            "5",
+            "--write-out",
+            "\n%{http_code}",
+            url,
+        ])
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Waits (bounded) until `url` answers 200.
+fn until_ok(url: &str, what: &str, process: &mut Watched) {
+    let deadline = Instant::now() + SCRAPE_PATIENCE;
+    while get(url).0 != 200 {
+        assert!(process.running(), "{what} exited:\n{}", process.stderr());
+        assert!(Instant::now() < deadline, "{what} never answered {url}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Prometheus server of its own: config and storage in a temporary
+/// directory, listening on loopback, scraping `target` every second.
+struct Prometheus {
+    process: Watched,
+    address: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config = dir.path().join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: tcpretrans\n    static_configs:\n      \
+                 - targets: ['{target}']\n"
+            ),
+        )
+        .expect("writing the config");
+        let address: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let mut process = Watched::spawn(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={address}"))
+                .arg("--log.level=warn")
+                .stdout(Stdio::null()),
+        )
+        .expect("starting prometheus (Debian's `prometheus` package)");
+        until_ok(
+            &format!("http://{address}/-/ready"),
+            "prometheus",
+            &mut process,
+        );
+        Self {
+            process,
+            address,
+            _dir: dir,
+        }
+    }
+
+    /// The value of an instant query that yields one number, if it does.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let out = Command::new("curl")
+            .args(["--silent", "--max-time", "5", "--get", "--data-urlencode"])
+            .arg(format!("query={promql}"))
+            .arg(format!("http://{}/api/v1/query", self.address))
+            .output()
+            .expect("running curl");
+        let answer: Value = serde_json::from_slice(&out.stdout).ok()?;
+        answer["data"]["result"][0]["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+
+    /// Waits (bounded) until a query yields `want`; what it yielded last.
+    fn until(&self, promql: &str, want: f64) -> Option<f64> {
+        let deadline = Instant::now() + SCRAPE_PATIENCE;
+        loop {
+            let value = self.query(promql);
+            if value == Some(want) || Instant::now() >= deadline {
+                return value;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.process.interrupt();
+    }
+}
+
+/// A lossy upload and five short connections under a quiet exporter: what
+/// Prometheus scraped equals what the kernel counted, the TIME_WAIT gauge
+/// what `ss` lists, and the exposition passes `promtool check metrics`.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn prometheus_scrapes_what_the_kernel_counted() {
+    const PORT: u16 = 5401;
+    let ns = Netns::new("prom");
+    ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    drop_inbound(&ns, PORT, 5);
+    let endpoint: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
+    let netns = ns.inode.to_string();
+    let mut exporter = Watched::spawn(
+        Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
+            .args(["--metrics", &endpoint.to_string(), "-q", "--netns", &netns])
+            .stdout(Stdio::piped()),
+    )
+    .expect("starting tcpretrans");
+    let stdout = exporter.take_stdout().expect("stdout");
+    until_ok(
+        &format!("http://{endpoint}/readyz"),
+        "tcpretrans",
+        &mut exporter,
+    );
+    let prometheus = Prometheus::start(endpoint);
+    assert_eq!(
+        prometheus.until("up", 1.0),
+        Some(1.0),
+        "prometheus scrapes it"
+    );
+
+    let before = ns.counters();
+    bulk_upload(
+        &ns,
+        format!("127.0.0.1:{PORT}").parse().expect("address"),
+        4 << 20,
+    );
+    for _ in 0..5 {
+        short_connection(&ns, "127.0.0.1:5402".parse().expect("address"));
+    }
+    let after = ns.counters();
+    let kernel_segments = delta(&before, &after, "Tcp.RetransSegs");
+    assert!(kernel_segments > 0, "5% loss must cause retransmissions");
+
+    // Sent and unseen (the kernel ran no program for them; the sockets'
+    // counts tell) make up what the kernel counted.
+    let scraped = prometheus.until(
+        "sum(tcpretrans_retransmitted_segments_total) \
+         + (sum(tcpretrans_unseen_retransmitted_segments_total) or vector(0))",
+        kernel_segments as f64,
+    );
+    assert_eq!(
+        scraped,
+        Some(kernel_segments as f64),
+        "Prometheus vs Tcp.RetransSegs"
+    );
+    let time_wait = ns
+        .exec(&["ss", "-Htan", "state", "time-wait"])
+        .lines()
+        .count() as f64;
+    assert_eq!(
+        time_wait, 6.0,
+        "the upload's and five short connections' clients"
+    );
+    let gauge = format!("tcpretrans_time_wait_sockets{{netns=\"{netns}\"}}");
+    assert_eq!(
+        prometheus.until(&gauge, time_wait),
+        Some(time_wait),
+        "{gauge} vs ss"
+    );
+    let entries = "sum(tcpretrans_time_wait_entries_total)";
+    assert_eq!(
+        prometheus.until(entries, time_wait),
+        Some(time_wait),
+        "{entries}"
+    );
+
+    let (status, exposition) = get(&format!("http://{endpoint}/metrics"));
+    assert_eq!(status, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting promtool");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("writing to promtool");
+    let linted = promtool.wait_with_output().expect("promtool");
+    assert!(
+        linted.status.success(),
+        "promtool check metrics: {}{}\n{exposition}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+
+    drop(prometheus);
+    let status = exporter.interrupt().expect("tcpretrans ends on SIGINT");
+    let stderr = exporter.stderr();
+    let printed = std::io::read_to_string(stdout).expect("stdout");
+    assert_eq!(printed, "", "a quiet exporter prints no events");
+    // 4: the kernel retransmitted segments it gave no program (said above).
+    assert!(matches!(status.code(), Some(0 | 4)), "{status}: {stderr}");
+    eprintln!(
+        "prometheus: {kernel_segments} segments = Tcp.RetransSegs, {time_wait} TIME_WAIT = ss; \
+         {} bytes of exposition",
+        exposition.len()
+    );
+}
