@@ -623,6 +623,9 @@ pub struct EventHeader {
     /// socket older than the tracer): userspace finds the process holding
     /// it in /proc. 0 otherwise.
     pub sock_ino: u64,
+    /// The socket's cgroup v2 id (its directory's inode), which userspace
+    /// turns into a container and pod; 0 when unknown.
+    pub cgroup: u64,
 }
 
 impl EventHeader {
@@ -634,6 +637,7 @@ impl EventHeader {
         timestamp_ns: u64,
         skaddr: u64,
         sock_ino: u64,
+        cgroup: u64,
     ) -> Self {
         Self {
             kind,
@@ -643,6 +647,7 @@ impl EventHeader {
             timestamp_ns,
             skaddr,
             sock_ino,
+            cgroup,
         }
     }
 }
@@ -875,18 +880,18 @@ const _: () = {
     assert!(size_of::<TcpOffsets>() == 114);
     assert!(size_of::<ConnectFields>() == 8);
     assert!(size_of::<ListenerKey>() == 8);
-    assert!(size_of::<ConnectErrorEvent>() == 96);
+    assert!(size_of::<ConnectErrorEvent>() == 104);
     assert!(size_of::<PendingConnect>() == 32);
     assert!(size_of::<StateFields>() == 20);
     assert!(size_of::<SockOffsets>() == 16);
     assert!(size_of::<Filter>() == 80);
     assert!(size_of::<AddrPrefix>() == 20);
-    assert!(size_of::<EventHeader>() == 32);
+    assert!(size_of::<EventHeader>() == 40);
     assert!(size_of::<Flow>() == 36);
     assert!(size_of::<Owner>() == 24);
-    assert!(size_of::<RetransmitEvent>() == 144);
-    assert!(size_of::<StateEvent>() == 120);
-    assert!(size_of::<ResetEvent>() == 96);
+    assert!(size_of::<RetransmitEvent>() == 152);
+    assert!(size_of::<StateEvent>() == 128);
+    assert!(size_of::<ResetEvent>() == 104);
     assert!(size_of::<ResetFields>() == 4);
     assert!(align_of::<StateEvent>() == 8);
     assert!(size_of::<SockInfo>() == 48);

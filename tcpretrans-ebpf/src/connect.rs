@@ -136,6 +136,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
         event::now(),
         pending.sk,
         0,
+        sock::cgroup_id(pending.sk, SOCK_OFFSETS.get(), tcp),
     );
     // SAFETY: `event` points at a reserved slot of the event's size.
     unsafe {

@@ -111,6 +111,8 @@ pub struct Hit {
     /// The socket the event is about (for SYN-ACKs, the listener).
     pub sk: u64,
     pub netns: Netns,
+    /// Its cgroup v2 id (`sock::cgroup_id`).
+    cgroup: u64,
     /// 4 or 6: the family of its traffic (`traffic_family`).
     version: u8,
 }
@@ -160,6 +162,7 @@ impl Hit {
             flow,
             sk,
             netns,
+            cgroup: sock::cgroup_id(sk, SOCK_OFFSETS.get(), TCP_OFFSETS.get()),
             version,
         })
     }
@@ -174,6 +177,7 @@ impl Hit {
             timestamp_ns,
             skaddr,
             sock_ino,
+            self.cgroup,
         )
     }
 }

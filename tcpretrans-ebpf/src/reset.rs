@@ -110,6 +110,7 @@ fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
         event::now(),
         sk,
         sock_ino,
+        sock::cgroup_id(sk, SOCK_OFFSETS.get(), tcp),
     );
     // SAFETY: `event` points at a reserved slot of the event's size.
     unsafe {

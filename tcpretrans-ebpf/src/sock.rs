@@ -5,7 +5,8 @@ use core::{ffi::c_void, mem::MaybeUninit};
 use aya_ebpf::helpers::{bpf_get_current_task, generated};
 use tcpretrans_common::{
     AF_INET6, Address, Bitfield, Filter, Flow, Offset, Owner, SockOffsets, TcpOffsets,
-    tcp_state::TIME_WAIT, traffic_family,
+    tcp_state::{self, TIME_WAIT},
+    traffic_family,
 };
 
 /// The pointer at an address: a hash bucket's head, a chain's next node, a
@@ -132,6 +133,33 @@ pub fn kept<M: Memory>(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> O
     let kept = (filter.netns == 0 || filter.netns == inum)
         && (filter.cgroup_id == 0 || in_cgroup(skaddr, offsets, filter));
     kept.then_some(Netns { net, inum })
+}
+
+/// The socket's cgroup v2 id: its cgroup's kernfs node id, the inode of the
+/// cgroup's directory. 0 when this kernel's BTF lacks the members, and for
+/// a timewait or request socket (which has no cgroup data).
+#[inline(always)]
+pub fn cgroup_id(sk: u64, offsets: &SockOffsets, tcp: &TcpOffsets) -> u64 {
+    if sk == 0
+        || !(offsets.sk_cgroup.is_known()
+            && offsets.cgroup_kn.is_known()
+            && offsets.kn_id.is_known())
+    {
+        return 0;
+    }
+    let state: u8 = read(sk, tcp.skc_state);
+    if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
+        return 0;
+    }
+    let cgroup: u64 = read(sk, offsets.sk_cgroup);
+    if cgroup == 0 {
+        return 0;
+    }
+    let kn: u64 = read(cgroup, offsets.cgroup_kn);
+    if kn == 0 {
+        return 0;
+    }
+    read(kn, offsets.kn_id)
 }
 
 /// Whether the socket's cgroup is the filter's or below it: its ancestor at

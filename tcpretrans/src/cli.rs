@@ -17,6 +17,7 @@ use crate::{
     cgroup::{self, Cgroup},
     events::{Close, Event, Process, StateChange, TcpState},
     generate::Generated,
+    identity,
     metrics::{self, Dimensions, Endpoint},
     netns,
     output::Style,
@@ -243,9 +244,10 @@ pub struct Args {
     #[arg(help_heading = METRICS, long, value_name = "[ADDR:]PORT", value_parser = metrics::parse_endpoint, conflicts_with = "count")]
     pub metrics: Option<Endpoint>,
 
-    /// Label the metrics of connections by LIST (comma separated): comm,
-    /// netns, lport, rport, raddr (raddr/24 cuts IPv4 addresses to /24 and
-    /// IPv6 ones to /64; raddr/24/48 says both). None by default.
+    /// Label the metrics of connections by LIST (comma separated):
+    /// container, pod, namespace (the pod's), comm, netns, lport, rport,
+    /// raddr (raddr/24 cuts IPv4 addresses to /24 and IPv6 ones to /64;
+    /// raddr/24/48 says both). None by default.
     #[arg(help_heading = METRICS, long, value_name = "LIST", requires = "metrics", value_parser = metrics::parse_dimensions)]
     pub metrics_by: Option<Dimensions>,
 
@@ -255,6 +257,18 @@ pub struct Args {
     #[arg(help_heading = METRICS, long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_series: u32,
+
+    /// The cgroup2 hierarchy that names sockets' containers and pods
+    /// (default: the one mounted here, as /proc/self/mountinfo says; a
+    /// container sees the node's where it is mounted, e.g.
+    /// /host/sys/fs/cgroup).
+    #[arg(help_heading = SESSION, long, value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// The kubelet's pod log directory: its <namespace>_<name>_<uid>
+    /// entries name the pods (no log is read).
+    #[arg(help_heading = SESSION, long, value_name = "DIR", default_value = identity::PODS)]
+    pub pods_dir: PathBuf,
 
     /// Read kernel type information from FILE instead of /sys/kernel/btf/vmlinux.
     #[arg(help_heading = SESSION, long, value_name = "FILE")]
@@ -382,6 +396,16 @@ impl Args {
     /// counters alone).
     pub fn lists(&self, event: &Event) -> bool {
         self.state.is_some() || !event.is_lifecycle()
+    }
+
+    /// Whether events need their sockets' containers and pods: for JSON,
+    /// and for metrics labelled by them.
+    pub fn identifies(&self) -> bool {
+        self.json
+            || self
+                .metrics_by
+                .as_ref()
+                .is_some_and(Dimensions::need_identity)
     }
 
     /// `-q --metrics`: the metrics are the only output.

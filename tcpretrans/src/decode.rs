@@ -369,6 +369,9 @@ fn socket(header: &EventHeader, flow: &Flow, owner: &Owner, clock: &Clock) -> So
         skaddr: header.skaddr,
         owner: process(owner),
         inode: (header.sock_ino != 0).then_some(header.sock_ino),
+        cgroup: (header.cgroup != 0).then_some(header.cgroup),
+        // Resolved by the consumer, which keeps the cgroup tree's index.
+        identity: None,
     }
 }
 
@@ -434,6 +437,7 @@ mod tests {
             timestamp_ns: 2_000_000_123,
             skaddr: 0xffff_8880_1234_5678,
             sock_ino: 0,
+            cgroup: 0,
         }
     }
 

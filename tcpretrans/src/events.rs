@@ -9,8 +9,12 @@ use std::{
     time::Duration,
 };
 
+use std::sync::Arc;
+
 use compact_str::CompactString;
 use jiff::Timestamp;
+
+use crate::identity::Identity;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,6 +102,10 @@ pub struct Socket {
     pub owner: Option<Process>,
     /// The socket's inode, when the kernel side did not know its owner.
     pub inode: Option<u64>,
+    /// Its cgroup v2 id, when the kernel could read it.
+    pub cgroup: Option<u64>,
+    /// What its cgroup tells: path, container, pod (`identity`).
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// A connection's identity across its sockets (request socket, full
@@ -401,6 +409,17 @@ impl Event {
             | Self::ConnectError { socket, .. }
             | Self::TimeWaitReuse { socket, .. } => Some(socket),
             Self::Lost { .. } => None,
+        }
+    }
+
+    /// The socket of an event the kernel made (derived events carry a copy
+    /// of an earlier event's).
+    pub fn kernel_socket_mut(&mut self) -> Option<&mut Socket> {
+        match self {
+            Self::Retransmit(r) => Some(&mut r.socket),
+            Self::State(change) => Some(&mut change.socket),
+            Self::Reset { socket, .. } | Self::ConnectError { socket, .. } => Some(socket),
+            Self::TimeWaitReuse { .. } | Self::SessionEnd(_) | Self::Lost { .. } => None,
         }
     }
 

@@ -49,6 +49,8 @@ pub fn loopback_socket(lport: u16, at_ms: i64) -> Socket {
         skaddr: 0xffff_0000 + u64::from(lport),
         owner: None,
         inode: None,
+        cgroup: None,
+        identity: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod events;
 mod fixtures;
 pub mod gaps;
 pub mod generate;
+pub mod identity;
 pub mod kernel;
 pub mod listeners;
 pub mod loader;

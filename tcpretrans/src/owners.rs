@@ -8,7 +8,7 @@ use std::{fs, os::unix::fs::MetadataExt, path::Path};
 use foldhash::HashMap;
 use jiff::{SignedDuration, Timestamp};
 
-use crate::events::{Event, Process, Socket};
+use crate::events::{Event, Process};
 
 /// A full scan of /proc reads every process's fds: at most this often.
 const RESCAN_INTERVAL: SignedDuration = SignedDuration::from_secs(1);
@@ -27,14 +27,8 @@ impl Owners {
     /// Fills in the owner of an event's socket where the kernel side only
     /// knew the socket's inode.
     pub fn resolve(&mut self, event: &mut Event) {
-        let socket: &mut Socket = match event {
-            Event::Retransmit(r) => &mut r.socket,
-            Event::State(change) => &mut change.socket,
-            Event::Reset { socket, .. } => socket,
-            Event::ConnectError { .. }
-            | Event::TimeWaitReuse { .. }
-            | Event::SessionEnd(_)
-            | Event::Lost { .. } => return,
+        let Some(socket) = event.kernel_socket_mut() else {
+            return;
         };
         let (None, Some(inode)) = (&socket.owner, socket.inode) else {
             return;

@@ -23,6 +23,7 @@ use crate::{
     decode::{Clock, Decoder},
     events::Event,
     gaps::Gaps,
+    identity::{self, Resolver},
     kernel, listeners,
     loader::{LoadError, LostCounter, Plan, Tracer},
     metrics::{self, Exporter, Metrics, ServeError},
@@ -303,6 +304,8 @@ struct Consumer<'a> {
     args: &'a Args,
     decoder: Decoder,
     owners: Owners,
+    /// Containers and pods by cgroup, when events need them.
+    identities: Option<Resolver>,
     gaps: Gaps,
     time_waits: TimeWaits,
     /// Connection accounts: for `session_end` with `--state`, for the flow
@@ -327,6 +330,9 @@ impl Consumer<'_> {
             match self.decoder.decode(&record) {
                 Ok(mut event) => {
                     self.owners.resolve(&mut event);
+                    if let Some(resolver) = self.identities.as_mut() {
+                        identity::identify(resolver, &mut event);
+                    }
                     self.gaps.observe(&mut event);
                     if !self.args.keeps_owner(event.owner()) {
                         continue;
@@ -456,6 +462,11 @@ async fn consume(
         args,
         decoder,
         owners: Owners::default(),
+        identities: args
+            .identifies()
+            .then(|| args.cgroup_root.clone().or_else(identity::cgroup2_mount))
+            .flatten()
+            .map(|root| Resolver::new(root, args.pods_dir.clone())),
         gaps: Gaps::default(),
         time_waits: TimeWaits::new(TIME_WAITS_REMEMBERED),
         sessions: (args.state.is_some() || args.count).then(|| Sessions::new(SESSIONS_TRACKED)),

@@ -28,6 +28,11 @@ pub enum Dimension {
         v4: u8,
         v6: u8,
     },
+    /// The socket's container (its runtime's id), pod and the pod's
+    /// Kubernetes namespace, from its cgroup (`identity`).
+    Container,
+    Pod,
+    Namespace,
 }
 
 impl Dimension {
@@ -41,6 +46,9 @@ impl Dimension {
             Self::Lport => "lport",
             Self::Rport => "rport",
             Self::Raddr { .. } => "raddr",
+            Self::Container => "container",
+            Self::Pod => "pod",
+            Self::Namespace => "namespace",
         }
     }
 
@@ -53,6 +61,15 @@ impl Dimension {
             Self::Netns => socket
                 .netns
                 .map_or_else(|| Self::UNKNOWN.into(), |n| n.to_string()),
+            Self::Container | Self::Pod | Self::Namespace => {
+                let identity = socket.identity.as_deref();
+                let value = identity.and_then(|i| match self {
+                    Self::Container => i.container_id.as_deref(),
+                    Self::Pod => i.pod.as_deref(),
+                    _ => i.pod_namespace.as_deref(),
+                });
+                value.unwrap_or(Self::UNKNOWN).to_owned()
+            }
             Self::Lport => socket.lport.to_string(),
             Self::Rport => socket.rport.to_string(),
             Self::Raddr { v4, v6 } => match socket.raddr {
@@ -82,6 +99,16 @@ impl Dimensions {
         self.0.is_empty()
     }
 
+    /// Whether a label needs the sockets' containers and pods.
+    pub fn need_identity(&self) -> bool {
+        self.0.iter().any(|d| {
+            matches!(
+                d,
+                Dimension::Container | Dimension::Pod | Dimension::Namespace
+            )
+        })
+    }
+
     /// The labels of an event about `socket` (none for events of no socket).
     fn of(&self, socket: Option<&Socket>) -> Connection {
         self.0
@@ -96,7 +123,7 @@ impl Dimensions {
     }
 }
 
-/// Parses `--metrics-by`: `comm,netns,lport,rport,raddr[/V4PREFIX[/V6PREFIX]]`.
+/// Parses `--metrics-by`: `container,pod,namespace,comm,netns,lport,rport,raddr[/V4PREFIX[/V6PREFIX]]`.
 /// A bare `raddr` is the address itself; `raddr/24` cuts IPv4 addresses to
 /// /24 and IPv6 ones to /64 (a subnet), `raddr/24/48` says both.
 pub fn parse_dimensions(list: &str) -> Result<Dimensions, String> {
@@ -109,9 +136,12 @@ pub fn parse_dimensions(list: &str) -> Result<Dimensions, String> {
             "lport" => Dimension::Lport,
             "rport" => Dimension::Rport,
             "raddr" => parse_raddr(prefixes)?,
+            "container" => Dimension::Container,
+            "pod" => Dimension::Pod,
+            "namespace" => Dimension::Namespace,
             _ => {
                 return Err(format!(
-                    "{item:?} is not a label: choose among comm, netns, lport, rport, raddr[/PREFIX]"
+                    "{item:?} is not a label: choose among container, pod, namespace, comm, netns, lport, rport, raddr[/PREFIX]"
                 ));
             }
         };
@@ -233,6 +263,10 @@ mod tests {
         assert_eq!(
             parse_dimensions("raddr").unwrap().0,
             [Dimension::Raddr { v4: 32, v6: 128 }]
+        );
+        assert_eq!(
+            parse_dimensions("namespace,pod,container").unwrap().0,
+            [Dimension::Namespace, Dimension::Pod, Dimension::Container]
         );
         for bad in [
             "pod2",

@@ -2,19 +2,26 @@
 //! TIME_WAIT sockets against `tcp_max_tw_buckets`, local ports in use
 //! against `ip_local_port_range` — the two limits that, once reached, make
 //! connections fail (the alertable side of the lifecycle events).
-use std::{collections::BTreeSet, sync::Mutex};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::gauge::ConstGauge,
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
 use crate::netns::{self, NetnsError};
 
-/// The namespaces events came from, until one is gone.
+/// The namespaces events came from, until one is gone, and how many reads
+/// of one failed (entering another namespace takes CAP_SYS_ADMIN).
 #[derive(Debug, Default)]
-pub struct Seen(Mutex<BTreeSet<u32>>);
+pub struct Seen(Mutex<BTreeSet<u32>>, AtomicU64);
 
 impl Seen {
     pub fn insert(&self, netns: u32) {
@@ -34,7 +41,10 @@ impl Seen {
             // Its last process left: no series for it any more.
             Err(NetnsError::Gone(_)) => false,
             // Kept: the next scrape may read it.
-            Err(_) => true,
+            Err(_) => {
+                self.1.fetch_add(1, Ordering::Relaxed);
+                true
+            }
         });
         read
     }
@@ -68,6 +78,13 @@ impl Collector for Occupancies {
                 |o| i64::from(o.local_port_range.1) - i64::from(o.local_port_range.0) + 1,
             ),
         ];
+        let failed = ConstCounter::new(self.0.1.load(Ordering::Relaxed));
+        failed.encode(encoder.encode_descriptor(
+            "namespace_read_failures",
+            "Reads of a network namespace's gauges that failed (entering another namespace takes CAP_SYS_ADMIN)",
+            None,
+            failed.metric_type(),
+        )?)?;
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(0i64);
             let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;

@@ -17,6 +17,7 @@ use serde::{Serialize, Serializer};
 use super::{Output, errno_name};
 use crate::events::{Account, Event, Retransmit, Socket, StateChange, TcpState};
 use crate::{
+    identity::Identity,
     loader::MapEntries,
     netns::Occupancy,
     reconcile::{Comparison, NotCompared},
@@ -353,6 +354,18 @@ impl Fields<'_> {
         self.optional(key!("pid"), owner.map(|p| p.pid), Self::integer);
         self.optional(key!("uid"), owner.map(|p| p.uid), Self::integer);
         self.optional(key!("comm"), owner.map(|p| p.comm.as_str()), Self::text);
+        let identity = s.identity.as_deref();
+        self.optional(
+            key!("cgroup"),
+            identity.map(|i| i.cgroup.as_str()),
+            Self::text,
+        );
+        let of =
+            |field: fn(&Identity) -> &Option<String>| identity.and_then(|i| field(i).as_deref());
+        self.optional(key!("container_id"), of(|i| &i.container_id), Self::text);
+        self.optional(key!("pod_uid"), of(|i| &i.pod_uid), Self::text);
+        self.optional(key!("pod_namespace"), of(|i| &i.pod_namespace), Self::text);
+        self.optional(key!("pod"), of(|i| &i.pod), Self::text);
     }
 
     fn retransmit(&mut self, r: &Retransmit) {
@@ -738,6 +751,8 @@ mod tests {
             skaddr: 0xffff_8880_0abc_d000,
             owner,
             inode: None,
+            cgroup: None,
+            identity: None,
         }
     }
 
@@ -824,7 +839,18 @@ mod tests {
             uid: 0,
             comm: "nginx".into(),
         };
-        let r = sample_retransmit(socket(Some(owner)));
+        let mut r = sample_retransmit(socket(Some(owner)));
+        let container = "0123456789abcdef".repeat(4);
+        let cgroup = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0c2f9a4e_1d3b_4c5a_9e7f_2b8d6a1c3e5f.slice/cri-containerd-{container}.scope"
+        );
+        r.socket.identity = Some(std::sync::Arc::new(Identity {
+            cgroup: cgroup.clone(),
+            container_id: Some(container.clone()),
+            pod_uid: Some("0c2f9a4e-1d3b-4c5a-9e7f-2b8d6a1c3e5f".into()),
+            pod_namespace: Some("shop".into()),
+            pod: Some("cart-7d9f".into()),
+        }));
         let v = render(&Event::Retransmit(Box::new(r)));
         assert_eq!(
             v,
@@ -832,7 +858,9 @@ mod tests {
                 "event": "retransmit", "time": "2026-11-22T10:11:12.345678Z", "family": 6,
                 "laddr": "::1", "lport": 40000, "raddr": "10.0.0.2", "rport": 80,
                 "netns": 4026532289u32, "skaddr": "0xffff88800abcd000",
-                "pid": 7, "uid": 0, "comm": "nginx", "state": "ESTABLISHED", "err": 0,
+                "pid": 7, "uid": 0, "comm": "nginx", "cgroup": cgroup, "container_id": container,
+                "pod_uid": "0c2f9a4e-1d3b-4c5a-9e7f-2b8d6a1c3e5f", "pod_namespace": "shop",
+                "pod": "cart-7d9f", "state": "ESTABLISHED", "err": 0,
                 "type": "RTO", "rto_ms": 800.0, "backoff": 2, "retries": 2, "retry_limit": 15,
                 "total_retrans": 9, "srtt_us": 12345, "rttvar_us": 3000, "cwnd": 1, "ssthresh": 7,
                 "segs": 2, "unseen_segs": null, "bytes": 2896, "seq": 1000000, "orphan": false

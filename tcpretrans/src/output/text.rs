@@ -440,6 +440,8 @@ mod tests {
             skaddr: 0xffff,
             owner,
             inode: None,
+            cgroup: None,
+            identity: None,
         }
     }
 

@@ -4,6 +4,7 @@
 mod count;
 mod degraded;
 mod harness;
+mod identity;
 mod lifecycle;
 mod metrics;
 mod owners;
