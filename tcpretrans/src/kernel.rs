@@ -138,9 +138,11 @@ impl Privileges {
         }
     }
 
-    /// Root, CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON.
+    /// CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON: what the kernel checks
+    /// to load and attach tracing programs. Never the uid: root in a
+    /// container whose capabilities were dropped is refused all the same.
     pub fn suffice(&self) -> bool {
-        self.euid == 0 || self.cap_sys_admin || (self.cap_bpf && self.cap_perfmon)
+        self.cap_sys_admin || (self.cap_bpf && self.cap_perfmon)
     }
 }
 
@@ -181,6 +183,27 @@ mod tests {
             hz_from_timer_list("now at 310000000000 nsecs\njiffies: 4294969796\n"),
             None
         );
+    }
+
+    #[test]
+    fn capabilities_suffice_and_the_uid_does_not() {
+        let privileges = |cap_bpf, cap_perfmon, cap_sys_admin| Privileges {
+            euid: 0,
+            cap_bpf,
+            cap_perfmon,
+            cap_sys_admin,
+        };
+        // Root with none of them (a container that dropped them), or half the pair.
+        assert!(!privileges(false, false, false).suffice());
+        assert!(!privileges(true, false, false).suffice());
+        assert!(!privileges(false, true, false).suffice());
+        assert!(privileges(true, true, false).suffice());
+        assert!(privileges(false, false, true).suffice());
+        let user_given_them = Privileges {
+            euid: 1000,
+            ..privileges(true, true, false)
+        };
+        assert!(user_given_them.suffice());
     }
 
     #[test]

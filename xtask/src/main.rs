@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | run | test | vm-test | dist | soak | bench`.
+//! Project tasks: `cargo xtask setup | run | test | vm-test | dist | deploy-check | soak | bench`.
 mod bench;
+mod deploy;
 mod dist;
 mod proc;
 mod setup;
@@ -37,6 +38,10 @@ enum Task {
     /// The release binary, its man page and bash/zsh/fish completions, in
     /// target/dist (the README says where to install them).
     Dist,
+    /// The Kubernetes manifests in deploy/kubernetes validated offline
+    /// (kubernetes-validate, strict), and the arguments they pass checked by
+    /// the binary's own parser.
+    DeployCheck,
     /// The tracer attached to churn and lossy transfers in a lab namespace
     /// for MINUTES (root; not part of the tests): memory over time, CPU,
     /// events seen and lost.
@@ -85,6 +90,10 @@ fn main() -> Result<()> {
             setup::run()?;
             dist::run(&root)
         }
+        Task::DeployCheck => {
+            setup::run()?;
+            deploy::validate(&root)
+        }
         Task::Run { args } => {
             setup::run()?;
             let binary = release_binary(&root)?;
@@ -116,6 +125,17 @@ fn main() -> Result<()> {
             // (`recursion_misses`, which the tool counts as lost), so tracers
             // running side by side make each other report losses.
             cargo(&root, &["test", "--workspace"])?;
+            deploy::validate(&root)?;
+            // The lab's container test builds the image from what `dist`
+            // ships and runs it as the DaemonSet runs it.
+            setup::container_packages()?;
+            dist::run(&root)?;
+            let dist = root.join("target/dist");
+            let daemonset = deploy::daemonset(&root)?.to_string();
+            let lab_env = [
+                ("TCPRETRANS_DIST", dist.to_str().context("a UTF-8 path")?),
+                ("TCPRETRANS_DAEMONSET", daemonset.as_str()),
+            ];
             let mut lab: Vec<OsString> = LAB
                 .iter()
                 .chain(&["--", "--include-ignored", "--test-threads=1"])
@@ -126,7 +146,7 @@ fn main() -> Result<()> {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
             lab.extend(args);
-            cargo(&root, &lab)?;
+            cargo_with(&root, &lab, &lab_env)?;
             // Then the same lab in every kernel of the matrix.
             setup::vm_packages()?;
             vm::run(&root, &vm::Options::every_kernel(matrix_args))

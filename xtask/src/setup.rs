@@ -51,6 +51,23 @@ pub fn bench_packages() -> Result<()> {
     apt_install(&BENCH_PACKAGES)
 }
 
+/// What the kernel lab's container test runs the image with: podman, and
+/// runc as its runtime (crun, the other it takes, refuses this machine's
+/// hybrid cgroup layout).
+const CONTAINER_PACKAGES: [&str; 2] = ["podman", "runc"];
+
+pub fn container_packages() -> Result<()> {
+    apt_install(&CONTAINER_PACKAGES)
+}
+
+/// Debian's python3 with its venv module, for the virtual environment
+/// `cargo xtask deploy-check` installs its validator from PyPI into.
+const DEPLOY_CHECK_PACKAGES: [&str; 1] = ["python3-venv"];
+
+pub fn deploy_check_packages() -> Result<()> {
+    apt_install(&DEPLOY_CHECK_PACKAGES)
+}
+
 /// What `cargo xtask vm-test` boots kernels with: qemu for x86-64 and arm64
 /// guests (bookworm's 7.2 is older than the 10.0 the matrix was measured
 /// with, so it comes from bookworm-backports), a static busybox for the

@@ -1,6 +1,7 @@
 //! Kernel lab tests: real eBPF programs, real TCP in namespaces made here.
 //! They need root; `cargo xtask test` runs them (plain `cargo test` lists
 //! them as ignored).
+mod container;
 mod count;
 mod degraded;
 mod harness;
