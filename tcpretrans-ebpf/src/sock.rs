@@ -148,7 +148,7 @@ pub fn cgroup_id(sk: u64, offsets: &SockOffsets, tcp: &TcpOffsets) -> u64 {
         return 0;
     }
     let state: u8 = read(sk, tcp.skc_state);
-    if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
+    if state == TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
         return 0;
     }
     let cgroup: u64 = read(sk, offsets.sk_cgroup);

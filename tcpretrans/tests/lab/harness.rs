@@ -324,3 +324,30 @@ pub fn kernel_reports_failed_retransmits() -> bool {
         })
         .any(|format| format.contains(" err;"))
 }
+
+/// Waits (bounded) until no connection to or from `port` can send anything
+/// more: none is left but those in TIME_WAIT (which send nothing). A
+/// connection still closing can retransmit its FIN or its last data: read
+/// the kernel's counters after this.
+pub fn closed(ns: &Netns, port: u16) {
+    let deadline = Instant::now() + PATIENCE;
+    while !ns
+        .exec(&[
+            "ss",
+            "-Htan",
+            "state",
+            "connected",
+            "exclude",
+            "time-wait",
+            &format!("( sport = :{port} or dport = :{port} )"),
+        ])
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the connections of port {port} did not close"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}

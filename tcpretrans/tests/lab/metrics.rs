@@ -13,7 +13,7 @@ use std::{
 use serde_json::Value;
 use tcpretrans_lab::process::Watched;
 
-use crate::harness::{Netns, bulk_upload, delta, drop_inbound, short_connection};
+use crate::harness::{Netns, bulk_upload, closed, delta, drop_inbound, short_connection};
 
 /// How long Prometheus may take to start and to scrape what happened.
 const SCRAPE_PATIENCE: Duration = Duration::from_secs(30);
@@ -178,6 +178,7 @@ fn prometheus_scrapes_what_the_kernel_counted() {
     for _ in 0..5 {
         short_connection(&ns, "127.0.0.1:5402".parse().expect("address"));
     }
+    closed(&ns, PORT);
     let after = ns.counters();
     let kernel_segments = delta(&before, &after, "Tcp.RetransSegs");
     assert!(kernel_segments > 0, "5% loss must cause retransmissions");

@@ -24,7 +24,7 @@ use nix::{
 use serde_json::Value;
 
 use crate::harness::{
-    Netns, PATIENCE, Tracer, delta, drop_inbound, of_kind, sent_segments, unseen_segments,
+    Netns, PATIENCE, Tracer, closed, delta, drop_inbound, of_kind, sent_segments, unseen_segments,
 };
 
 /// A program run in a network namespace of the lab and a PID namespace of
@@ -248,32 +248,6 @@ fn server_side(events: &[Value], port: u16, client_port: u16) -> Vec<&Value> {
         }
     }
     found
-}
-
-/// Waits (bounded) until no connection to or from `port` can send anything
-/// more: none is left but those in TIME_WAIT (which send nothing). A
-/// connection still closing can retransmit its FIN or its last data.
-fn closed(ns: &Netns, port: u16) {
-    let deadline = Instant::now() + PATIENCE;
-    while !ns
-        .exec(&[
-            "ss",
-            "-Htan",
-            "state",
-            "connected",
-            "exclude",
-            "time-wait",
-            &format!("( sport = :{port} or dport = :{port} )"),
-        ])
-        .trim()
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the connections of port {port} did not close"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A prefork server started before the tracer: its listeners are the

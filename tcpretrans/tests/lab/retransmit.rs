@@ -13,7 +13,7 @@ use std::{
 use serde_json::Value;
 
 use crate::harness::{
-    Netns, Tracer, bulk_upload, connected, delta, drop_inbound, drop_inbound_matching,
+    Netns, Tracer, bulk_upload, closed, connected, delta, drop_inbound, drop_inbound_matching,
     kernel_lacks, kernel_reports_failed_retransmits, of_kind, of_type, seconds, sent_segments,
     skip, unseen_segments,
 };
@@ -39,6 +39,7 @@ fn lossy_upload(server: SocketAddr) {
     let attach_time = tracer.attach_time;
     let before = ns.counters();
     let client = bulk_upload(&ns, server, 4 << 20);
+    closed(&ns, server.port());
     let after = ns.counters();
     let events = tracer.stop().events();
     let retransmits = of_kind(&events, "retransmit");
