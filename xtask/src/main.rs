@@ -48,6 +48,10 @@ enum Task {
     Soak {
         #[arg(default_value_t = 10.0)]
         minutes: f64,
+        /// Also serve metrics labelled by LIST (`--metrics-by`): their
+        /// series at the end, and RSS held under the fleet's bound.
+        #[arg(long, value_name = "LIST")]
+        metrics_by: Option<String>,
     },
     /// tcpretrans against libbpf-tools tcpstates and bpftrace on the same
     /// loopback workloads, interleaved (root; not part of the tests).
@@ -69,10 +73,13 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().task {
         Task::Setup => setup::run(),
-        Task::Soak { minutes } => {
+        Task::Soak {
+            minutes,
+            metrics_by,
+        } => {
             setup::run()?;
             require_root("the soak")?;
-            soak::run(&release_binary(&root)?, minutes)
+            soak::run(&release_binary(&root)?, minutes, metrics_by.as_deref())
         }
         Task::Bench(options) => {
             setup::run()?;

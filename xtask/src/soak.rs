@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use tcpretrans_lab::{
     BULK_UPLOAD_TRANSITIONS, Netns, bulk_upload,
     churn::Churn,
@@ -40,12 +40,21 @@ const WARM_UP_FRACTION: f64 = 0.2;
 /// up its free slots, ~2.5 min in; after that it is rehashed in place.
 const TABLES_FILL: Duration = Duration::from_secs(180);
 
-pub fn run(binary: &Path, minutes: f64) -> Result<()> {
+pub fn run(binary: &Path, minutes: f64, metrics_by: Option<&str>) -> Result<()> {
     let duration = Duration::from_secs_f64(minutes * 60.0);
     let ns = Netns::new("soak");
     Churn::tune(&ns);
     drop_inbound(&ns, UPLOAD_PORT, UPLOAD_LOSS_PERCENT);
-    let tracer = Tracer::start(binary, &["--state".into(), format!("--netns={}", ns.inode)])?;
+    let mut args = vec!["--state".into(), format!("--netns={}", ns.inode)];
+    if let Some(by) = metrics_by {
+        args.extend([
+            "--metrics".into(),
+            METRICS_AT.into(),
+            "--metrics-by".into(),
+            by.into(),
+        ]);
+    }
+    let tracer = Tracer::start(binary, &args)?;
     println!(
         "soak: {minutes} min of {CHURN_RATE} connections/s and {} MiB uploads at \
          {UPLOAD_LOSS_PERCENT}% loss; tracer pid {}",
@@ -78,6 +87,7 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
         (churning.join().expect("churn"), rss)
     });
     settle(&ns);
+    let series = metrics_by.map(|_| scrape_series()).transpose()?;
     let kernel_made = kernel.stop()?;
     let elapsed = started.elapsed();
     let cpu = Usage::of(tracer.pid()).unwrap_or_default().cpu;
@@ -140,6 +150,21 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
         peak - warm
     );
     print!("{}", ended.stderr);
+    if let Some(series) = series {
+        println!(
+            "metrics: {} samples in {} KiB of exposition; {} connection series (--max-series), \
+             {} events folded into `other`; each of the {} connections had its own remote port",
+            series.samples,
+            series.bytes / 1024,
+            series.made,
+            series.folded,
+            report.connections
+        );
+        ensure!(
+            peak < FLEET_RSS_KIB,
+            "RSS peaked at {peak} KiB, over the fleet's {FLEET_RSS_KIB} KiB"
+        );
+    }
     ensure!(ended.seen.lost == 0, "the tracer lost events");
     // What the kernel never gave a BPF program no BPF tool can deliver
     // (seen on this project's VM: a few per million, in softirqs on top of
@@ -170,6 +195,39 @@ pub fn run(binary: &Path, minutes: f64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the soak's tracer serves metrics, when asked to.
+const METRICS_AT: &str = "127.0.0.1:19432";
+/// The RSS a node's always-on exporter must stay under.
+const FLEET_RSS_KIB: u64 = 25 * 1024;
+
+/// What a scrape of the soak's tracer held.
+struct Series {
+    samples: usize,
+    bytes: usize,
+    made: u64,
+    folded: u64,
+}
+
+fn scrape_series() -> Result<Series> {
+    let out = std::process::Command::new("curl")
+        .args(["--silent", "--max-time", "10"])
+        .arg(format!("http://{METRICS_AT}/metrics"))
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    Ok(Series {
+        samples: text.lines().filter(|l| !l.starts_with('#')).count(),
+        bytes: text.len(),
+        made: value("tcpretrans_metric_series"),
+        folded: value("tcpretrans_folded_events_total"),
+    })
 }
 
 /// Waits (at most 10 s) until no connection in the namespace still owes a
