@@ -304,6 +304,9 @@ impl SockOffsets {
 pub mod filter_flags {
     /// Emit state transition events (otherwise they only update socket tracking).
     pub const STATE_EVENTS: u32 = 1;
+    /// Give each event its socket's cgroup id (three pointer reads): for
+    /// output and metrics that name containers and pods.
+    pub const CGROUP_IDS: u32 = 2;
 }
 
 /// What the kernel side keeps; everything else is dropped before it costs a

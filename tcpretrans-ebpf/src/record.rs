@@ -111,8 +111,6 @@ pub struct Hit {
     /// The socket the event is about (for SYN-ACKs, the listener).
     pub sk: u64,
     pub netns: Netns,
-    /// Its cgroup v2 id (`sock::cgroup_id`).
-    cgroup: u64,
     /// 4 or 6: the family of its traffic (`traffic_family`).
     version: u8,
 }
@@ -162,12 +160,12 @@ impl Hit {
             flow,
             sk,
             netns,
-            cgroup: sock::cgroup_id(sk, SOCK_OFFSETS.get(), TCP_OFFSETS.get()),
             version,
         })
     }
 
-    /// The header of an event about this hit's socket.
+    /// The header of an event about this hit's socket (its cgroup is read
+    /// here: only for events made).
     #[inline(always)]
     pub fn header(&self, kind: u8, timestamp_ns: u64, skaddr: u64, sock_ino: u64) -> EventHeader {
         EventHeader::new(
@@ -177,7 +175,7 @@ impl Hit {
             timestamp_ns,
             skaddr,
             sock_ino,
-            self.cgroup,
+            sock::cgroup_id(self.sk, SOCK_OFFSETS.get(), TCP_OFFSETS.get()),
         )
     }
 }

@@ -5,9 +5,12 @@ use core::{ffi::c_void, mem::MaybeUninit};
 use aya_ebpf::helpers::{bpf_get_current_task, generated};
 use tcpretrans_common::{
     AF_INET6, Address, Bitfield, Filter, Flow, Offset, Owner, SockOffsets, TcpOffsets,
+    filter_flags,
     tcp_state::{self, TIME_WAIT},
     traffic_family,
 };
+
+use crate::maps::FILTER;
 
 /// The pointer at an address: a hash bucket's head, a chain's next node, a
 /// descriptor table's entry.
@@ -136,11 +139,13 @@ pub fn kept<M: Memory>(skaddr: u64, offsets: &SockOffsets, filter: &Filter) -> O
 }
 
 /// The socket's cgroup v2 id: its cgroup's kernfs node id, the inode of the
-/// cgroup's directory. 0 when this kernel's BTF lacks the members, and for
-/// a timewait or request socket (which has no cgroup data).
+/// cgroup's directory. 0 when userspace did not ask for it, when this
+/// kernel's BTF lacks the members, and for a timewait or request socket
+/// (which has no cgroup data).
 #[inline(always)]
 pub fn cgroup_id(sk: u64, offsets: &SockOffsets, tcp: &TcpOffsets) -> u64 {
-    if sk == 0
+    if FILTER.get().flags & filter_flags::CGROUP_IDS == 0
+        || sk == 0
         || !(offsets.sk_cgroup.is_known()
             && offsets.cgroup_kn.is_known()
             && offsets.kn_id.is_known())

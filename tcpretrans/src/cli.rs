@@ -216,6 +216,11 @@ pub struct Args {
     #[arg(help_heading = OUTPUT, short = 'q', long)]
     pub quiet: bool,
 
+    /// Add a POD column: the socket's Kubernetes pod as namespace/name, or
+    /// its container's id (12 digits), from its cgroup.
+    #[arg(help_heading = OUTPUT, long)]
+    pub pod: bool,
+
     /// Color causes and troubles in text output: `auto` when stdout is a
     /// terminal and NO_COLOR is not set.
     #[arg(help_heading = OUTPUT, long, value_name = "WHEN", default_value = "auto")]
@@ -348,6 +353,7 @@ impl Args {
             count: self.count,
             relative_time: self.relative_time,
             quiet: self.quiet,
+            pod: self.pod,
             color: !self.json
                 && self.color.enabled(
                     io::stdout().is_terminal(),
@@ -370,6 +376,10 @@ impl Args {
             // The metrics count transitions whatever is printed.
             flags: if self.state.is_some() || self.metrics.is_some() {
                 filter_flags::STATE_EVENTS
+            } else {
+                0
+            } | if self.identifies() {
+                filter_flags::CGROUP_IDS
             } else {
                 0
             },
@@ -399,9 +409,10 @@ impl Args {
     }
 
     /// Whether events need their sockets' containers and pods: for JSON,
-    /// and for metrics labelled by them.
+    /// the POD column, and metrics labelled by them.
     pub fn identifies(&self) -> bool {
         self.json
+            || self.pod
             || self
                 .metrics_by
                 .as_ref()

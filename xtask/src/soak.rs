@@ -87,11 +87,13 @@ pub fn run(binary: &Path, minutes: f64, metrics_by: Option<&str>) -> Result<()> 
         (churning.join().expect("churn"), rss)
     });
     settle(&ns);
-    let series = metrics_by.map(|_| scrape_series()).transpose()?;
     let kernel_made = kernel.stop()?;
     let elapsed = started.elapsed();
     let cpu = Usage::of(tracer.pid()).unwrap_or_default().cpu;
     let given = state_transitions_given(tracer.pid());
+    // After counting what the state programs were given: the scrape's own
+    // connection makes transitions outside the traced namespace.
+    let series = metrics_by.map(|_| scrape_series()).transpose()?;
     let ended = tracer.stop()?;
     let uploads = uploads.into_inner();
     let made = report.transitions(CHURN_CLIENTS) + uploads * BULK_UPLOAD_TRANSITIONS;

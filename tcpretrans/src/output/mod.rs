@@ -49,6 +49,8 @@ pub struct Style {
     pub quiet: bool,
     /// Text: ANSI colors for causes and troubles (`--color`).
     pub color: bool,
+    /// Text: the POD column (`--pod`).
+    pub pod: bool,
 }
 
 /// The output the arguments ask for, over `writer`.

@@ -25,6 +25,8 @@ const ENDPOINT_WIDTH: usize = 21;
 /// `[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535`.
 const ENDPOINT_WIDTH_V6: usize = 47;
 const COMM_WIDTH: usize = 15;
+/// `--pod`: a pod's `namespace/name` fits most; longer ones push the line.
+const POD_WIDTH: usize = 28;
 
 /// With `--color`: what needs attention stands out, nothing else is painted.
 /// A timeout, failure, reset or loss.
@@ -47,6 +49,8 @@ pub struct Text<W: Write> {
     relative_time: bool,
     endpoint_width: usize,
     color: bool,
+    /// `--pod`: the POD column.
+    pod: bool,
 }
 
 impl<W: Write> Text<W> {
@@ -70,6 +74,7 @@ impl<W: Write> Text<W> {
                 ENDPOINT_WIDTH
             },
             color: style.color,
+            pod: style.pod,
         }
     }
 
@@ -103,7 +108,17 @@ impl<W: Write> Text<W> {
         self.line.push(' ');
     }
 
-    /// `PID COMM IP LADDR:LPORT <arrow> RADDR:RPORT`, aligned.
+    /// `PID COMM [POD] IP`, aligned as `owner_and_endpoints` writes them.
+    fn owner_heading(&self) -> String {
+        let pod = if self.pod {
+            format!(" {:<POD_WIDTH$}", "POD")
+        } else {
+            String::new()
+        };
+        format!("{:<7} {:<COMM_WIDTH$}{pod} IP", "PID", "COMM")
+    }
+
+    /// `PID COMM [POD] IP LADDR:LPORT <arrow> RADDR:RPORT`, aligned.
     fn owner_and_endpoints(&mut self, socket: &Socket, arrow: &str) {
         // Any process names itself: escaped, its name can neither split the
         // line nor drive the terminal, and is padded as it is shown.
@@ -111,9 +126,26 @@ impl<W: Write> Text<W> {
             Some(p) => (p.pid.to_string(), escape(p.comm.as_bytes())),
             None => ("-".to_owned(), Cow::Borrowed("-")),
         };
+        let _ = write!(self.line, "{pid:<7} {comm:<COMM_WIDTH$} ");
+        if self.pod {
+            // Names from the node's files: escaped like a process's.
+            let pod = socket
+                .identity
+                .as_deref()
+                .and_then(|i| match (&i.pod_namespace, &i.pod) {
+                    (Some(namespace), Some(pod)) => {
+                        Some(escape(format!("{namespace}/{pod}").as_bytes()).into_owned())
+                    }
+                    _ => i
+                        .container_id
+                        .as_deref()
+                        .map(|id| id[..12.min(id.len())].to_owned()),
+                });
+            let _ = write!(self.line, "{:<POD_WIDTH$} ", pod.as_deref().unwrap_or("-"));
+        }
         let _ = write!(
             self.line,
-            "{pid:<7} {comm:<COMM_WIDTH$} {family:<2} {local:<width$} {arrow} {remote:<width$}",
+            "{family:<2} {local:<width$} {arrow} {remote:<width$}",
             family = socket.family,
             local = endpoint(socket.laddr, socket.lport),
             remote = endpoint(socket.raddr, socket.rport),
@@ -244,11 +276,9 @@ impl<W: Write> Output for Text<W> {
             return Ok(());
         }
         let mut header = format!(
-            "{:<12} {:<7} {:<COMM_WIDTH$} {:<2} {:<width$} T> {:<width$} {:<11} {:<6} {:<7} {:<8} {:<5} {:<7}",
+            "{:<12} {} {:<width$} T> {:<width$} {:<11} {:<6} {:<7} {:<8} {:<5} {:<7}",
             "TIME",
-            "PID",
-            "COMM",
-            "IP",
+            self.owner_heading(),
             "LADDR:LPORT",
             "RADDR:RPORT",
             "STATE",
@@ -339,12 +369,10 @@ impl<W: Write> Output for Text<W> {
         )?;
         let causes: Vec<&str> = Cause::ALL.iter().map(|c| c.name()).collect();
         self.line.clear();
+        let owner = self.owner_heading();
         let _ = write!(
             self.line,
-            "{:<7} {:<COMM_WIDTH$} {:<2} {:<width$}    {:<width$} {:>7}",
-            "PID",
-            "COMM",
-            "IP",
+            "{owner} {:<width$}    {:<width$} {:>7}",
             "LADDR:LPORT",
             "RADDR:RPORT",
             "RETRANS",
@@ -808,6 +836,45 @@ mod tests {
             lines[1].ends_with("      3      3      0      0      0      0      3      2   816ms"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_pod_column_names_a_pod_or_else_a_container() {
+        let with = |pod: Option<&str>, container: Option<&str>| {
+            let mut r = retransmit(None);
+            r.socket.identity = Some(std::sync::Arc::new(crate::identity::Identity {
+                container_id: container.map(str::to_owned),
+                pod_namespace: pod.map(|_| "shop".to_owned()),
+                pod: pod.map(str::to_owned),
+                ..Default::default()
+            }));
+            Event::Retransmit(Box::new(r))
+        };
+        let container = "0123456789ab".repeat(5) + "cdef";
+        let out = render(
+            Style {
+                pod: true,
+                ..Style::default()
+            },
+            &[
+                with(Some("cart-7d9f"), Some(&container)),
+                with(None, Some(&container)),
+                with(Some("a\x1b[31mred"), None),
+                Event::Retransmit(Box::new(retransmit(None))),
+            ],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let pod_at = lines[0].find("POD").expect("a POD heading");
+        assert_eq!(lines[0].find(" IP "), Some(pod_at + POD_WIDTH));
+        let pods: Vec<&str> = lines[1..]
+            .iter()
+            .map(|l| l[pod_at..].split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(
+            pods,
+            ["shop/cart-7d9f", "0123456789ab", "shop/a\\x1b[31mred", "-"]
+        );
+        assert!(!out.contains('\x1b'));
     }
 
     #[test]
