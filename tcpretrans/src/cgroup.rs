@@ -33,7 +33,7 @@ pub fn parse(path: &str) -> Result<Cgroup, String> {
     })
 }
 
-fn on_cgroup2(path: &Path) -> bool {
+pub fn on_cgroup2(path: &Path) -> bool {
     statfs(path).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC)
 }
 

@@ -266,7 +266,7 @@ pub struct Args {
     /// The cgroup2 hierarchy that names sockets' containers and pods
     /// (default: the one mounted here, as /proc/self/mountinfo says; a
     /// container sees the node's where it is mounted, e.g.
-    /// /host/sys/fs/cgroup).
+    /// /host/sys/fs/cgroup, or its `unified` directory on a hybrid host).
     #[arg(help_heading = SESSION, long, value_name = "DIR")]
     pub cgroup_root: Option<PathBuf>,
 

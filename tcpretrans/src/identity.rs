@@ -36,6 +36,18 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// The cgroup2 hierarchy at or just below `dir`: a hybrid host (cgroup v1
+/// controllers) mounts it at `unified` inside its `/sys/fs/cgroup`, and a
+/// container given that tree sees the same. `dir` itself when neither is.
+pub fn cgroup2_at(dir: PathBuf) -> PathBuf {
+    let unified = dir.join("unified");
+    if !crate::cgroup::on_cgroup2(&dir) && crate::cgroup::on_cgroup2(&unified) {
+        unified
+    } else {
+        dir
+    }
+}
+
 /// Fills in the identity of an event's socket from its cgroup id.
 pub fn identify(resolver: &mut Resolver, event: &mut crate::events::Event) {
     if let Some(socket) = event.kernel_socket_mut()

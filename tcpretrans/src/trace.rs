@@ -464,7 +464,12 @@ async fn consume(
         owners: Owners::default(),
         identities: args
             .identifies()
-            .then(|| args.cgroup_root.clone().or_else(identity::cgroup2_mount))
+            .then(|| {
+                args.cgroup_root
+                    .clone()
+                    .map(identity::cgroup2_at)
+                    .or_else(identity::cgroup2_mount)
+            })
             .flatten()
             .map(|root| Resolver::new(root, args.pods_dir.clone())),
         gaps: Gaps::default(),

@@ -51,10 +51,10 @@ pub fn bench_packages() -> Result<()> {
     apt_install(&BENCH_PACKAGES)
 }
 
-/// What the kernel lab's container test runs the image with: podman, and
+/// What the kernel lab's container tests run the image with: podman, and
 /// runc as its runtime (crun, the other it takes, refuses this machine's
-/// hybrid cgroup layout).
-const CONTAINER_PACKAGES: [&str; 2] = ["podman", "runc"];
+/// hybrid cgroup layout); a static busybox, a client container's program.
+const CONTAINER_PACKAGES: [&str; 3] = ["podman", "runc", "busybox-static"];
 
 pub fn container_packages() -> Result<()> {
     apt_install(&CONTAINER_PACKAGES)

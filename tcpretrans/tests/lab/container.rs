@@ -7,7 +7,7 @@
 use std::{
     env, fs,
     io::{BufRead, BufReader, Read, Write},
-    net::SocketAddr,
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
     sync::mpsc,
@@ -45,6 +45,8 @@ c.sendall(b'x' * size); c.shutdown(socket.SHUT_WR); t.join()
 print(got[0], flush=True); sys.stdin.read()
 ";
 const NOBODY: u32 = 65534;
+/// Debian's static busybox (busybox-static), a client container's program.
+const BUSYBOX: &str = "/bin/busybox";
 /// The seccomp profile podman applies by default (containers-common).
 const PODMAN_SECCOMP: &str = "/usr/share/containers/seccomp.json";
 
@@ -63,7 +65,8 @@ fn the_daemonsets_container_reports_every_retransmission_and_its_owner() {
         return;
     };
     let daemonset: Value = serde_json::from_str(&daemonset).expect("the DaemonSet as JSON");
-    let image = Image::build(Path::new(&dist));
+    let containerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Containerfile");
+    let image = Image::build(&containerfile, Path::new(&dist), "tcpretrans-lab");
     let ns = Netns::new("container");
     ns.ip(&["link", "set", "lo", "mtu", "1500"]);
     let (older_port, newer_port) = (8400u16, 8401u16);
@@ -135,23 +138,117 @@ fn the_daemonsets_container_reports_every_retransmission_and_its_owner() {
     );
 }
 
-/// The image, built as deploy/Containerfile says, and removed when dropped.
+/// A socket made in another container (podman's, joined to the test's
+/// network namespace) carries that container's id: the containerized tool
+/// reads the node's cgroup tree where the DaemonSet mounts it.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn another_containers_sockets_carry_its_id() {
+    let (Some(dist), Ok(daemonset)) = (
+        env::var_os("TCPRETRANS_DIST"),
+        env::var("TCPRETRANS_DAEMONSET"),
+    ) else {
+        skip(
+            "TCPRETRANS_DIST or TCPRETRANS_DAEMONSET is not set; `cargo xtask test` sets them \
+             on the host (the image's build context, the DaemonSet as JSON)",
+        );
+        return;
+    };
+    let daemonset: Value = serde_json::from_str(&daemonset).expect("the DaemonSet as JSON");
+    let containerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Containerfile");
+    let image = Image::build(&containerfile, Path::new(&dist), "tcpretrans-lab");
+    // A client container: busybox alone (Debian's static build).
+    let context = tempfile::tempdir().expect("a build context");
+    fs::copy(BUSYBOX, context.path().join("busybox")).expect("copying busybox");
+    fs::write(
+        context.path().join("Containerfile"),
+        "FROM scratch\nCOPY busybox /busybox\nENTRYPOINT [\"/busybox\"]\n",
+    )
+    .expect("writing its Containerfile");
+    let client_image = Image::build(
+        &context.path().join("Containerfile"),
+        context.path(),
+        "tcpretrans-lab-client",
+    );
+    let ns = Netns::new("client");
+    // Served from a thread inside the namespace: the containerized tool
+    // finds the namespace by a task in it (it has no /run/netns).
+    let (port_tx, port_rx) = mpsc::channel();
+    let server = ns.enter(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _ = port_tx.send(listener.local_addr().expect("address").port());
+        let (mut conn, peer) = listener.accept().expect("accept");
+        let mut request = [0; 1024];
+        let _ = conn.read(&mut request);
+        let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        peer.port()
+    });
+    let port: u16 = port_rx.recv_timeout(PATIENCE).expect("the server's port");
+    let tracer = Container::start(
+        &image,
+        &daemonset,
+        &["--json", "--state", "--netns", &ns.inode.to_string()],
+    );
+    let cidfile = context.path().join("cid");
+    let client = Command::new("podman")
+        .args(["--runtime", "runc", "run", "--rm", "--cidfile"])
+        .arg(&cidfile)
+        .args(["--ulimit=nofile=1024:1024", "--ulimit=nproc=1024:1024"])
+        .arg(format!("--network=ns:/run/netns/{}", ns.name))
+        .arg(&client_image.tag)
+        .args([
+            "wget",
+            "-q",
+            "-O",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .expect("starting podman run");
+    assert!(
+        client.status.success(),
+        "the client container: {}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let id = fs::read_to_string(&cidfile).expect("the container's id");
+    let client_port = server.join().expect("server");
+    let (status, output) = tracer.stop();
+    assert!(status.success(), "{status}:\n{}", output.stderr);
+    let events = output.events();
+    let client: Vec<&Value> = of_kind(&events, "state")
+        .into_iter()
+        .filter(|e| e["lport"] == client_port)
+        .collect();
+    assert!(!client.is_empty(), "the client's transitions: {events:#?}");
+    for event in &client {
+        assert_eq!(event["container_id"], id.trim(), "{event}");
+    }
+    eprintln!(
+        "container {}: {} transitions of its socket, each with its id (cgroup {})",
+        &id[..12],
+        client.len(),
+        client[0]["cgroup"]
+    );
+}
+
+/// An image built with podman from a Containerfile, removed when dropped.
 struct Image {
     tag: String,
 }
 
 impl Image {
-    fn build(dist: &Path) -> Self {
+    /// Builds `containerfile` in `context`, tagged `name` and this
+    /// process's id.
+    fn build(containerfile: &Path, context: &Path, name: &str) -> Self {
         let image = Self {
-            tag: format!("localhost/tcpretrans-lab:{}", std::process::id()),
+            tag: format!("localhost/{name}:{}", std::process::id()),
         };
-        let containerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Containerfile");
         // One image, without intermediate ones to remove.
         let output = Command::new("podman")
             .args(["build", "--layers=false", "--quiet", "--file"])
-            .arg(&containerfile)
+            .arg(containerfile)
             .args(["--tag", &image.tag])
-            .arg(dist)
+            .arg(context)
             .output()
             .expect("starting podman build");
         assert!(
