@@ -20,6 +20,7 @@ use tcpretrans_lab::PATIENCE;
 
 use crate::harness::{
     Netns, Output, bulk_upload, delta, drop_inbound_matching, of_kind, sent_segments, skip,
+    states_of,
 };
 
 /// An established connection in a process of user nobody: its owner can
@@ -54,19 +55,9 @@ const PODMAN_SECCOMP: &str = "/usr/share/containers/seccomp.json";
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn the_daemonsets_container_reports_every_retransmission_and_its_owner() {
     const BYTES: usize = 4 << 20;
-    let (Some(dist), Ok(daemonset)) = (
-        env::var_os("TCPRETRANS_DIST"),
-        env::var("TCPRETRANS_DAEMONSET"),
-    ) else {
-        skip(
-            "TCPRETRANS_DIST or TCPRETRANS_DAEMONSET is not set; `cargo xtask test` sets them \
-             on the host (the image's build context, the DaemonSet as JSON)",
-        );
+    let Some((image, daemonset)) = tracer_image() else {
         return;
     };
-    let daemonset: Value = serde_json::from_str(&daemonset).expect("the DaemonSet as JSON");
-    let containerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Containerfile");
-    let image = Image::build(&containerfile, Path::new(&dist), "tcpretrans-lab");
     let ns = Netns::new("container");
     ns.ip(&["link", "set", "lo", "mtu", "1500"]);
     let (older_port, newer_port) = (8400u16, 8401u16);
@@ -144,19 +135,9 @@ fn the_daemonsets_container_reports_every_retransmission_and_its_owner() {
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn another_containers_sockets_carry_its_id() {
-    let (Some(dist), Ok(daemonset)) = (
-        env::var_os("TCPRETRANS_DIST"),
-        env::var("TCPRETRANS_DAEMONSET"),
-    ) else {
-        skip(
-            "TCPRETRANS_DIST or TCPRETRANS_DAEMONSET is not set; `cargo xtask test` sets them \
-             on the host (the image's build context, the DaemonSet as JSON)",
-        );
+    let Some((image, daemonset)) = tracer_image() else {
         return;
     };
-    let daemonset: Value = serde_json::from_str(&daemonset).expect("the DaemonSet as JSON");
-    let containerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Containerfile");
-    let image = Image::build(&containerfile, Path::new(&dist), "tcpretrans-lab");
     // A client container: busybox alone (Debian's static build).
     let context = tempfile::tempdir().expect("a build context");
     fs::copy(BUSYBOX, context.path().join("busybox")).expect("copying busybox");
@@ -215,11 +196,7 @@ fn another_containers_sockets_carry_its_id() {
     let (status, output) = tracer.stop();
     assert!(status.success(), "{status}:\n{}", output.stderr);
     let events = output.events();
-    let client: Vec<&Value> = of_kind(&events, "state")
-        .into_iter()
-        .filter(|e| e["lport"] == client_port)
-        .collect();
-    assert!(!client.is_empty(), "the client's transitions: {events:#?}");
+    let client = states_of(&events, client_port);
     for event in &client {
         assert_eq!(event["container_id"], id.trim(), "{event}");
     }
@@ -229,6 +206,26 @@ fn another_containers_sockets_carry_its_id() {
         client.len(),
         client[0]["cgroup"]
     );
+}
+
+/// The tracer's image, built as deploy/Containerfile says from what
+/// `cargo xtask test` names, and the DaemonSet it is run as; `None`, said
+/// as a skip, where they are not named.
+fn tracer_image() -> Option<(Image, Value)> {
+    let (Some(dist), Ok(daemonset)) = (
+        env::var_os("TCPRETRANS_DIST"),
+        env::var("TCPRETRANS_DAEMONSET"),
+    ) else {
+        skip(
+            "TCPRETRANS_DIST or TCPRETRANS_DAEMONSET is not set; `cargo xtask test` sets them \
+             on the host (the image's build context, the DaemonSet as JSON)",
+        );
+        return None;
+    };
+    let daemonset: Value = serde_json::from_str(&daemonset).expect("the DaemonSet as JSON");
+    let containerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Containerfile");
+    let image = Image::build(&containerfile, Path::new(&dist), "tcpretrans-lab");
+    Some((image, daemonset))
 }
 
 /// An image built with podman from a Containerfile, removed when dropped.

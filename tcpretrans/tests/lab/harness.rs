@@ -254,6 +254,19 @@ pub fn sent_segments(events: &[&Value]) -> i64 {
         .sum()
 }
 
+/// The state events of the socket with local port `lport`; there must be some.
+pub fn states_of(events: &[Value], lport: u16) -> Vec<&Value> {
+    let states: Vec<&Value> = of_kind(events, "state")
+        .into_iter()
+        .filter(|e| e["lport"] == lport)
+        .collect();
+    assert!(
+        !states.is_empty(),
+        "the transitions of port {lport}: {events:#?}"
+    );
+    states
+}
+
 /// Segments retransmitted with no event, as the events' `unseen_segs` say.
 pub fn unseen_segments(events: &[&Value]) -> i64 {
     events

@@ -9,7 +9,7 @@ use std::{
     thread,
 };
 
-use crate::harness::{Netns, Tracer, kernel_lacks, of_kind, skip};
+use crate::harness::{Netns, Tracer, kernel_lacks, skip, states_of};
 
 /// The member the kernel side reads a socket's cgroup by.
 const SOCKET_CGROUP: &str = "sock.sk_cgrp_data.cgroup";
@@ -119,12 +119,7 @@ fn a_kubernetes_pods_sockets_name_their_container_and_pod() {
     let client_port = client_in(&ns, &root.join(&path));
     let events = tracer.stop().events();
 
-    let client: Vec<&serde_json::Value> = of_kind(&events, "state")
-        .into_iter()
-        .filter(|e| e["lport"] == client_port)
-        .collect();
-    assert!(!client.is_empty(), "the client's transitions: {events:#?}");
-    for event in client {
+    for event in states_of(&events, client_port) {
         assert_eq!(event["cgroup"], format!("/{path}"), "{event}");
         assert_eq!(event["container_id"], container.as_str(), "{event}");
         assert_eq!(event["pod_uid"], UID, "{event}");
@@ -159,12 +154,7 @@ fn a_docker_containers_sockets_name_it() {
     let client_port = client_in(&ns, &root.join(&path));
     let events = tracer.stop().events();
 
-    let client: Vec<&serde_json::Value> = of_kind(&events, "state")
-        .into_iter()
-        .filter(|e| e["lport"] == client_port)
-        .collect();
-    assert!(!client.is_empty(), "the client's transitions: {events:#?}");
-    for event in client {
+    for event in states_of(&events, client_port) {
         assert_eq!(event["container_id"], container.as_str(), "{event}");
         assert!(
             event["pod_uid"].is_null() && event["pod"].is_null(),
