@@ -37,6 +37,9 @@ pub struct Churn {
     pub clients: u16,
     /// The first listener's port; client `i` connects to `base_port + i`.
     pub base_port: u16,
+    /// The nice value of the churn's threads: 19 yields the CPU to any
+    /// process of default priority, such as a tracer sharing one CPU with them.
+    pub nice: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,13 +102,18 @@ impl Churn {
     /// One client and its server: connections in sequence, paced to this
     /// client's share of the rate.
     fn client(self, index: u16, connections: &AtomicU64, failures: &AtomicU64, stop: &AtomicBool) {
+        renice(self.nice);
         let server = SocketAddr::from((Ipv4Addr::LOCALHOST, self.base_port + index));
         let listener = TcpListener::bind(server).expect("bind churn listener");
         let listening = listener.as_raw_fd();
         let served = Arc::new(AtomicU64::new(0));
         let acceptor = {
             let served = served.clone();
-            thread::spawn(move || serve(&listener, &served))
+            let nice = self.nice;
+            thread::spawn(move || {
+                renice(nice);
+                serve(&listener, &served)
+            })
         };
         let interval = self
             .rate
@@ -150,6 +158,18 @@ impl Churn {
         shutdown(listening, Shutdown::Read).expect("shutdown churn listener");
         acceptor.join().expect("churn server");
     }
+}
+
+/// Sets the calling thread's nice value (Linux keeps one per thread).
+fn renice(nice: i32) {
+    // SAFETY: setpriority takes no pointers; `who` 0 is the calling thread.
+    let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    assert_eq!(
+        set,
+        0,
+        "setpriority({nice}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Accepts, reads to the client's FIN, closes, counts; ends when the

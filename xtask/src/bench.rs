@@ -580,6 +580,7 @@ fn measure(tool: &Tool, workload: Workload, seconds: u64, out_dir: &Path) -> Res
                 duration,
                 clients: CHURN_CLIENTS,
                 base_port: CHURN_PORT,
+                nice: 0,
             }
             .run(ns);
             (report.per_second(), report.transitions(CHURN_CLIENTS))
@@ -665,6 +666,7 @@ fn side_by_side(ours: &Tool, baseline: &Tool, options: &Options, out_dir: &Path)
             duration: Duration::from_secs(options.seconds),
             clients: CHURN_CLIENTS,
             base_port: CHURN_PORT,
+            nice: 0,
         }
         .run(ns_lab);
         let per_event: Vec<f64> = traced
@@ -751,6 +753,7 @@ fn start_times(tools: &[Tool], samples: usize, out_dir: &Path) -> Result<Vec<Vec
         duration: Duration::from_secs(600),
         clients: CHURN_CLIENTS,
         base_port: CHURN_PORT,
+        nice: 0,
     };
     thread::scope(|scope| {
         let churning = scope.spawn(|| churn.run_until(ns, &stop));

@@ -72,6 +72,7 @@ pub fn run(binary: &Path, minutes: f64, metrics_by: Option<&str>) -> Result<()> 
         duration,
         clients: CHURN_CLIENTS,
         base_port: CHURN_PORT,
+        nice: 0,
     };
     let uploads = AtomicU64::new(0);
     let (report, rss) = thread::scope(|scope| {
