@@ -5,6 +5,8 @@ use std::{
     fs,
     io::{self, BufRead, BufReader},
     path::Path,
+    thread,
+    time::Duration,
 };
 
 use flate2::read::GzDecoder;
@@ -20,15 +22,9 @@ const KNOWN_HZ: [u32; 8] = [100, 250, 300, 1000, 24, 32, 128, 1024];
 )]
 pub struct UnknownHz;
 
-/// The kernel's HZ: from its build configuration, or else derived from the
-/// current jiffies and uptime.
+/// The kernel's HZ: from its build configuration, or else from its jiffies.
 pub fn hz() -> Result<u32, UnknownHz> {
-    hz_from_config()
-        .or_else(|| {
-            let text = fs::read_to_string("/proc/timer_list").ok()?;
-            hz_from_timer_list(&text)
-        })
-        .ok_or(UnknownHz)
+    hz_from_config().or_else(hz_from_jiffies).ok_or(UnknownHz)
 }
 
 fn hz_from_config() -> Option<u32> {
@@ -61,31 +57,77 @@ fn config_hz<L: AsRef<str>>(mut config: impl Iterator<Item = L>) -> Option<u32> 
     })
 }
 
-/// Jiffies start at `2^32 - 300 * HZ` (to catch wrap bugs early), so one
-/// reading of jiffies and uptime gives HZ — rounded to a known value, and only
-/// once the uptime is far enough from the 300 s where the formula degenerates.
-fn hz_from_timer_list(text: &str) -> Option<u32> {
-    let now_ns: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("now at "))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let jiffies: f64 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("jiffies: "))?
-        .trim()
-        .parse()
-        .ok()?;
-    let uptime = now_ns / 1e9;
-    if (uptime - 300.0).abs() < 30.0 {
-        return None;
+/// How long jiffies are counted when one reading cannot tell HZ: long
+/// enough that a tick more or less cannot turn 250 into 300, or 1000 into 1024.
+const TICK_COUNTING: Duration = Duration::from_millis(250);
+
+/// From /proc/timer_list (containers rarely see the build configuration):
+/// one reading since boot, or, where that cannot tell, the ticks counted
+/// over [`TICK_COUNTING`].
+fn hz_from_jiffies() -> Option<u32> {
+    let read = || JiffiesAt::parse(&fs::read_to_string("/proc/timer_list").ok()?);
+    let first = read()?;
+    first.hz_since_boot().or_else(|| {
+        thread::sleep(TICK_COUNTING);
+        first.hz_until(read()?)
+    })
+}
+
+/// The jiffies counter and the monotonic clock, read together.
+#[derive(Debug, Clone, Copy)]
+struct JiffiesAt {
+    /// Seconds since boot.
+    uptime: f64,
+    jiffies: f64,
+}
+
+impl JiffiesAt {
+    fn parse(timer_list: &str) -> Option<Self> {
+        let now_ns: f64 = timer_list
+            .lines()
+            .find_map(|l| l.strip_prefix("now at "))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let jiffies = timer_list
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("jiffies: "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Self {
+            uptime: now_ns / 1e9,
+            jiffies,
+        })
     }
-    let estimate = (jiffies - 4_294_967_296.0) / (uptime - 300.0);
-    KNOWN_HZ
-        .into_iter()
-        .find(|&hz| (estimate - f64::from(hz)).abs() < f64::from(hz) * 0.02)
+
+    /// Jiffies start at `2^32 - 300 * HZ` (to catch wrap bugs early), so one
+    /// reading gives HZ — rounded to a known value, and only once the uptime
+    /// is far enough from the 300 s where the formula degenerates.
+    fn hz_since_boot(self) -> Option<u32> {
+        if (self.uptime - 300.0).abs() < 30.0 {
+            return None;
+        }
+        let estimate = (self.jiffies - 4_294_967_296.0) / (self.uptime - 300.0);
+        KNOWN_HZ
+            .into_iter()
+            .find(|&hz| (estimate - f64::from(hz)).abs() < f64::from(hz) * 0.02)
+    }
+
+    /// The known HZ whose ticks over the time from `self` to `later` are
+    /// within a tick and a half of those counted, if exactly one is.
+    fn hz_until(self, later: Self) -> Option<u32> {
+        let elapsed = later.uptime - self.uptime;
+        let ticks = later.jiffies - self.jiffies;
+        let mut fitting = KNOWN_HZ
+            .into_iter()
+            .filter(|&hz| (f64::from(hz) * elapsed - ticks).abs() <= 1.5);
+        match (fitting.next(), fitting.next()) {
+            (Some(hz), None) if elapsed > 0.0 => Some(hz),
+            _ => None,
+        }
+    }
 }
 
 /// The TCP sysctls an on-call engineer needs next to retransmissions, in
@@ -172,17 +214,45 @@ mod tests {
 
     #[test]
     fn derives_hz_from_jiffies_and_uptime() {
+        let since_boot = |text: &str| JiffiesAt::parse(text).and_then(JiffiesAt::hz_since_boot);
         // Read off this project's machine: HZ=250, 1580 s after boot.
         let text = "Timer List Version: v0.10\nnow at 1580473159824 nsecs\n  .last_jiffies   : 4295286990\njiffies: 4295287389\n";
-        assert_eq!(hz_from_timer_list(text), Some(250));
+        assert_eq!(since_boot(text), Some(250));
         // HZ=1000, one hour up: jiffies = 2^32 - 300_000 + 3_600_000.
-        let text = "now at 3600000000000 nsecs\njiffies: 4298267296\n";
-        assert_eq!(hz_from_timer_list(text), Some(1000));
+        assert_eq!(
+            since_boot("now at 3600000000000 nsecs\njiffies: 4298267296\n"),
+            Some(1000)
+        );
         // Too close to 300 s to tell.
         assert_eq!(
-            hz_from_timer_list("now at 310000000000 nsecs\njiffies: 4294969796\n"),
+            since_boot("now at 310000000000 nsecs\njiffies: 4294969796\n"),
             None
         );
+        assert_eq!(since_boot("jiffies: 4294969796\n"), None);
+    }
+
+    #[test]
+    fn counts_ticks_where_one_reading_cannot_tell() {
+        // 310 s after boot, where `hz_since_boot` gives up.
+        let at = |uptime, jiffies| JiffiesAt { uptime, jiffies };
+        let start = at(310.0, 4_294_969_796.0);
+        let counted = |hz: f64, elapsed: f64, extra: f64| {
+            start.hz_until(at(310.0 + elapsed, start.jiffies + hz * elapsed + extra))
+        };
+        for hz in [100, 250, 300, 1000, 1024] {
+            for extra in [-1.0, 0.0, 1.0] {
+                assert_eq!(
+                    counted(f64::from(hz), 0.25, extra),
+                    Some(hz),
+                    "{hz} {extra}"
+                );
+            }
+        }
+        // 24 and 32 are a tick and a half apart over 0.25 s: neither is claimed.
+        assert_eq!(counted(24.0, 0.25, 1.0), None);
+        // A clock that did not move, or ticks no HZ makes.
+        assert_eq!(counted(250.0, 0.0, 0.0), None);
+        assert_eq!(counted(500.0, 0.25, 0.0), None);
     }
 
     #[test]
