@@ -39,8 +39,8 @@ impl Session {
     }
 }
 
-/// Live connections, bounded in number: when full, the one quiet for the
-/// longest is forgotten.
+/// Live connections, bounded in number: when full, those quiet for the
+/// longest are forgotten.
 #[derive(Debug)]
 pub struct Sessions {
     live: HashMap<FourTuple, Session>,
@@ -146,15 +146,21 @@ impl Sessions {
         session
     }
 
+    /// Forgets the quietest sixteenth of the table at once: a scan per
+    /// connection made a full table cost 0.5 ms for each new one.
     fn forget_quietest(&mut self) {
-        let quietest = self
-            .live
-            .iter()
-            .min_by_key(|(_, s)| s.socket.time)
-            .map(|(tuple, _)| *tuple);
-        if let Some(tuple) = quietest {
-            self.live.remove(&tuple);
-        }
+        let mut times: Vec<Timestamp> = self.live.values().map(|s| s.socket.time).collect();
+        let count = (self.capacity / 16).max(1).min(times.len());
+        let Some(last) = count.checked_sub(1) else {
+            return;
+        };
+        let (_, &mut latest_forgotten, _) = times.select_nth_unstable(last);
+        let mut left = count;
+        self.live.retain(|_, session| {
+            let forget = left > 0 && session.socket.time <= latest_forgotten;
+            left -= usize::from(forget);
+            !forget
+        });
     }
 }
 
@@ -379,5 +385,20 @@ mod tests {
         let ports: Vec<u16> = flows.iter().map(|s| s.socket.lport).collect();
         assert_eq!(ports, [2, 3]);
         assert!(sessions.take().is_empty(), "taken");
+    }
+
+    #[test]
+    fn a_full_table_forgets_its_quietest_sixteenth_at_once() {
+        let mut sessions = Sessions::new(32);
+        for port in 0..32 {
+            sessions.observe(&retransmit(Cause::Rto, 200, 1, port, i64::from(port)));
+        }
+        // Port 0 is heard from again: 1 and 2 are now the quietest.
+        sessions.observe(&retransmit(Cause::Rto, 200, 1, 0, 40));
+        sessions.observe(&retransmit(Cause::Rto, 200, 1, 99, 41));
+        let mut ports: Vec<u16> = sessions.take().iter().map(|s| s.socket.lport).collect();
+        ports.sort_unstable();
+        let kept: Vec<u16> = [0].into_iter().chain(3..32).chain([99]).collect();
+        assert_eq!(ports, kept);
     }
 }
