@@ -21,6 +21,8 @@ pub mod hooks;
 pub mod snmp;
 #[macro_use]
 pub mod members;
+#[macro_use]
+pub mod records;
 
 pub use members::Offset;
 
@@ -42,50 +44,64 @@ pub mod tcp_state {
     pub const COUNT: u8 = 13;
 }
 
-/// Offsets of the fields every TCP tracepoint record shares, read from the
-/// tracefs `format` file of the running kernel. `ABSENT` when missing.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowFields {
-    pub skaddr: u16,
-    pub sport: u16,
-    pub dport: u16,
-    pub family: u16,
-    pub saddr_v6: u16,
-    pub daddr_v6: u16,
-}
+records! {
+    /// Offsets of the fields every TCP tracepoint record shares, read from the
+    /// tracefs `format` file of the running kernel.
+    pub struct FlowFields {
+        skaddr: u16 = required(8),
+        sport: u16 = required(2),
+        dport: u16 = required(2),
+        /// Since 5.12.
+        family: u16 = optional(2),
+        saddr_v6: u16 = required(16),
+        daddr_v6: u16 = required(16),
+    }
 
-/// Layout of `tcp:tcp_retransmit_skb`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetransmitFields {
-    pub flow: FlowFields,
-    pub skbaddr: u16,
-    /// `int state`: since 4.20.
-    pub state: u16,
-    /// `int err`: since 6.17, when the tracepoint also fires for failed attempts.
-    pub err: u16,
-    pub _pad: u16,
-}
+    /// Layout of `tcp:tcp_retransmit_skb`.
+    pub struct RetransmitFields {
+        flow: FlowFields = nested,
+        skbaddr: u16 = required(8),
+        /// `int state`: since 4.20.
+        state: u16 = optional(4),
+        /// `int err`: since 6.17, when the tracepoint also fires for failed attempts.
+        err: u16 = optional(4),
+        _pad: u16 = padding,
+    }
 
-/// Layout of `tcp:tcp_retransmit_synack`. Its `skaddr` is the listener.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SynackFields {
-    pub flow: FlowFields,
-    /// The request socket: the connection being set up.
-    pub req: u16,
-}
+    /// Layout of `tcp:tcp_retransmit_synack`. Its `skaddr` is the listener.
+    pub struct SynackFields {
+        flow: FlowFields = nested,
+        /// The request socket: the connection being set up.
+        req: u16 = required(8),
+    }
 
-/// Layout of `sock:inet_sock_set_state`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StateFields {
-    pub flow: FlowFields,
-    pub oldstate: u16,
-    pub newstate: u16,
-    pub protocol: u16,
-    pub _pad: u16,
+    /// Layout of `sock:inet_sock_set_state`.
+    pub struct StateFields {
+        flow: FlowFields = nested,
+        oldstate: u16 = required(4),
+        newstate: u16 = required(4),
+        protocol: u16 = required(2),
+        _pad: u16 = padding,
+    }
+
+    /// Layout of `tcp:tcp_send_reset` and `tcp:tcp_receive_reset` as the
+    /// programs use it: only the socket is taken from the record (6.10
+    /// changed `tcp_send_reset`'s address fields to sockaddrs); the flow is
+    /// read from the socket itself.
+    pub struct ResetRecordFields {
+        skaddr: u16 = required(8),
+    }
+
+    /// Layout of `syscalls:sys_enter_connect`.
+    pub struct ConnectEnterFields {
+        fd: u16 = required(8),
+        uservaddr: u16 = required(8),
+    }
+
+    /// Layout of a `syscalls:sys_exit_*` record (`connect`, `accept`, `accept4`).
+    pub struct SyscallExitFields {
+        ret: u16 = required(8),
+    }
 }
 
 offsets! {
@@ -111,9 +127,7 @@ offsets! {
     }
 }
 
-/// Layouts of `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`: only the
-/// socket is taken from the record (6.10+ changed `tcp_send_reset`'s address
-/// fields to sockaddrs); the flow is read from the socket itself.
+/// Where the socket is in each reset tracepoint's record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResetFields {
@@ -411,46 +425,6 @@ pub mod globals {
     /// buffer; below it events are submitted without a wakeup and userspace
     /// drains on a short timer.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
-}
-
-impl FlowFields {
-    pub const ABSENT: Self = Self {
-        skaddr: ABSENT,
-        sport: ABSENT,
-        dport: ABSENT,
-        family: ABSENT,
-        saddr_v6: ABSENT,
-        daddr_v6: ABSENT,
-    };
-}
-
-impl RetransmitFields {
-    /// Until userspace configures the programs, every event is dropped at its
-    /// first field read.
-    pub const ABSENT: Self = Self {
-        flow: FlowFields::ABSENT,
-        skbaddr: ABSENT,
-        state: ABSENT,
-        err: ABSENT,
-        _pad: 0,
-    };
-}
-
-impl SynackFields {
-    pub const ABSENT: Self = Self {
-        flow: FlowFields::ABSENT,
-        req: ABSENT,
-    };
-}
-
-impl StateFields {
-    pub const ABSENT: Self = Self {
-        flow: FlowFields::ABSENT,
-        oldstate: ABSENT,
-        newstate: ABSENT,
-        protocol: ABSENT,
-        _pad: 0,
-    };
 }
 
 impl Filter {

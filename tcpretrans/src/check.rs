@@ -5,7 +5,7 @@ use std::{
     time::Instant,
 };
 
-use tcpretrans_common::hooks::{self, Layout};
+use tcpretrans_common::hooks;
 
 use crate::{
     btf::{self, Btf, Place},
@@ -47,17 +47,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> io::Result<bool> {
     if let Some(tracefs) = &tracefs {
         for hook in hooks::ALL {
             let (category, name) = (hook.category, hook.tracepoint);
-            let layout = tracefs.hook_format(&hook).and_then(|f| {
-                match hook.layout {
-                    Layout::Retransmit => f.retransmit_fields().map(drop),
-                    Layout::Synack => f.synack_fields().map(drop),
-                    Layout::State => f.state_fields().map(drop),
-                    Layout::ConnectEnter => f.connect_enter_fields().map(drop),
-                    Layout::SyscallExit => f.syscall_exit_ret().map(drop),
-                    Layout::Reset => f.reset_skaddr().map(drop),
-                }?;
-                Ok(f)
-            });
+            let layout = tracefs
+                .hook_format(&hook)
+                .and_then(|f| f.check(hook.layout).map(|()| f));
             match layout {
                 Ok(format) => {
                     let fields: Vec<String> = format

@@ -9,7 +9,10 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tcpretrans_common::{ConnectFields, ResetFields, hooks};
+use tcpretrans_common::{
+    ConnectEnterFields, ConnectFields, ResetFields, ResetRecordFields, RetransmitFields,
+    StateFields, SynackFields, SyscallExitFields, hooks,
+};
 use thiserror::Error;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -86,25 +89,26 @@ pub fn prepare(
     tracefs: &Tracefs,
     notify: &mut dyn FnMut(Notice),
 ) -> Result<Setup, TraceError> {
-    let retransmit = tracefs
-        .hook_format(&hooks::RETRANSMIT)?
-        .retransmit_fields()?;
-    let synack = tracefs.hook_format(&hooks::SYNACK)?.synack_fields()?;
-    let state = tracefs.hook_format(&hooks::STATE)?.state_fields()?;
-    let (enter_fd, enter_uservaddr) = tracefs
-        .hook_format(&hooks::ENTER_CONNECT)?
-        .connect_enter_fields()?;
+    let retransmit: RetransmitFields = tracefs.hook_format(&hooks::RETRANSMIT)?.layout()?;
+    let synack: SynackFields = tracefs.hook_format(&hooks::SYNACK)?.layout()?;
+    let state: StateFields = tracefs.hook_format(&hooks::STATE)?.layout()?;
+    let enter: ConnectEnterFields = tracefs.hook_format(&hooks::ENTER_CONNECT)?.layout()?;
+    let exit: SyscallExitFields = tracefs.hook_format(&hooks::EXIT_CONNECT)?.layout()?;
     let connect = ConnectFields {
-        enter_fd,
-        enter_uservaddr,
-        exit_ret: tracefs
-            .hook_format(&hooks::EXIT_CONNECT)?
-            .syscall_exit_ret()?,
+        enter_fd: enter.fd,
+        enter_uservaddr: enter.uservaddr,
+        exit_ret: exit.ret,
         accept_exit_ret: accept_exit_ret(tracefs)?,
     };
+    let reset_skaddr = |hook| {
+        tracefs
+            .hook_format(hook)?
+            .layout()
+            .map(|r: ResetRecordFields| r.skaddr)
+    };
     let reset = ResetFields {
-        send_skaddr: tracefs.hook_format(&hooks::SEND_RESET)?.reset_skaddr()?,
-        receive_skaddr: tracefs.hook_format(&hooks::RECEIVE_RESET)?.reset_skaddr()?,
+        send_skaddr: reset_skaddr(&hooks::SEND_RESET)?,
+        receive_skaddr: reset_skaddr(&hooks::RECEIVE_RESET)?,
     };
     let btf_path = args.btf.as_deref().unwrap_or(Path::new(btf::VMLINUX));
     let (resolved, state_btf_id) = match Btf::from_file(btf_path) {
@@ -169,12 +173,13 @@ pub fn prepare(
 /// `ret` of `sys_exit_accept4` and `sys_exit_accept`, which one program
 /// layout serves: refused if they differ.
 fn accept_exit_ret(tracefs: &Tracefs) -> Result<u16, FormatError> {
-    let accept4 = tracefs
-        .hook_format(&hooks::EXIT_ACCEPT4)?
-        .syscall_exit_ret()?;
-    let accept = tracefs
-        .hook_format(&hooks::EXIT_ACCEPT)?
-        .syscall_exit_ret()?;
+    let ret = |hook| {
+        tracefs
+            .hook_format(hook)?
+            .layout()
+            .map(|r: SyscallExitFields| r.ret)
+    };
+    let (accept4, accept) = (ret(&hooks::EXIT_ACCEPT4)?, ret(&hooks::EXIT_ACCEPT)?);
     if accept != accept4 {
         return Err(FormatError::Differs {
             what: "syscalls:sys_exit_accept and sys_exit_accept4",

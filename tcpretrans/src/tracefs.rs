@@ -9,7 +9,9 @@ use std::{
 };
 
 use tcpretrans_common::{
-    ABSENT, FlowFields, RECORD_LEN, RetransmitFields, StateFields, SynackFields, hooks::Hook,
+    ABSENT, RECORD_LEN,
+    hooks::{Hook, Layout},
+    records::{RecordField, RecordLayout},
 };
 use thiserror::Error;
 
@@ -151,94 +153,43 @@ impl Format {
         self.fields.iter().find(|f| f.name == name)
     }
 
-    /// Offset of a field the kernel side cannot do without.
-    fn required(&self, name: &'static str, size: u32) -> Result<u16, FormatError> {
-        match self.optional(name, size)? {
-            ABSENT => Err(FormatError::MissingField {
-                tracepoint: self.tracepoint.clone(),
-                field: name,
-            }),
-            offset => Ok(offset),
-        }
+    /// The record's layout as the programs read it: each field of `L`'s
+    /// table found by [`Self::offset`].
+    pub fn layout<L: RecordLayout>(&self) -> Result<L, FormatError> {
+        L::from_offsets(&mut |field| self.offset(field))
     }
 
-    /// Offset of a field older kernels lack; `ABSENT` when missing. A present
-    /// field must have the expected size, be naturally aligned (2 for byte
-    /// arrays, which the kernel side reads as words) and lie within the bytes
-    /// the kernel side copies.
-    fn optional(&self, name: &'static str, size: u32) -> Result<u16, FormatError> {
-        let Some(field) = self.field(name) else {
-            return Ok(ABSENT);
+    /// Whether the record has `layout`.
+    pub fn check(&self, layout: Layout) -> Result<(), FormatError> {
+        layout.check(&mut |field| self.offset(field))
+    }
+
+    /// A field's offset: `ABSENT` for an optional field the kernel lacks. A
+    /// present field must have the size the programs read, be naturally
+    /// aligned (2 for byte arrays, which the kernel side reads as words) and
+    /// lie within the bytes the kernel side copies.
+    fn offset(&self, wanted: RecordField) -> Result<u16, FormatError> {
+        let Some(field) = self.field(wanted.name) else {
+            return if wanted.optional {
+                Ok(ABSENT)
+            } else {
+                Err(FormatError::MissingField {
+                    tracepoint: self.tracepoint.clone(),
+                    field: wanted.name,
+                })
+            };
         };
-        let align = if size == 16 { 2 } else { size };
+        let align = if wanted.size == 16 { 2 } else { wanted.size };
         let fits = field.offset + field.size <= RECORD_LEN as u32;
-        if field.size != size || field.offset % align != 0 || !fits {
+        if field.size != wanted.size || field.offset % align != 0 || !fits {
             return Err(FormatError::BadField {
                 tracepoint: self.tracepoint.clone(),
-                field: name,
+                field: wanted.name,
                 offset: field.offset,
                 size: field.size,
             });
         }
         Ok(field.offset as u16)
-    }
-
-    fn flow_fields(&self) -> Result<FlowFields, FormatError> {
-        Ok(FlowFields {
-            skaddr: self.required("skaddr", 8)?,
-            sport: self.required("sport", 2)?,
-            dport: self.required("dport", 2)?,
-            family: self.optional("family", 2)?,
-            saddr_v6: self.required("saddr_v6", 16)?,
-            daddr_v6: self.required("daddr_v6", 16)?,
-        })
-    }
-
-    /// Layout of `tcp:tcp_retransmit_skb`.
-    pub fn retransmit_fields(&self) -> Result<RetransmitFields, FormatError> {
-        Ok(RetransmitFields {
-            flow: self.flow_fields()?,
-            skbaddr: self.required("skbaddr", 8)?,
-            state: self.optional("state", 4)?,
-            err: self.optional("err", 4)?,
-            _pad: 0,
-        })
-    }
-
-    /// The socket field of a reset tracepoint (`tcp:tcp_send_reset`,
-    /// `tcp:tcp_receive_reset`): the rest of the flow is read from the socket.
-    pub fn reset_skaddr(&self) -> Result<u16, FormatError> {
-        self.required("skaddr", 8)
-    }
-
-    /// The `fd` and `uservaddr` fields of `syscalls:sys_enter_connect`.
-    pub fn connect_enter_fields(&self) -> Result<(u16, u16), FormatError> {
-        Ok((self.required("fd", 8)?, self.required("uservaddr", 8)?))
-    }
-
-    /// The `ret` field of a `syscalls:sys_exit_*` record (`connect`, `accept`,
-    /// `accept4`).
-    pub fn syscall_exit_ret(&self) -> Result<u16, FormatError> {
-        self.required("ret", 8)
-    }
-
-    /// Layout of `tcp:tcp_retransmit_synack`.
-    pub fn synack_fields(&self) -> Result<SynackFields, FormatError> {
-        Ok(SynackFields {
-            flow: self.flow_fields()?,
-            req: self.required("req", 8)?,
-        })
-    }
-
-    /// Layout of `sock:inet_sock_set_state`.
-    pub fn state_fields(&self) -> Result<StateFields, FormatError> {
-        Ok(StateFields {
-            flow: self.flow_fields()?,
-            oldstate: self.required("oldstate", 4)?,
-            newstate: self.required("newstate", 4)?,
-            protocol: self.required("protocol", 2)?,
-            _pad: 0,
-        })
     }
 }
 
@@ -267,6 +218,10 @@ fn parse_field_line(line: &str) -> Option<Field> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tcpretrans_common::{
+        ConnectEnterFields, FlowFields, ResetRecordFields, RetransmitFields, StateFields,
+        SynackFields, SyscallExitFields,
+    };
 
     fn fixture(kernel: &str, event: &str) -> Format {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -308,7 +263,7 @@ mod tests {
     #[test]
     fn retransmit_layout_6_18_has_state_family_err() {
         let f = fixture("6.18", "tcp/tcp_retransmit_skb")
-            .retransmit_fields()
+            .layout::<RetransmitFields>()
             .unwrap();
         assert_eq!(
             (
@@ -327,7 +282,7 @@ mod tests {
     #[test]
     fn retransmit_layout_6_1_has_no_err() {
         let f = fixture("6.1", "tcp/tcp_retransmit_skb")
-            .retransmit_fields()
+            .layout::<RetransmitFields>()
             .unwrap();
         assert_eq!((f.state, f.flow.family, f.err), (24, 32, ABSENT));
         assert_eq!((f.flow.saddr_v6, f.flow.daddr_v6), (42, 58));
@@ -336,7 +291,7 @@ mod tests {
     #[test]
     fn retransmit_layout_5_10_has_no_family() {
         let f = fixture("5.10", "tcp/tcp_retransmit_skb")
-            .retransmit_fields()
+            .layout::<RetransmitFields>()
             .unwrap();
         assert_eq!((f.state, f.flow.family, f.err), (24, ABSENT, ABSENT));
         assert_eq!(
@@ -348,7 +303,7 @@ mod tests {
     #[test]
     fn retransmit_layout_4_19_has_no_state() {
         let f = fixture("4.19", "tcp/tcp_retransmit_skb")
-            .retransmit_fields()
+            .layout::<RetransmitFields>()
             .unwrap();
         assert_eq!((f.state, f.flow.family, f.err), (ABSENT, ABSENT, ABSENT));
         assert_eq!(
@@ -360,7 +315,7 @@ mod tests {
     #[test]
     fn synack_layout_6_18() {
         let f = fixture("6.18", "tcp/tcp_retransmit_synack")
-            .synack_fields()
+            .layout::<SynackFields>()
             .unwrap();
         assert_eq!(
             (f.flow.skaddr, f.req, f.flow.sport, f.flow.family),
@@ -373,14 +328,16 @@ mod tests {
     fn reset_layouts_6_18() {
         assert_eq!(
             fixture("6.18", "tcp/tcp_send_reset")
-                .reset_skaddr()
-                .unwrap(),
+                .layout::<ResetRecordFields>()
+                .unwrap()
+                .skaddr,
             16
         );
         assert_eq!(
             fixture("6.18", "tcp/tcp_receive_reset")
-                .reset_skaddr()
-                .unwrap(),
+                .layout::<ResetRecordFields>()
+                .unwrap()
+                .skaddr,
             8
         );
     }
@@ -388,22 +345,23 @@ mod tests {
     #[test]
     fn connect_syscall_layouts_6_18() {
         let enter = fixture("6.18", "syscalls/sys_enter_connect")
-            .connect_enter_fields()
+            .layout::<ConnectEnterFields>()
             .unwrap();
-        assert_eq!(enter, (16, 24));
-        assert_eq!(
-            fixture("6.18", "syscalls/sys_exit_connect")
-                .syscall_exit_ret()
-                .unwrap(),
-            16
-        );
+        assert_eq!((enter.fd, enter.uservaddr), (16, 24));
+        let exit = fixture("6.18", "syscalls/sys_exit_connect");
+        assert_eq!(exit.layout::<SyscallExitFields>().unwrap().ret, 16);
+        assert_eq!(exit.check(Layout::SyscallExit).ok(), Some(()));
+        assert!(matches!(
+            exit.check(Layout::ConnectEnter),
+            Err(FormatError::MissingField { field: "fd", .. })
+        ));
     }
 
     #[test]
     fn state_layouts() {
         for kernel in ["6.18", "6.1", "5.10", "4.19"] {
             let f = fixture(kernel, "sock/inet_sock_set_state")
-                .state_fields()
+                .layout::<StateFields>()
                 .unwrap();
             assert_eq!(
                 (f.flow.skaddr, f.oldstate, f.newstate),
@@ -424,7 +382,7 @@ mod tests {
             "tcp:x",
             "\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;\n",
         );
-        let err = format.retransmit_fields().unwrap_err();
+        let err = format.layout::<RetransmitFields>().unwrap_err();
         assert_eq!(
             err.to_string(),
             "tracepoint tcp:x has no `skaddr` field on this kernel"
@@ -435,12 +393,12 @@ mod tests {
     fn misaligned_or_out_of_range_field_is_an_error() {
         let text = "\tfield:const void * skaddr;\toffset:12;\tsize:8;\tsigned:0;\n";
         assert!(matches!(
-            Format::parse("t", text).flow_fields(),
+            Format::parse("t", text).layout::<FlowFields>(),
             Err(FormatError::BadField { .. })
         ));
         let text = "\tfield:const void * skaddr;\toffset:128;\tsize:8;\tsigned:0;\n";
         assert!(matches!(
-            Format::parse("t", text).flow_fields(),
+            Format::parse("t", text).layout::<FlowFields>(),
             Err(FormatError::BadField { .. })
         ));
     }
