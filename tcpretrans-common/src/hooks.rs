@@ -113,6 +113,7 @@ pub const STATE_BTF_TRACEPOINT: &str = concat!("btf_trace_", "inet_sock_set_stat
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
+    pub const FAILED_READS: &str = "FAILED_READS";
     pub const STATE_NESTING: &str = "STATE_NESTING";
     pub const SOCKETS: &str = "SOCKETS";
     pub const LISTENERS: &str = "LISTENERS";

@@ -63,6 +63,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost_slot::COUNT, 0);
 
+/// Probe reads of a non-NULL address that failed, leaving their field 0,
+/// per CPU.
+#[map]
+pub static FAILED_READS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// `state_nesting` counters, per CPU.
 #[map]
 pub static STATE_NESTING: PerCpuArray<u64> = PerCpuArray::with_max_entries(state_nesting::COUNT, 0);
@@ -124,6 +129,17 @@ pub fn add_one(counters: &PerCpuArray<u64>, slot: u32) {
     }
 }
 
+/// Counts a failed probe read. Out of line: the reads are inlined many
+/// times over, their failure path once.
+#[inline(never)]
+pub fn count_failed_read() {
+    // Every program adds to the one slot, and BPF's Rust target has no
+    // atomic add: a program nested on this CPU that also fails a read inside
+    // this add's three instructions would have its count overwritten. Both
+    // are rare; a slot per program would thread the program through every read.
+    add_one(&FAILED_READS, 0);
+}
+
 /// Publishes an event, waking the consumer only when enough data is waiting:
 /// a wakeup per event costs several times more than the event itself.
 #[inline(always)]
@@ -148,6 +164,7 @@ named!(globals::FILTER, FILTER);
 named!(globals::WAKEUP_BYTES, WAKEUP_BYTES);
 named!(hooks::maps::EVENTS, EVENTS);
 named!(hooks::maps::LOST, LOST);
+named!(hooks::maps::FAILED_READS, FAILED_READS);
 named!(hooks::maps::STATE_NESTING, STATE_NESTING);
 named!(hooks::maps::SOCKETS, SOCKETS);
 named!(hooks::maps::LISTENERS, LISTENERS);

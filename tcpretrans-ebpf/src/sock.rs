@@ -45,22 +45,27 @@ pub enum Typed {}
 impl Memory for Probed {
     #[inline(always)]
     fn read<T: Copy + Default>(base: u64, at: Offset<T>) -> T {
-        if !at.is_known() {
+        // A NULL base is no failure: pointers the kernel leaves NULL (a
+        // timewait socket's `sk_socket`) are followed on purpose.
+        if !at.is_known() || base == 0 {
             return T::default();
         }
         let mut value = MaybeUninit::<T>::uninit();
-        // SAFETY: probe reads fail safely on a bad address (a NULL base's
-        // among them), and then zero the destination: `value` is written
-        // either way, and `T` is plain data. Not branching on the result
-        // keeps the verifier's paths (and the instructions) fewer.
-        unsafe {
+        // SAFETY: probe reads fail safely on a bad address and then zero
+        // the destination: `value` is written either way, and `T` is plain
+        // data.
+        let failed = unsafe {
             generated::bpf_probe_read_kernel(
                 value.as_mut_ptr().cast(),
                 size_of::<T>() as u32,
                 (base + u64::from(at.byte())) as *const c_void,
-            );
-            value.assume_init()
+            )
+        } != 0;
+        if failed {
+            crate::maps::count_failed_read();
         }
+        // SAFETY: written above, read or zeroed.
+        unsafe { value.assume_init() }
     }
 
     #[inline(always)]

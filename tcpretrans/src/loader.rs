@@ -285,6 +285,7 @@ impl Census {
 /// less the state transitions the nested state program handled for it.
 pub struct LostCounter {
     ring_full: PerCpuArray<MapData, u64>,
+    failed_reads: PerCpuArray<MapData, u64>,
     state_nesting: PerCpuArray<MapData, u64>,
     /// `/proc/self/fdinfo` of each program but the nested state program
     /// (whose skipped runs the state program handled).
@@ -311,6 +312,18 @@ impl LostCounter {
         )?;
         let missed: u64 = self.fdinfo.iter().map(|path| recursion_misses(path)).sum();
         Ok((ring_full, missed.saturating_sub(recovered)))
+    }
+
+    /// Kernel reads at a non-NULL address that failed since load: each left
+    /// a field of an event 0.
+    pub fn failed_reads(&self) -> Result<u64, LoadError> {
+        self.failed_reads
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .map_err(|source| LoadError::Map {
+                map: maps::FAILED_READS,
+                source,
+            })
     }
 }
 
@@ -497,6 +510,7 @@ impl Tracer {
         };
         let ring = take_map(&mut ebpf, maps::EVENTS, RingBuf::try_from)?;
         let lost = take_map(&mut ebpf, maps::LOST, PerCpuArray::try_from)?;
+        let failed_reads = take_map(&mut ebpf, maps::FAILED_READS, PerCpuArray::try_from)?;
         let state_nesting = take_map(&mut ebpf, maps::STATE_NESTING, PerCpuArray::try_from)?;
         Ok(Self {
             programs: ebpf,
@@ -504,6 +518,7 @@ impl Tracer {
             ring,
             lost: LostCounter {
                 ring_full: lost,
+                failed_reads,
                 state_nesting,
                 fdinfo,
             },

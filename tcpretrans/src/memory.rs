@@ -117,7 +117,7 @@ impl Map {
 
 /// The object's maps (tcpretrans-ebpf/src/maps.rs), the two the options
 /// size first; a test holds this to the object.
-fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 8] {
+fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 9] {
     // Sizes of small structs.
     let size = |n: usize| n as u32;
     [
@@ -151,6 +151,13 @@ fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 8] {
             Map::PerCpuArray {
                 value: 8,
                 entries: lost_slot::COUNT,
+            },
+        ),
+        (
+            maps::FAILED_READS,
+            Map::PerCpuArray {
+                value: 8,
+                entries: 1,
             },
         ),
         (

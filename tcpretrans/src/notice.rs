@@ -16,6 +16,8 @@ pub enum Notice {
     Malformed(DecodeError),
     /// `-c` in text: the tables come at the end.
     CountingFlows,
+    /// The first kernel read that failed (the summary counts all).
+    FailedReads,
     /// Events the ring buffer had no room for, said as they happen (the
     /// text output marks them in its stream too; JSON has a `lost` event).
     Lost(u64),
@@ -36,6 +38,9 @@ impl fmt::Display for Notice {
             ),
             Self::UnknownHz(err) => err.fmt(f),
             Self::Malformed(err) => write!(f, "skipping malformed event: {err}"),
+            Self::FailedReads => f.write_str(
+                "a kernel read failed: the field it fills shows 0 (the summary counts them)",
+            ),
             Self::CountingFlows => f.write_str("counting retransmissions per flow"),
             Self::Lost(count) => write!(f, "lost {count} events (ring buffer full)"),
         }

@@ -21,6 +21,9 @@ pub struct Summary {
     pub lost_skipped: u64,
     /// Records that did not decode (a kernel/userspace mismatch; never expected).
     pub malformed: u64,
+    /// Kernel reads at a non-NULL address that failed, leaving a field 0
+    /// (never expected: a wrong `--btf` would).
+    pub failed_reads: u64,
     /// The reader of our output went away (`| head`): end quietly.
     pub output_closed: bool,
     /// State transitions by (old, new) state: index 0 for a state this
@@ -187,6 +190,9 @@ impl fmt::Display for Summary {
         }
         if self.malformed > 0 {
             write!(f, ", {} malformed", self.malformed)?;
+        }
+        if self.failed_reads > 0 {
+            write!(f, ", {} kernel reads failed", self.failed_reads)?;
         }
         Ok(())
     }

@@ -387,9 +387,15 @@ impl Consumer<'_> {
     /// Reports events the kernel side dropped since the last report.
     fn report_lost(&mut self, lost: &LostCounter) -> Result<(), TraceError> {
         let (ring_full, skipped) = lost.total()?;
+        let failed_reads = lost.failed_reads()?;
         if let Some(metrics) = self.metrics.as_mut() {
             metrics.lost(ring_full, skipped);
+            metrics.failed_reads(failed_reads);
         }
+        if failed_reads > 0 && self.summary.failed_reads == 0 {
+            (self.notify)(Notice::FailedReads);
+        }
+        self.summary.failed_reads = failed_reads;
         let total = ring_full + skipped;
         self.summary.lost_skipped = skipped;
         if total > self.summary.lost {

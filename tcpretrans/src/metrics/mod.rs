@@ -55,6 +55,7 @@ pub struct Metrics {
     lost: Family<Fixed<1>, Counter>,
     /// The lost counts last exported, which `lost` grows from.
     lost_so_far: (u64, u64),
+    failed_reads: Counter,
     namespaces: Arc<namespaces::Seen>,
 }
 
@@ -81,6 +82,7 @@ impl Metrics {
             events: Counter::default(),
             lost: Family::default(),
             lost_so_far: (0, 0),
+            failed_reads: Counter::default(),
             namespaces: Arc::default(),
         };
         registry.register(
@@ -153,6 +155,11 @@ impl Metrics {
             "lost_events",
             "Events lost: ring_full (the ring buffer had no room) or skipped (the kernel did not run the program)",
             metrics.lost.clone(),
+        );
+        registry.register(
+            "failed_kernel_reads",
+            "Kernel reads that failed, each leaving a field of an event 0 (never expected)",
+            metrics.failed_reads.clone(),
         );
         registry.register(
             "metric_series",
@@ -278,5 +285,11 @@ impl Metrics {
             .get_or_create(&[("reason", "skipped")])
             .inc_by(skipped.saturating_sub(was_skipped));
         self.lost_so_far = (ring_full, skipped);
+    }
+
+    /// Kernel reads failed since load.
+    pub fn failed_reads(&mut self, total: u64) {
+        self.failed_reads
+            .inc_by(total.saturating_sub(self.failed_reads.get()));
     }
 }

@@ -587,6 +587,8 @@ struct SummaryLine<'a> {
     /// Of `lost`: program runs the kernel skipped (the rest found the ring
     /// buffer full).
     lost_skipped: u64,
+    /// Kernel reads that failed, each leaving a field 0.
+    failed_reads: u64,
     /// Sent retransmissions, their segments, failed attempts: as in
     /// `session_end` and `flow`.
     retransmits: u64,
@@ -677,6 +679,7 @@ impl<W: Write> Output for Json<W> {
             events: summary.events,
             lost: summary.lost,
             lost_skipped: summary.lost_skipped,
+            failed_reads: summary.failed_reads,
             retransmits: r.retransmits(),
             by_type: ByType(r),
             segments: r.segments,

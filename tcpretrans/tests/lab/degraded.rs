@@ -3,12 +3,16 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::Command,
+    thread,
+    time::Duration,
 };
+
+use serde_json::Value;
 
 use tcpretrans_lab::kernel_counts::TransitionCount;
 
 use crate::harness::{
-    Netns, Tracer, beyond_kernel_notes, drop_inbound_matching, of_kind, transitions,
+    Netns, Tracer, beyond_kernel_notes, closed, drop_inbound_matching, of_kind, transitions,
 };
 
 /// Without BTF the tool still traces; what needs BTF is null, and stderr
@@ -448,4 +452,109 @@ fn maps_the_kernel_cannot_create_name_the_option_to_change() {
         "{}",
         String::from_utf8_lossy(&fits.stderr)
     );
+}
+
+/// A kernel read that fails leaves its field 0, and is counted and said. A
+/// BTF whose `sock.sk_socket` is moved onto the socket's first word (its
+/// addresses: 127.0.0.1 twice, which no kernel read may touch) makes the
+/// inode read of every socket whose owner the kernel side does not know
+/// fail. The kernel's own BTF, on the same connection, makes none fail.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn failed_kernel_reads_are_counted_and_said() {
+    let vmlinux = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+    let moved = btf_with_member_at(vmlinux.clone(), "sock", "sk_socket", 0);
+    for (name, btf, fails) in [("kernel's", vmlinux, false), ("moved", moved, true)] {
+        let file = tempfile::NamedTempFile::new().expect("temporary file");
+        std::fs::write(file.path(), btf).expect("writing the BTF");
+        let ns = Netns::new("badread");
+        let server: SocketAddr = "127.0.0.1:5706".parse().expect("address");
+        // Made before the tracer starts: the kernel side learns no owner of
+        // the accepted socket, whose CLOSE_WAIT the peer's FIN makes.
+        let (listener, client, accepted) = ns
+            .enter(move || {
+                let listener = TcpListener::bind(server).expect("bind");
+                let client = TcpStream::connect(server).expect("connect");
+                let (accepted, _) = listener.accept().expect("accept");
+                (listener, client, accepted)
+            })
+            .join()
+            .expect("connection");
+        let netns = ns.inode.to_string();
+        let path = file.path().to_str().expect("UTF-8 path");
+        let tracer = Tracer::start(&["--json", "--state", "--netns", &netns, "--btf", path]);
+        drop(client);
+        // Held while the tracer looks the CLOSE_WAIT's inode up in /proc
+        // (it drains every 20 ms).
+        thread::sleep(Duration::from_secs(1));
+        drop(accepted);
+        drop(listener);
+        closed(&ns, 5706);
+        let output = tracer.stop();
+        let summary = output.summary();
+        let close_wait = output
+            .json_lines()
+            .into_iter()
+            .find(|e| e["new_state"] == "CLOSE_WAIT")
+            .unwrap_or_else(|| panic!("{name}: no CLOSE_WAIT: {}", output.stdout));
+        let failed = summary["failed_reads"].as_u64().expect("failed_reads");
+        let notice = "tcpretrans: a kernel read failed: the field it fills shows 0 \
+                      (the summary counts them)";
+        if fails {
+            assert!(failed > 0, "{name}: {summary}");
+            output.says(notice);
+            assert!(
+                output
+                    .stderr
+                    .contains(&format!(", {failed} kernel reads failed")),
+                "{}",
+                output.stderr
+            );
+            // No inode, so no owner from /proc.
+            assert_eq!(close_wait["pid"], Value::Null, "{close_wait}");
+        } else {
+            assert_eq!(failed, 0, "{name}: {summary}");
+            assert!(!output.stderr.contains(notice), "{}", output.stderr);
+            assert_eq!(close_wait["pid"], std::process::id(), "{close_wait}");
+        }
+        eprintln!("{name} BTF: {failed} kernel reads failed");
+    }
+}
+
+/// `btf` with member `member` of struct `name` placed at `bit_offset`.
+fn btf_with_member_at(mut btf: Vec<u8>, name: &str, member: &str, bit_offset: u32) -> Vec<u8> {
+    let u32_at = |btf: &[u8], at: usize| u32::from_le_bytes(btf[at..at + 4].try_into().unwrap());
+    assert_eq!(btf[..2], 0xeb9f_u16.to_le_bytes(), "BTF magic");
+    let header = u32_at(&btf, 4) as usize;
+    let (types, types_len) = (header + u32_at(&btf, 8) as usize, u32_at(&btf, 12) as usize);
+    let strings = header + u32_at(&btf, 16) as usize;
+    let string = |btf: &[u8], offset: u32| {
+        let start = strings + offset as usize;
+        let end = start + btf[start..].iter().position(|&b| b == 0).expect("NUL");
+        String::from_utf8_lossy(&btf[start..end]).into_owned()
+    };
+    let mut at = types;
+    while at < types + types_len {
+        let info = u32_at(&btf, at + 4);
+        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+        let is_struct = kind == 4 && string(&btf, u32_at(&btf, at)) == name;
+        at += 12;
+        if is_struct {
+            for m in (0..vlen).map(|i| at + 12 * i) {
+                if string(&btf, u32_at(&btf, m)) == member {
+                    btf[m + 8..m + 12].copy_from_slice(&bit_offset.to_le_bytes());
+                    return btf;
+                }
+            }
+        }
+        // What follows each kind's common part (include/uapi/linux/btf.h).
+        at += match kind {
+            1 | 14 | 17 => 4,
+            3 => 12,
+            4 | 5 | 15 | 19 => 12 * vlen,
+            6 | 13 => 8 * vlen,
+            _ => 0,
+        };
+    }
+    panic!("BTF has no {name}.{member}");
 }
