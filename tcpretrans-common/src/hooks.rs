@@ -114,6 +114,7 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
     pub const FAILED_READS: &str = "FAILED_READS";
+    pub const TRANSITIONS: &str = "TRANSITIONS";
     pub const STATE_NESTING: &str = "STATE_NESTING";
     pub const SOCKETS: &str = "SOCKETS";
     pub const LISTENERS: &str = "LISTENERS";

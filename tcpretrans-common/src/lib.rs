@@ -321,6 +321,36 @@ pub mod filter_flags {
     /// Give each event its socket's cgroup id (three pointer reads): for
     /// output and metrics that name containers and pods.
     pub const CGROUP_IDS: u32 = 2;
+    /// Count the kept transitions in the kernel (`transition_counts`) and
+    /// emit only those that tell more than their two states (see
+    /// `tells_more`): for metrics that need no transition's connection.
+    pub const COUNT_TRANSITIONS: u32 = 4;
+}
+
+/// The per-CPU `TRANSITIONS` table: transitions counted in the kernel, by
+/// old and new state, one table per program that counts (the nested state
+/// program may interrupt the state program on its CPU, never itself).
+pub mod transition_counts {
+    /// States a table indexes (the kernel's are below 16).
+    pub const STATES: u32 = 16;
+    /// The state program's table, then the nested program's.
+    pub const TABLES: u32 = 2;
+    pub const SLOTS: u32 = STATES * STATES * TABLES;
+
+    /// The slot of a transition in `table`.
+    #[inline(always)]
+    pub const fn slot(table: u32, old_state: u8, new_state: u8) -> u32 {
+        (table * STATES + (old_state as u32 & 15)) * STATES + (new_state as u32 & 15)
+    }
+}
+
+/// Whether a transition tells more than its two states, when the kernel
+/// counts them: what TIME_WAIT entries, overflows and reuses are derived
+/// from, a close with an error, and a new listener (its namespace's
+/// occupancy is exported).
+#[inline(always)]
+pub const fn tells_more(old_state: u8, new_state: u8, error: i32) -> bool {
+    may_involve_time_wait(old_state, new_state) || error != 0 || new_state == tcp_state::LISTEN
 }
 
 /// What the kernel side keeps; everything else is dropped before it costs a
@@ -987,6 +1017,24 @@ mod tests {
         assert!(filter.keeps_transition(SYN_SENT, ESTABLISHED));
         assert!(!filter.keeps_transition(ESTABLISHED, FIN_WAIT1));
         assert!(!filter.keeps_transition(LAST_ACK, CLOSE));
+    }
+
+    #[test]
+    fn counted_transitions_that_tell_more_are_still_sent() {
+        use tcp_state::*;
+        assert!(tells_more(FIN_WAIT2, CLOSE, 0), "TIME_WAIT entry or overflow");
+        assert!(tells_more(SYN_SENT, ESTABLISHED, 0), "TIME_WAIT reuse");
+        assert!(tells_more(ESTABLISHED, CLOSE, 104), "an error");
+        assert!(tells_more(CLOSE, LISTEN, 0), "a listener's namespace");
+        assert!(!tells_more(ESTABLISHED, FIN_WAIT1, 0));
+        assert!(!tells_more(LAST_ACK, CLOSE, 0));
+        let slots = [
+            transition_counts::slot(0, 0, 0),
+            transition_counts::slot(0, CLOSING, LISTEN),
+            transition_counts::slot(1, 0, 0),
+            transition_counts::slot(1, 15, 15),
+        ];
+        assert_eq!(slots, [0, 11 * 16 + 10, 256, transition_counts::SLOTS - 1]);
     }
 
     #[test]

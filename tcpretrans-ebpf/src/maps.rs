@@ -9,7 +9,7 @@ use aya_ebpf::{
 use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
     SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, globals, hooks, lost_slot,
-    state_nesting,
+    state_nesting, transition_counts,
 };
 
 /// A value userspace writes at load time (`EbpfLoader::override_global`,
@@ -67,6 +67,11 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost_slot::COU
 /// per CPU.
 #[map]
 pub static FAILED_READS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Transitions counted in the kernel, per CPU (`transition_counts`).
+#[map]
+pub static TRANSITIONS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(transition_counts::SLOTS, 0);
 
 /// `state_nesting` counters, per CPU.
 #[map]
@@ -165,6 +170,7 @@ named!(globals::WAKEUP_BYTES, WAKEUP_BYTES);
 named!(hooks::maps::EVENTS, EVENTS);
 named!(hooks::maps::LOST, LOST);
 named!(hooks::maps::FAILED_READS, FAILED_READS);
+named!(hooks::maps::TRANSITIONS, TRANSITIONS);
 named!(hooks::maps::STATE_NESTING, STATE_NESTING);
 named!(hooks::maps::SOCKETS, SOCKETS);
 named!(hooks::maps::LISTENERS, LISTENERS);

@@ -7,18 +7,19 @@ use aya_ebpf::{
 };
 use tcpretrans_common::{
     ConnectErrorEvent, DURATION_UNKNOWN, ListenerKey, Owner, SockInfo, StateEvent, event_kind,
-    hooks, lost_slot, reset_direction, state_nesting,
+    filter_flags, hooks, lost_slot, reset_direction, state_nesting,
     tcp_state::{
         CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
         SYN_SENT,
     },
+    tells_more, transition_counts,
 };
 
 use crate::{
     event::{self, fill},
     maps::{
         FILTER, LISTENERS, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, STATE_NESTING, STATE_TAKEN,
-        TCP_OFFSETS, add_one, reserve, submit,
+        TCP_OFFSETS, TRANSITIONS, add_one, reserve, submit,
     },
     names::named,
     owner::{self, write_owner},
@@ -217,6 +218,16 @@ fn transition<M: Memory>(
     }
     if !filter.keeps_transition(old_state, new_state) {
         return Ok(());
+    }
+    if filter.flags & filter_flags::COUNT_TRANSITIONS != 0 {
+        let table = u32::from(lost_slot == lost_slot::STATE_NESTED);
+        add_one(
+            &TRANSITIONS,
+            transition_counts::slot(table, old_state, new_state),
+        );
+        if !tells_more(old_state, new_state, error) {
+            return Ok(());
+        }
     }
     // Whether a timewait socket took the connection over (the tracepoint
     // itself never reports TIME_WAIT).

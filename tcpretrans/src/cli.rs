@@ -382,6 +382,10 @@ impl Args {
                 filter_flags::CGROUP_IDS
             } else {
                 0
+            } | if self.kernel_counts_transitions() {
+                filter_flags::COUNT_TRANSITIONS
+            } else {
+                0
             },
             lport: self.lport.unwrap_or(0),
             rport: self.rport.unwrap_or(0),
@@ -422,6 +426,13 @@ impl Args {
     /// `-q --metrics`: the metrics are the only output.
     pub fn quiet_exporter(&self) -> bool {
         self.quiet && self.metrics.is_some()
+    }
+
+    /// A quiet exporter without connection labels: no transition's
+    /// connection is needed, so the kernel counts transitions and sends
+    /// only those that tell more (`tcpretrans_common::tells_more`).
+    pub fn kernel_counts_transitions(&self) -> bool {
+        self.quiet_exporter() && self.metrics_by.as_ref().is_none_or(Dimensions::is_empty)
     }
 
     /// Whether an event's owner passes `-p`/`--comm`. The kernel side
@@ -664,6 +675,17 @@ mod tests {
         assert!(!sel.flags & filter_flags::STATE_EVENTS != 0);
         let sel = parse(&["--state=fin_wait1"]).unwrap().filter();
         assert_eq!(sel.state_mask, 1 << 4);
+    }
+
+    #[test]
+    fn only_a_quiet_exporter_without_labels_counts_transitions_in_the_kernel() {
+        let counts = |args: &[&str]| {
+            parse(args).unwrap().filter().flags & filter_flags::COUNT_TRANSITIONS != 0
+        };
+        assert!(counts(&["-q", "--metrics", "9100"]));
+        assert!(!counts(&["--metrics", "9100"]), "events are printed too");
+        assert!(!counts(&["-q", "--metrics", "9100", "--metrics-by", "rport"]));
+        assert!(!counts(&["-q", "--state"]));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tcpretrans_common::{
     ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
     SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags, globals,
     hooks::{self, Hook, maps},
-    lost_slot, state_nesting,
+    lost_slot, state_nesting, transition_counts,
 };
 use thiserror::Error;
 
@@ -188,7 +188,7 @@ pub struct Tracer {
     pub programs: Ebpf,
     pub links: Links,
     pub ring: RingBuf<MapData>,
-    pub lost: LostCounter,
+    pub counters: KernelCounters,
     pub census: Census,
 }
 
@@ -279,20 +279,28 @@ impl Census {
     }
 }
 
-/// Events the kernel side lost: those it could not queue (per-CPU counter),
-/// and program runs the kernel skipped because another tracing program was
-/// running on that CPU (a softirq interrupting one; `recursion_misses`),
-/// less the state transitions the nested state program handled for it.
-pub struct LostCounter {
+const STATES: usize = transition_counts::STATES as usize;
+
+/// Counts by old and new state, as the kernel numbers states.
+pub type TransitionTable = [[u64; STATES]; STATES];
+
+/// What the kernel side counts rather than reports: events lost, those it
+/// could not queue (per-CPU counter) and program runs the kernel skipped
+/// because another tracing program was running on that CPU (a softirq
+/// interrupting one; `recursion_misses`), less the state transitions the
+/// nested state program handled for it; failed reads; and, when asked,
+/// transitions.
+pub struct KernelCounters {
     ring_full: PerCpuArray<MapData, u64>,
     failed_reads: PerCpuArray<MapData, u64>,
+    transitions: PerCpuArray<MapData, u64>,
     state_nesting: PerCpuArray<MapData, u64>,
     /// `/proc/self/fdinfo` of each program but the nested state program
     /// (whose skipped runs the state program handled).
     fdinfo: Vec<PathBuf>,
 }
 
-impl LostCounter {
+impl KernelCounters {
     /// Events lost since load: `(ring buffer full, program runs skipped)`.
     pub fn total(&self) -> Result<(u64, u64), LoadError> {
         let sum = |counters: &PerCpuArray<MapData, u64>, map: &'static str, slot: u32| {
@@ -312,6 +320,28 @@ impl LostCounter {
         )?;
         let missed: u64 = self.fdinfo.iter().map(|path| recursion_misses(path)).sum();
         Ok((ring_full, missed.saturating_sub(recovered)))
+    }
+
+    /// Transitions the kernel counted (`filter_flags::COUNT_TRANSITIONS`)
+    /// since load, by old and new state.
+    pub fn transitions(&self) -> Result<TransitionTable, LoadError> {
+        let mut table = [[0; STATES]; STATES];
+        for table_of in 0..transition_counts::TABLES {
+            for (old, row) in (0u8..).zip(table.iter_mut()) {
+                for (new, count) in (0u8..).zip(row.iter_mut()) {
+                    let slot = transition_counts::slot(table_of, old, new);
+                    *count += self
+                        .transitions
+                        .get(&slot, 0)
+                        .map(|per_cpu| per_cpu.iter().sum::<u64>())
+                        .map_err(|source| LoadError::Map {
+                            map: maps::TRANSITIONS,
+                            source,
+                        })?;
+                }
+            }
+        }
+        Ok(table)
     }
 
     /// Kernel reads at a non-NULL address that failed since load: each left
@@ -511,14 +541,16 @@ impl Tracer {
         let ring = take_map(&mut ebpf, maps::EVENTS, RingBuf::try_from)?;
         let lost = take_map(&mut ebpf, maps::LOST, PerCpuArray::try_from)?;
         let failed_reads = take_map(&mut ebpf, maps::FAILED_READS, PerCpuArray::try_from)?;
+        let transitions = take_map(&mut ebpf, maps::TRANSITIONS, PerCpuArray::try_from)?;
         let state_nesting = take_map(&mut ebpf, maps::STATE_NESTING, PerCpuArray::try_from)?;
         Ok(Self {
             programs: ebpf,
             links,
             ring,
-            lost: LostCounter {
+            counters: KernelCounters {
                 ring_full: lost,
                 failed_reads,
+                transitions,
                 state_nesting,
                 fdinfo,
             },

@@ -14,7 +14,8 @@ use std::{
 };
 
 use tcpretrans_common::{
-    ListenerKey, Owner, PendingConnect, RECORD_LEN, SockInfo, hooks::maps, lost_slot, state_nesting,
+    ListenerKey, Owner, PendingConnect, RECORD_LEN, SockInfo, hooks::maps, lost_slot,
+    state_nesting, transition_counts,
 };
 use thiserror::Error;
 
@@ -117,7 +118,7 @@ impl Map {
 
 /// The object's maps (tcpretrans-ebpf/src/maps.rs), the two the options
 /// size first; a test holds this to the object.
-fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 9] {
+fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 10] {
     // Sizes of small structs.
     let size = |n: usize| n as u32;
     [
@@ -158,6 +159,13 @@ fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 9] {
             Map::PerCpuArray {
                 value: 8,
                 entries: 1,
+            },
+        ),
+        (
+            maps::TRANSITIONS,
+            Map::PerCpuArray {
+                value: 8,
+                entries: transition_counts::SLOTS,
             },
         ),
         (

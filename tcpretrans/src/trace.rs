@@ -28,7 +28,7 @@ use crate::{
     gaps::Gaps,
     identity::{self, Resolver},
     kernel, listeners,
-    loader::{LoadError, LostCounter, Plan, Tracer},
+    loader::{KernelCounters, LoadError, Plan, Tracer},
     metrics::{self, Exporter, Metrics, ServeError},
     netns,
     notice::Notice,
@@ -242,8 +242,11 @@ pub async fn run(args: &Args, notify: &mut dyn FnMut(Notice)) -> Result<Summary,
     let exporter = match args.metrics {
         Some(endpoint) => {
             let listener = metrics::bind(endpoint).await?;
-            let (metrics, registry) =
-                Metrics::new(args.metrics_by.clone().unwrap_or_default(), args.max_series);
+            let (metrics, registry) = Metrics::new(
+                args.metrics_by.clone().unwrap_or_default(),
+                args.max_series,
+                args.kernel_counts_transitions(),
+            );
             let exporter = Exporter::new(registry);
             tokio::spawn(metrics::serve(listener, Arc::clone(&exporter)));
             Some((metrics, exporter))
@@ -384,13 +387,17 @@ impl Consumer<'_> {
         self.out.event(event)
     }
 
-    /// Reports events the kernel side dropped since the last report.
-    fn report_lost(&mut self, lost: &LostCounter) -> Result<(), TraceError> {
-        let (ring_full, skipped) = lost.total()?;
-        let failed_reads = lost.failed_reads()?;
+    /// Takes in what the kernel side counted: reports the events it
+    /// dropped since the last report.
+    fn read_counters(&mut self, counters: &KernelCounters) -> Result<(), TraceError> {
+        let (ring_full, skipped) = counters.total()?;
+        let failed_reads = counters.failed_reads()?;
         if let Some(metrics) = self.metrics.as_mut() {
             metrics.lost(ring_full, skipped);
             metrics.failed_reads(failed_reads);
+            if self.args.kernel_counts_transitions() {
+                metrics.counted_transitions(&counters.transitions()?);
+            }
         }
         if failed_reads > 0 && self.summary.failed_reads == 0 {
             (self.notify)(Notice::FailedReads);
@@ -462,7 +469,7 @@ async fn consume(
         programs: _programs,
         links,
         ring,
-        lost,
+        counters,
         census,
     } = tracer;
     // SAFETY: the ring buffer owns its map fd, open and unchanged until the
@@ -542,7 +549,7 @@ async fn consume(
                 consumer.drain(ring.get_mut())
             }
             _ = lost_check.tick() => {
-                consumer.report_lost(&lost)?;
+                consumer.read_counters(&counters)?;
                 Ok(())
             }
             _ = table_due(&mut table_tick) => {
@@ -558,7 +565,7 @@ async fn consume(
     // Detach first: then the last drain sees everything the programs queued.
     drop(links);
     let drained = consumer.drain(ring.get_mut());
-    consumer.report_lost(&lost)?;
+    consumer.read_counters(&counters)?;
     let flushed = drained
         .and_then(|()| {
             if args.count {

@@ -21,7 +21,8 @@ pub use labels::{Dimensions, parse_dimensions};
 pub use server::{Endpoint, Exporter, ServeError, bind, parse_endpoint, serve};
 
 use crate::{
-    events::{Close, Event, ResetDirection, Retransmit, StateChange},
+    events::{Close, Event, ResetDirection, Retransmit, StateChange, TcpState},
+    loader::TransitionTable,
     output::errno_name,
     summary::state_name,
 };
@@ -56,12 +57,18 @@ pub struct Metrics {
     /// The lost counts last exported, which `lost` grows from.
     lost_so_far: (u64, u64),
     failed_reads: Counter,
+    /// `transitions` comes from the kernel's table, not from events.
+    transitions_counted_in_kernel: bool,
     namespaces: Arc<namespaces::Seen>,
 }
 
 impl Metrics {
     /// The metrics, and the registry a server encodes them from.
-    pub fn new(by: Dimensions, max_series: u32) -> (Self, Registry) {
+    pub fn new(
+        by: Dimensions,
+        max_series: u32,
+        transitions_counted_in_kernel: bool,
+    ) -> (Self, Registry) {
         let mut registry = Registry::with_prefix("tcpretrans");
         let made = Gauge::default();
         let folded = Counter::default();
@@ -83,6 +90,7 @@ impl Metrics {
             lost: Family::default(),
             lost_so_far: (0, 0),
             failed_reads: Counter::default(),
+            transitions_counted_in_kernel,
             namespaces: Arc::default(),
         };
         registry.register(
@@ -249,13 +257,15 @@ impl Metrics {
 
     fn transition(&mut self, change: &StateChange) {
         let connection = self.series.labels(Some(&change.socket));
-        let states = [
-            ("old_state", state_name(change.old_state)),
-            ("new_state", state_name(change.new_state)),
-        ];
-        self.series
-            .counter(&self.transitions, states, &connection)
-            .inc();
+        if !self.transitions_counted_in_kernel {
+            let states = [
+                ("old_state", state_name(change.old_state)),
+                ("new_state", state_name(change.new_state)),
+            ];
+            self.series
+                .counter(&self.transitions, states, &connection)
+                .inc();
+        }
         let ended = match change.close {
             Some(Close::TimeWait | Close::FinWait2Timewait) => Some(&self.time_wait_entries),
             Some(Close::TimeWaitOverflow) => Some(&self.time_wait_overflows),
@@ -285,6 +295,21 @@ impl Metrics {
             .get_or_create(&[("reason", "skipped")])
             .inc_by(skipped.saturating_sub(was_skipped));
         self.lost_so_far = (ring_full, skipped);
+    }
+
+    /// The transitions the kernel counted since load.
+    pub fn counted_transitions(&mut self, table: &TransitionTable) {
+        let connection = self.series.labels(None);
+        for (old, row) in (0u8..).zip(table) {
+            for (new, &count) in (0u8..).zip(row).filter(|(_, count)| **count > 0) {
+                let states = [
+                    ("old_state", state_name(TcpState::from_u8(old))),
+                    ("new_state", state_name(TcpState::from_u8(new))),
+                ];
+                let counter = self.series.counter(&self.transitions, states, &connection);
+                counter.inc_by(count.saturating_sub(counter.get()));
+            }
+        }
     }
 
     /// Kernel reads failed since load.
