@@ -1022,7 +1022,10 @@ mod tests {
     #[test]
     fn counted_transitions_that_tell_more_are_still_sent() {
         use tcp_state::*;
-        assert!(tells_more(FIN_WAIT2, CLOSE, 0), "TIME_WAIT entry or overflow");
+        assert!(
+            tells_more(FIN_WAIT2, CLOSE, 0),
+            "TIME_WAIT entry or overflow"
+        );
         assert!(tells_more(SYN_SENT, ESTABLISHED, 0), "TIME_WAIT reuse");
         assert!(tells_more(ESTABLISHED, CLOSE, 104), "an error");
         assert!(tells_more(CLOSE, LISTEN, 0), "a listener's namespace");

@@ -413,10 +413,10 @@ impl Args {
     }
 
     /// Whether events need their sockets' containers and pods: for JSON,
-    /// the POD column, and metrics labelled by them.
+    /// the POD column (unless a quiet exporter prints neither), and metrics
+    /// labelled by them.
     pub fn identifies(&self) -> bool {
-        self.json
-            || self.pod
+        (self.json || self.pod) && !self.quiet_exporter()
             || self
                 .metrics_by
                 .as_ref()
@@ -684,8 +684,23 @@ mod tests {
         };
         assert!(counts(&["-q", "--metrics", "9100"]));
         assert!(!counts(&["--metrics", "9100"]), "events are printed too");
-        assert!(!counts(&["-q", "--metrics", "9100", "--metrics-by", "rport"]));
+        assert!(!counts(&[
+            "-q",
+            "--metrics",
+            "9100",
+            "--metrics-by",
+            "rport"
+        ]));
         assert!(!counts(&["-q", "--state"]));
+        // Nor does it read cgroups for output it does not print.
+        let cgroups =
+            |args: &[&str]| parse(args).unwrap().filter().flags & filter_flags::CGROUP_IDS;
+        assert_eq!(cgroups(&["--json", "-q", "--metrics", "9100"]), 0);
+        assert_ne!(cgroups(&["--json", "-q"]), 0);
+        assert_ne!(
+            cgroups(&["-q", "--metrics", "9100", "--metrics-by", "pod"]),
+            0
+        );
     }
 
     #[test]
