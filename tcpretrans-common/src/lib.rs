@@ -321,9 +321,9 @@ pub mod filter_flags {
     /// Give each event its socket's cgroup id (three pointer reads): for
     /// output and metrics that name containers and pods.
     pub const CGROUP_IDS: u32 = 2;
-    /// Count the kept transitions in the kernel (`transition_counts`) and
-    /// emit only those that tell more than their two states (see
-    /// `tells_more`): for metrics that need no transition's connection.
+    /// Count the kept transitions in the kernel (`transition_counts`), all
+    /// but those that tell more than their two states (`tells_more`), which
+    /// are sent: for metrics that need no transition's connection.
     pub const COUNT_TRANSITIONS: u32 = 4;
 }
 

@@ -219,15 +219,17 @@ fn transition<M: Memory>(
     if !filter.keeps_transition(old_state, new_state) {
         return Ok(());
     }
-    if filter.flags & filter_flags::COUNT_TRANSITIONS != 0 {
+    // Counted here, or sent to be counted as userspace shows it (a
+    // connection handed to a timewait socket goes to TIME_WAIT).
+    if filter.flags & filter_flags::COUNT_TRANSITIONS != 0
+        && !tells_more(old_state, new_state, error)
+    {
         let table = u32::from(lost_slot == lost_slot::STATE_NESTED);
         add_one(
             &TRANSITIONS,
             transition_counts::slot(table, old_state, new_state),
         );
-        if !tells_more(old_state, new_state, error) {
-            return Ok(());
-        }
+        return Ok(());
     }
     // Whether a timewait socket took the connection over (the tracepoint
     // itself never reports TIME_WAIT).

@@ -242,11 +242,8 @@ pub async fn run(args: &Args, notify: &mut dyn FnMut(Notice)) -> Result<Summary,
     let exporter = match args.metrics {
         Some(endpoint) => {
             let listener = metrics::bind(endpoint).await?;
-            let (metrics, registry) = Metrics::new(
-                args.metrics_by.clone().unwrap_or_default(),
-                args.max_series,
-                args.kernel_counts_transitions(),
-            );
+            let (metrics, registry) =
+                Metrics::new(args.metrics_by.clone().unwrap_or_default(), args.max_series);
             let exporter = Exporter::new(registry);
             tokio::spawn(metrics::serve(listener, Arc::clone(&exporter)));
             Some((metrics, exporter))

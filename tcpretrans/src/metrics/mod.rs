@@ -57,18 +57,14 @@ pub struct Metrics {
     /// The lost counts last exported, which `lost` grows from.
     lost_so_far: (u64, u64),
     failed_reads: Counter,
-    /// `transitions` comes from the kernel's table, not from events.
-    transitions_counted_in_kernel: bool,
+    /// The kernel's transition counts last added to `transitions`.
+    counted_so_far: TransitionTable,
     namespaces: Arc<namespaces::Seen>,
 }
 
 impl Metrics {
     /// The metrics, and the registry a server encodes them from.
-    pub fn new(
-        by: Dimensions,
-        max_series: u32,
-        transitions_counted_in_kernel: bool,
-    ) -> (Self, Registry) {
+    pub fn new(by: Dimensions, max_series: u32) -> (Self, Registry) {
         let mut registry = Registry::with_prefix("tcpretrans");
         let made = Gauge::default();
         let folded = Counter::default();
@@ -90,7 +86,7 @@ impl Metrics {
             lost: Family::default(),
             lost_so_far: (0, 0),
             failed_reads: Counter::default(),
-            transitions_counted_in_kernel,
+            counted_so_far: TransitionTable::default(),
             namespaces: Arc::default(),
         };
         registry.register(
@@ -257,15 +253,13 @@ impl Metrics {
 
     fn transition(&mut self, change: &StateChange) {
         let connection = self.series.labels(Some(&change.socket));
-        if !self.transitions_counted_in_kernel {
-            let states = [
-                ("old_state", state_name(change.old_state)),
-                ("new_state", state_name(change.new_state)),
-            ];
-            self.series
-                .counter(&self.transitions, states, &connection)
-                .inc();
-        }
+        let states = [
+            ("old_state", state_name(change.old_state)),
+            ("new_state", state_name(change.new_state)),
+        ];
+        self.series
+            .counter(&self.transitions, states, &connection)
+            .inc();
         let ended = match change.close {
             Some(Close::TimeWait | Close::FinWait2Timewait) => Some(&self.time_wait_entries),
             Some(Close::TimeWaitOverflow) => Some(&self.time_wait_overflows),
@@ -297,17 +291,22 @@ impl Metrics {
         self.lost_so_far = (ring_full, skipped);
     }
 
-    /// The transitions the kernel counted since load.
+    /// Adds the transitions the kernel counted (instead of sending them)
+    /// since the last call; `table` holds them since load.
     pub fn counted_transitions(&mut self, table: &TransitionTable) {
         let connection = self.series.labels(None);
-        for (old, row) in (0u8..).zip(table) {
-            for (new, &count) in (0u8..).zip(row).filter(|(_, count)| **count > 0) {
-                let states = [
-                    ("old_state", state_name(TcpState::from_u8(old))),
-                    ("new_state", state_name(TcpState::from_u8(new))),
-                ];
-                let counter = self.series.counter(&self.transitions, states, &connection);
-                counter.inc_by(count.saturating_sub(counter.get()));
+        for (old, (row, so_far)) in (0u8..).zip(table.iter().zip(&mut self.counted_so_far)) {
+            for (new, (&count, seen)) in (0u8..).zip(row.iter().zip(so_far)) {
+                if count > *seen {
+                    let states = [
+                        ("old_state", state_name(TcpState::from_u8(old))),
+                        ("new_state", state_name(TcpState::from_u8(new))),
+                    ];
+                    self.series
+                        .counter(&self.transitions, states, &connection)
+                        .inc_by(count - *seen);
+                    *seen = count;
+                }
             }
         }
     }
@@ -316,5 +315,45 @@ impl Metrics {
     pub fn failed_reads(&mut self, total: u64) {
         self.failed_reads
             .inc_by(total.saturating_sub(self.failed_reads.get()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+    use crate::fixtures::transition;
+
+    #[test]
+    fn transitions_counted_in_the_kernel_add_to_those_sent() {
+        let (mut metrics, registry) = Metrics::new(Dimensions::default(), 10);
+        let (established, fin_wait1) = (TcpState::Established, TcpState::FinWait1);
+        let mut table = TransitionTable::default();
+        table[established as usize][fin_wait1 as usize] = 3;
+        metrics.counted_transitions(&table);
+        metrics.observe(&transition(established, fin_wait1, 1, 0));
+        table[established as usize][fin_wait1 as usize] = 5;
+        metrics.counted_transitions(&table);
+        // Read again, unchanged: nothing more.
+        metrics.counted_transitions(&table);
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encoding");
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tcpretrans_state_transitions_total{"))
+            .collect();
+        assert_eq!(series.len(), 1, "{text}");
+        assert!(
+            series[0].contains(r#"old_state="ESTABLISHED""#),
+            "{}",
+            series[0]
+        );
+        assert!(
+            series[0].contains(r#"new_state="FIN_WAIT1""#),
+            "{}",
+            series[0]
+        );
+        assert!(series[0].ends_with(" 6"), "{}", series[0]);
     }
 }

@@ -230,6 +230,14 @@ fn prometheus_scrapes_what_the_kernel_counted() {
         "{transitions} {counted}, ftrace {made:?}"
     );
 
+    // Sent, not counted in the kernel, to be shown as the events show them.
+    let into_time_wait = "sum(tcpretrans_state_transitions_total{new_state=\"TIME_WAIT\"})";
+    assert_eq!(
+        prometheus.until(into_time_wait, time_wait),
+        Some(time_wait),
+        "{into_time_wait}"
+    );
+
     let (status, exposition) = get(&format!("http://{endpoint}/metrics"));
     assert_eq!(status, 200);
     let mut promtool = Command::new("promtool")
