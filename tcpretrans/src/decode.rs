@@ -40,13 +40,14 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
-        let ns = |id| {
-            let t = clock_gettime(id).expect("CLOCK_REALTIME and CLOCK_MONOTONIC always exist");
-            i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
-        };
         Self {
-            offset_ns: ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC),
+            offset_ns: clock_ns(ClockId::CLOCK_REALTIME) - clock_ns(ClockId::CLOCK_MONOTONIC),
         }
+    }
+
+    /// `CLOCK_MONOTONIC` now, as the programs stamp events.
+    pub fn monotonic_ns() -> u64 {
+        u64::try_from(clock_ns(ClockId::CLOCK_MONOTONIC)).unwrap_or(0)
     }
 
     /// A clock whose wall time equals the monotonic time plus `offset_ns` (tests).
@@ -63,6 +64,11 @@ impl Clock {
     pub fn now(&self) -> Timestamp {
         Timestamp::now()
     }
+}
+
+fn clock_ns(id: ClockId) -> i128 {
+    let t = clock_gettime(id).expect("CLOCK_REALTIME and CLOCK_MONOTONIC always exist");
+    i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
 }
 
 impl Default for Clock {

@@ -186,6 +186,9 @@ impl Plan {
 pub struct Tracer {
     /// Owns the programs (their links are in `links`).
     pub programs: Ebpf,
+    /// `CLOCK_MONOTONIC` nanoseconds (the programs' clock) just before the
+    /// first program was attached: no traced event is earlier.
+    pub attaching_from_ns: u64,
     pub links: Links,
     pub ring: RingBuf<MapData>,
     pub counters: KernelCounters,
@@ -520,6 +523,7 @@ impl Tracer {
         // a nested state program must run after the state program (it
         // handles what that one did not note): attached last.
         programs.sort_by_key(Candidate::nested);
+        let attaching_from_ns = crate::decode::Clock::monotonic_ns();
         let links = Links(
             programs
                 .into_iter()
@@ -545,6 +549,7 @@ impl Tracer {
         let state_nesting = take_map(&mut ebpf, maps::STATE_NESTING, PerCpuArray::try_from)?;
         Ok(Self {
             programs: ebpf,
+            attaching_from_ns,
             links,
             ring,
             counters: KernelCounters {

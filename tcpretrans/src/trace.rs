@@ -9,6 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use jiff::Timestamp;
 use tcpretrans_common::{
     ConnectEnterFields, ConnectFields, ResetFields, ResetRecordFields, RetransmitFields,
     StateFields, SynackFields, SyscallExitFields, hooks,
@@ -265,6 +266,8 @@ pub async fn run(args: &Args, notify: &mut dyn FnMut(Notice)) -> Result<Summary,
         // The thread only fails by panicking, which it has then reported.
         listeners.join().unwrap_or_default()
     })?;
+    // The header is stamped with it: no traced event is earlier.
+    let tracing_since = decoder.clock.wall(tracer.attaching_from_ns);
     let baseline = baseline.and_then(Baseline::attached);
     let metrics = exporter.map(|(metrics, exporter)| {
         exporter.set_ready();
@@ -279,6 +282,7 @@ pub async fn run(args: &Args, notify: &mut dyn FnMut(Notice)) -> Result<Summary,
         args,
         tracer,
         decoder,
+        tracing_since,
         Sinks {
             out: out.as_mut(),
             metrics,
@@ -454,6 +458,7 @@ async fn consume(
     args: &Args,
     tracer: Tracer,
     decoder: Decoder,
+    tracing_since: Timestamp,
     sinks: Sinks<'_>,
     baseline: Result<Baseline, NotCompared>,
 ) -> Result<Summary, TraceError> {
@@ -464,6 +469,7 @@ async fn consume(
     } = sinks;
     let Tracer {
         programs: _programs,
+        attaching_from_ns: _,
         links,
         ring,
         counters,
@@ -518,13 +524,14 @@ async fn consume(
     };
 
     // The header (text) or `start` event (JSON) tells people and scripts
-    // that events are being captured from now on; `-c`'s tables come later.
+    // that events are being captured, and since when (`-t` counts from
+    // then); `-c`'s tables come later.
     if args.count && !args.json && !args.quiet {
         (consumer.notify)(Notice::CountingFlows);
     }
     let started = consumer
         .out
-        .header(consumer.decoder.clock.now())
+        .header(tracing_since)
         .and_then(|()| consumer.out.flush());
     if !consumer.keep_going(started)? {
         return Ok(consumer.summary);
