@@ -36,6 +36,11 @@ impl Watched {
         })
     }
 
+    /// BPF links the process holds (one per tracepoint attachment).
+    pub fn bpf_links(&self) -> usize {
+        bpf_links(self.id())
+    }
+
     pub fn id(&self) -> u32 {
         self.child.id()
     }
@@ -85,4 +90,16 @@ impl Drop for Watched {
             self.kill();
         }
     }
+}
+
+/// BPF links process `pid` holds (one per tracepoint attachment).
+pub fn bpf_links(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| {
+        fds.filter_map(Result::ok)
+            .filter(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf_link")
+            })
+            .count()
+    })
 }

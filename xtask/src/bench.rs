@@ -27,7 +27,7 @@ use tcpretrans_lab::{
         BpfStats, TransitionCount, Transitions, bpf_program_counts, json_socket_transition,
         repeated_transitions,
     },
-    process::Watched,
+    process::{Watched, bpf_links},
 };
 
 use crate::proc::Usage;
@@ -726,18 +726,6 @@ fn said_about_events(stderr: &str) -> String {
         .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .sum();
     format!("{lost} events lost, in {} reports", lines.len())
-}
-
-/// BPF links a process holds (one per tracepoint attachment).
-fn bpf_links(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| {
-        fds.filter_map(Result::ok)
-            .filter(|fd| {
-                fs::read_link(fd.path())
-                    .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf_link")
-            })
-            .count()
-    })
 }
 
 /// exec -> first event, `samples` times per tool (interleaved), while

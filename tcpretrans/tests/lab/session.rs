@@ -18,13 +18,14 @@ use tcpretrans_lab::{
         BpfStats, TransitionCount, json_socket_transition, repeated_transitions,
         state_transitions_given,
     },
+    process::bpf_links,
 };
 
 use serde_json::Value;
 
 use crate::harness::{
-    Netns, Tracer, beyond_kernel_notes, bulk_upload, delta, drop_inbound, of_kind, sent_segments,
-    short_connection,
+    Netns, PATIENCE, Tracer, beyond_kernel_notes, bulk_upload, delta, drop_inbound, of_kind,
+    sent_segments, short_connection,
 };
 
 fn read_stderr(child: &mut std::process::Child) -> String {
@@ -236,16 +237,26 @@ fn ring_overflow_is_counted_reported_and_in_the_exit_status() {
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn quiet_relative_time_prints_only_events() {
     let ns = Netns::new("quiet");
+    let netns = ns.inode.to_string();
+    // No header says the quiet tracer is attached: its BPF links do, once
+    // as many as the same tracer holds when its header says so.
+    let attached = {
+        let reference = Tracer::start(&["--state", "--netns", &netns]);
+        let links = bpf_links(reference.pid());
+        reference.stop();
+        links
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
-        .args(["-q", "-t", "--state", "--duration", "5", "--netns"])
-        .arg(ns.inode.to_string())
+        .args(["-q", "-t", "--state", "--duration", "5", "--netns", &netns])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting tcpretrans");
-    // No header to wait for: give it ample time to attach (up to 1.3 s on
-    // the matrix's emulated machines).
-    thread::sleep(Duration::from_millis(3000));
+    let deadline = Instant::now() + PATIENCE;
+    while bpf_links(child.id()) < attached && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(bpf_links(child.id()), attached, "attached in time");
     short_connection(&ns, "127.0.0.1:8093".parse().expect("address"));
     let output = child.wait_with_output().expect("tcpretrans");
     let (stdout, stderr) = (
