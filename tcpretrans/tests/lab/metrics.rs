@@ -128,6 +128,11 @@ impl Prometheus {
             thread::sleep(Duration::from_millis(200));
         }
     }
+
+    /// Asserts that a query comes to yield `want` (bounded).
+    fn comes_to(&self, promql: &str, want: f64, what: &str) {
+        assert_eq!(self.until(promql, want), Some(want), "{promql}: {what}");
+    }
 }
 
 impl Drop for Prometheus {
@@ -206,16 +211,11 @@ fn prometheus_scrapes_what_the_kernel_counted() {
         "the upload's and five short connections' clients"
     );
     let gauge = format!("tcpretrans_time_wait_sockets{{netns=\"{netns}\"}}");
-    assert_eq!(
-        prometheus.until(&gauge, time_wait),
-        Some(time_wait),
-        "{gauge} vs ss"
-    );
-    let entries = "sum(tcpretrans_time_wait_entries_total)";
-    assert_eq!(
-        prometheus.until(entries, time_wait),
-        Some(time_wait),
-        "{entries}"
+    prometheus.comes_to(&gauge, time_wait, "vs ss");
+    prometheus.comes_to(
+        "sum(tcpretrans_time_wait_entries_total)",
+        time_wait,
+        "vs ss",
     );
 
     // Counted in the kernel: a quiet exporter needs no transition's
@@ -231,11 +231,10 @@ fn prometheus_scrapes_what_the_kernel_counted() {
     );
 
     // Sent, not counted in the kernel, to be shown as the events show them.
-    let into_time_wait = "sum(tcpretrans_state_transitions_total{new_state=\"TIME_WAIT\"})";
-    assert_eq!(
-        prometheus.until(into_time_wait, time_wait),
-        Some(time_wait),
-        "{into_time_wait}"
+    prometheus.comes_to(
+        "sum(tcpretrans_state_transitions_total{new_state=\"TIME_WAIT\"})",
+        time_wait,
+        "vs ss",
     );
 
     let (status, exposition) = get(&format!("http://{endpoint}/metrics"));
