@@ -261,6 +261,8 @@ offsets! {
         socket_sk: Offset<u64> = socket.sk,
         /// Proves `private_data` was a socket.
         socket_file: Offset<u64> = socket.file,
+        /// `O_NONBLOCK`: whether the owner's `connect()` waits.
+        file_flags: Offset<u32> = file.f_flags,
         /// Read whole: MPTCP's 262 would pass for TCP's 6 in a byte.
         sk_protocol: Offset<u16> = sock.sk_protocol,
         // From a socket to its inode number: sock → sk_socket (struct
@@ -872,10 +874,24 @@ pub struct SockInfo {
     pub owner: Owner,
     /// The last `reset_direction` seen on the socket.
     pub reset: u8,
-    /// 1 when its `connect()` returned EINPROGRESS: a failure shows at CLOSE.
-    pub nonblocking_connect: u8,
+    pub _pad0: u8,
     pub _pad1: u16,
     pub _pad2: u32,
+}
+
+impl SockInfo {
+    /// The entry of a socket first seen: no reset, no pending connect.
+    pub const fn new(state_since_ns: u64, opened_ns: u64, owner: Owner) -> Self {
+        Self {
+            state_since_ns,
+            opened_ns,
+            owner,
+            reset: reset_direction::NONE,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
+        }
+    }
 }
 
 const _: () = {
@@ -884,7 +900,7 @@ const _: () = {
     assert!(size_of::<RetransmitFields>() == 20);
     assert!(size_of::<SynackFields>() == 14);
     assert!(size_of::<Bitfield>() == 4);
-    assert!(size_of::<TcpOffsets>() == 114);
+    assert!(size_of::<TcpOffsets>() == 116);
     assert!(size_of::<ConnectFields>() == 8);
     assert!(size_of::<ListenerKey>() == 8);
     assert!(size_of::<ConnectErrorEvent>() == 104);

@@ -3,7 +3,7 @@
 //! the master, which the connection inherits at its creation in softirq; the
 //! worker that accepts it is the process that serves it (as `ss -tnp` says).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tcpretrans_common::{ABSENT, SockInfo, hooks, reset_direction};
+use tcpretrans_common::{ABSENT, SockInfo, hooks};
 
 use crate::{
     maps::{CONNECT_FIELDS, FILTER, SOCKETS, TCP_OFFSETS},
@@ -58,16 +58,7 @@ fn accepted(ctx: &TracePointContext) -> Result<(), i64> {
         Some(info) => unsafe { (*info).owner = caller },
         // Accepted from a connection established before tracing began.
         None => {
-            let info = SockInfo {
-                state_since_ns: 0,
-                opened_ns: 0,
-                owner: caller,
-                reset: reset_direction::NONE,
-                nonblocking_connect: 0,
-                _pad1: 0,
-                _pad2: 0,
-            };
-            let _ = SOCKETS.insert(sk, info, 0);
+            let _ = SOCKETS.insert(sk, SockInfo::new(0, 0, caller), 0);
         }
     }
     Ok(())

@@ -1,10 +1,9 @@
 //! `syscalls:sys_enter_connect` / `sys_exit_connect`: TCP and MPTCP
 //! `connect()` calls that fail. Entry remembers the destination and the
 //! socket (resolved from the fd, so UDP and Unix sockets stay out); exit
-//! reports an error, or marks the socket when a non-blocking connect is
-//! still under way (its failure is reported by the state program when the
-//! socket closes with an error; not for MPTCP, whose state the program
-//! follows in the TCP subflows, which no descriptor names).
+//! reports an error. A non-blocking connect's failure comes later, or
+//! within the call before it returns EINPROGRESS: either way the state
+//! program reports it when the socket closes with an error.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::tracepoint,
@@ -17,7 +16,7 @@ use tcpretrans_common::{
 
 use crate::{
     event::{self, fill},
-    maps::{CONNECT_FIELDS, CONNECTS, FILTER, SOCK_OFFSETS, SOCKETS, TCP_OFFSETS, reserve, submit},
+    maps::{CONNECT_FIELDS, CONNECTS, FILTER, SOCK_OFFSETS, TCP_OFFSETS, reserve, submit},
     names::named,
     owner,
     sock::{self, Probed, read},
@@ -106,21 +105,10 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     if ret == 0 {
         return Ok(());
     }
-    let tcp = TCP_OFFSETS.get();
-    let mut errno = (-ret) as i32;
     if ret == -EINPROGRESS {
-        // The handshake goes on after the syscall (on loopback it can even
-        // fail within it): report a failure that already happened, else let
-        // the state program report one when the socket closes.
-        errno = read(pending.sk, tcp.sk_err);
-        if errno == 0 {
-            if let Some(info) = SOCKETS.get_ptr_mut(pending.sk) {
-                // SAFETY: valid map value pointer.
-                unsafe { (*info).nonblocking_connect = 1 };
-            }
-            return Ok(());
-        }
+        return Ok(());
     }
+    let tcp = TCP_OFFSETS.get();
     let netns =
         sock::kept::<Probed>(pending.sk, SOCK_OFFSETS.get(), FILTER.get()).map_or(0, |n| n.inum);
     let local = sock::flow::<Probed>(pending.sk, tcp).map(|(flow, _)| flow);
@@ -149,7 +137,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
                 sport: local.map_or(0, |l| l.sport),
                 dport: pending.dport,
             },
-            errno = errno,
+            errno = (-ret) as i32,
         });
     }
     submit(entry);

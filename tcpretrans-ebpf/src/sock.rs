@@ -324,6 +324,21 @@ pub fn inode(sk: u64, tcp: &TcpOffsets) -> u64 {
     )
 }
 
+/// Whether the socket's owner connects without waiting: its file is
+/// `O_NONBLOCK`, so `connect()` returned EINPROGRESS and its failure is
+/// reported when the socket closes. Not a socket without a file: an MPTCP
+/// subflow, whose MPTCP socket's `connect()` the connect program reports.
+#[inline(always)]
+pub fn connects_without_waiting(sk: u64, tcp: &TcpOffsets) -> bool {
+    let socket: u64 = read(sk, tcp.sk_socket);
+    let file: u64 = read(socket, tcp.socket_file);
+    let flags: u32 = read(file, tcp.file_flags);
+    flags & O_NONBLOCK != 0
+}
+
+/// `O_NONBLOCK` on x86-64 and arm64 (the generic value).
+const O_NONBLOCK: u32 = 0o4000;
+
 /// What an event says about a socket's owner: the owner if known, else the
 /// socket's inode for userspace to look up.
 #[inline(always)]

@@ -200,7 +200,14 @@ fn transition<M: Memory>(
         port: lport,
         _pad: 0,
     };
-    let tracked = track(skaddr, old_state, new_state, now, &listener);
+    // A kernel that counts transitions serves metrics without connection
+    // labels: it needs no owner and no time in state.
+    let counting = filter.flags & filter_flags::COUNT_TRANSITIONS != 0;
+    let tracked = if counting {
+        Tracked::first_seen(0, Owner::UNKNOWN)
+    } else {
+        track(skaddr, old_state, new_state, now, &listener)
+    };
     let tcp = TCP_OFFSETS.get();
     let error = if new_state == CLOSE {
         M::read::<i32>(skaddr, tcp.sk_err)
@@ -213,7 +220,7 @@ fn transition<M: Memory>(
     }
     // A non-blocking connect() failed: reported in every mode, like the
     // blocking ones the connect program reports.
-    if old_state == SYN_SENT && error != 0 && tracked.nonblocking_connect == 1 {
+    if old_state == SYN_SENT && error != 0 && sock::connects_without_waiting(skaddr, tcp) {
         report_connect_error(hit, error, Some(&tracked.owner), now, lost_slot);
     }
     if !filter.keeps_transition(old_state, new_state) {
@@ -221,9 +228,7 @@ fn transition<M: Memory>(
     }
     // Counted here, or sent to be counted as userspace shows it (a
     // connection handed to a timewait socket goes to TIME_WAIT).
-    if filter.flags & filter_flags::COUNT_TRANSITIONS != 0
-        && !tells_more(old_state, new_state, error)
-    {
+    if counting && !tells_more(old_state, new_state, error) {
         let table = u32::from(lost_slot == lost_slot::STATE_NESTED);
         add_one(
             &TRANSITIONS,
@@ -252,7 +257,12 @@ fn transition<M: Memory>(
         return Ok(());
     };
     let event = entry.as_mut_ptr();
-    let (owner, sock_ino) = sock::owner_or_inode(skaddr, Some(&tracked.owner), tcp);
+    let (owner, sock_ino, orphan) = if counting {
+        (None, 0, 0)
+    } else {
+        let (owner, sock_ino) = sock::owner_or_inode(skaddr, Some(&tracked.owner), tcp);
+        (owner, sock_ino, sock::orphan::<M>(skaddr, tcp))
+    };
     // SAFETY: `event` points at a reserved slot of the event's size.
     unsafe {
         fill!(event: StateEvent {
@@ -266,7 +276,7 @@ fn transition<M: Memory>(
             timewait = timewait,
             reset = tracked.reset,
             error = error,
-            orphan = sock::orphan::<M>(skaddr, tcp),
+            orphan = orphan,
             _pad0 = 0,
             _pad1 = 0,
         });
@@ -303,8 +313,19 @@ struct Tracked {
     owner: Owner,
     /// A `reset_direction`.
     reset: u8,
-    /// Its `connect()` returned EINPROGRESS.
-    nonblocking_connect: u8,
+}
+
+impl Tracked {
+    /// A socket the map had no entry for.
+    #[inline(always)]
+    const fn first_seen(opened_ns: u64, owner: Owner) -> Self {
+        Self {
+            prev_state_ns: DURATION_UNKNOWN,
+            opened_ns,
+            owner,
+            reset: reset_direction::NONE,
+        }
+    }
 }
 
 /// Updates the socket's entry. The entry goes away when the socket reaches
@@ -346,7 +367,6 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
                 opened_ns: info.opened_ns,
                 owner: owner::copied(&info.owner),
                 reset: info.reset,
-                nonblocking_connect: info.nonblocking_connect,
             };
             if new_state == CLOSE {
                 let _ = SOCKETS.remove(skaddr);
@@ -355,25 +375,11 @@ fn track(skaddr: u64, old_state: u8, new_state: u8, now: u64, listener: &Listene
         }
         None => {
             let owner = caller().unwrap_or(Owner::UNKNOWN);
+            let opened_ns = if born { now } else { 0 };
             if new_state != CLOSE {
-                let info = SockInfo {
-                    state_since_ns: now,
-                    opened_ns: if born { now } else { 0 },
-                    owner,
-                    reset: reset_direction::NONE,
-                    nonblocking_connect: 0,
-                    _pad1: 0,
-                    _pad2: 0,
-                };
-                let _ = SOCKETS.insert(skaddr, info, 0);
+                let _ = SOCKETS.insert(skaddr, SockInfo::new(now, opened_ns, owner), 0);
             }
-            Tracked {
-                prev_state_ns: DURATION_UNKNOWN,
-                opened_ns: if born { now } else { 0 },
-                owner,
-                reset: reset_direction::NONE,
-                nonblocking_connect: 0,
-            }
+            Tracked::first_seen(opened_ns, owner)
         }
     }
 }

@@ -203,6 +203,39 @@ pub fn short_connection(ns: &Netns, server: SocketAddr) -> SocketAddr {
     .expect("short connection")
 }
 
+/// A non-blocking `connect()` to a port of 127.0.0.1 nothing listens on:
+/// it returns EINPROGRESS, and its failure is the socket's error once the
+/// socket is writable. Returns that error (`SO_ERROR`).
+pub fn refused_without_waiting(ns: &Netns, port: u16) -> nix::errno::Errno {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use nix::{
+        errno::Errno,
+        poll::{PollFd, PollFlags, PollTimeout, poll},
+        sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, connect, getsockopt, socket, sockopt,
+        },
+    };
+    ns.enter(move || {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .expect("socket");
+        let nowhere = SockaddrIn::new(127, 0, 0, 1, port);
+        let started = connect(fd.as_raw_fd(), &nowhere).expect_err("in progress");
+        assert_eq!(started, Errno::EINPROGRESS);
+        let mut ready = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+        let patience = PollTimeout::try_from(PATIENCE).expect("a poll timeout");
+        poll(&mut ready, patience).expect("poll");
+        Errno::from_raw(getsockopt(&fd, sockopt::SocketError).expect("SO_ERROR"))
+    })
+    .join()
+    .expect("non-blocking connect")
+}
+
 /// State transitions one `bulk_upload` makes: its listener's 2 and the
 /// connection's 10 (lost packets only add retransmissions).
 pub const BULK_UPLOAD_TRANSITIONS: u64 = 12;

@@ -428,18 +428,32 @@ impl Args {
         self.quiet && self.metrics.is_some()
     }
 
-    /// A quiet exporter without connection labels: no transition's
-    /// connection is needed, so the kernel counts transitions and sends
-    /// only those that tell more (`tcpretrans_common::tells_more`).
+    /// A quiet exporter without connection labels or owner filters: no
+    /// transition's connection is needed, so the kernel counts transitions
+    /// and sends only those that tell more (`tcpretrans_common::tells_more`).
     pub fn kernel_counts_transitions(&self) -> bool {
-        self.quiet_exporter() && self.metrics_by.as_ref().is_none_or(Dimensions::is_empty)
+        self.quiet_exporter()
+            && self.metrics_by.as_ref().is_none_or(Dimensions::is_empty)
+            && !self.filters_owners()
+    }
+
+    /// Whether events need their sockets' owners: for output, `-p`/`--comm`,
+    /// and metrics labelled by them.
+    pub fn names_owners(&self) -> bool {
+        !self.quiet_exporter()
+            || self.filters_owners()
+            || self.metrics_by.as_ref().is_some_and(Dimensions::need_owner)
+    }
+
+    fn filters_owners(&self) -> bool {
+        self.pid.is_some() || self.comm.is_some()
     }
 
     /// Whether an event's owner passes `-p`/`--comm`. The kernel side
     /// already applied `-p` where it knew the owner; owners found in /proc
     /// are checked here. An unknown owner cannot be shown to match.
     pub fn keeps_owner(&self, owner: Option<&Process>) -> bool {
-        if self.pid.is_none() && self.comm.is_none() {
+        if !self.filters_owners() {
             return true;
         }
         owner.is_some_and(|o| {
@@ -678,6 +692,23 @@ mod tests {
     }
 
     #[test]
+    fn owners_are_named_only_where_something_uses_them() {
+        let names = |args: &[&str]| parse(args).unwrap().names_owners();
+        assert!(names(&[]));
+        assert!(names(&["--metrics", "9100"]), "events are printed too");
+        assert!(!names(&["-q", "--metrics", "9100"]));
+        assert!(!names(&[
+            "-q",
+            "--metrics",
+            "9100",
+            "--metrics-by",
+            "rport"
+        ]));
+        assert!(names(&["-q", "--metrics", "9100", "--metrics-by", "comm"]));
+        assert!(names(&["-q", "--metrics", "9100", "--comm", "nginx"]));
+    }
+
+    #[test]
     fn only_a_quiet_exporter_without_labels_counts_transitions_in_the_kernel() {
         let counts = |args: &[&str]| {
             parse(args).unwrap().filter().flags & filter_flags::COUNT_TRANSITIONS != 0
@@ -692,6 +723,9 @@ mod tests {
             "rport"
         ]));
         assert!(!counts(&["-q", "--state"]));
+        // The kernel counts before it knows a transition's owner.
+        assert!(!counts(&["-q", "--metrics", "9100", "-p", "1"]));
+        assert!(!counts(&["-q", "--metrics", "9100", "--comm", "nginx"]));
         // Nor does it read cgroups for output it does not print.
         let cgroups =
             |args: &[&str]| parse(args).unwrap().filter().flags & filter_flags::CGROUP_IDS;

@@ -338,7 +338,9 @@ impl Consumer<'_> {
         while let Some(record) = ring.next() {
             match self.decoder.decode(&record) {
                 Ok(mut event) => {
-                    self.owners.resolve(&mut event);
+                    if self.args.names_owners() {
+                        self.owners.resolve(&mut event);
+                    }
                     if let Some(resolver) = self.identities.as_mut() {
                         identity::identify(resolver, &mut event);
                     }

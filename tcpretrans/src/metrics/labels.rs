@@ -109,6 +109,11 @@ impl Dimensions {
         })
     }
 
+    /// Whether a label names the socket's owner.
+    pub fn need_owner(&self) -> bool {
+        self.0.contains(&Dimension::Comm)
+    }
+
     /// The labels of an event about `socket` (none for events of no socket).
     fn of(&self, socket: Option<&Socket>) -> Connection {
         self.0

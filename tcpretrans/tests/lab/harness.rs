@@ -20,7 +20,7 @@ use tcpretrans::cli::exit_status::EVENTS_NOT_SEEN;
 use tcpretrans_lab::process::Watched;
 pub use tcpretrans_lab::{
     Netns, PATIENCE, bulk_upload, connected, delta, drop_inbound, drop_inbound_matching,
-    short_connection,
+    refused_without_waiting, short_connection,
 };
 
 /// The real tcpretrans binary, running until stopped (killed if the test

@@ -3,17 +3,20 @@
 //! and `ss`, and its exposition against `promtool check metrics`.
 use std::{
     fs,
-    io::Write as _,
-    net::{SocketAddr, TcpListener},
+    io::{ErrorKind, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
+use nix::errno::Errno;
 use serde_json::Value;
 use tcpretrans_lab::{kernel_counts::TransitionCount, process::Watched};
 
-use crate::harness::{Netns, bulk_upload, closed, delta, drop_inbound, short_connection};
+use crate::harness::{
+    Netns, bulk_upload, closed, delta, drop_inbound, refused_without_waiting, short_connection,
+};
 
 /// How long Prometheus may take to start and to scrape what happened.
 const SCRAPE_PATIENCE: Duration = Duration::from_secs(30);
@@ -174,7 +177,7 @@ fn prometheus_scrapes_what_the_kernel_counted() {
         "prometheus scrapes it"
     );
 
-    let kernel = TransitionCount::start(std::iter::once(PORT..PORT + 2)).expect("ftrace instance");
+    let kernel = TransitionCount::start(std::iter::once(PORT..PORT + 3)).expect("ftrace instance");
     let before = ns.counters();
     bulk_upload(
         &ns,
@@ -184,6 +187,13 @@ fn prometheus_scrapes_what_the_kernel_counted() {
     for _ in 0..5 {
         short_connection(&ns, "127.0.0.1:5402".parse().expect("address"));
     }
+    // Connects refused: one waits for its answer, one learns it later.
+    let waited = ns
+        .enter(|| TcpStream::connect("127.0.0.1:5403").expect_err("nothing listens"))
+        .join()
+        .expect("blocking connect");
+    assert_eq!(waited.kind(), ErrorKind::ConnectionRefused);
+    assert_eq!(refused_without_waiting(&ns, 5403), Errno::ECONNREFUSED);
     closed(&ns, PORT);
     let after = ns.counters();
     let made = kernel.stop().expect("ftrace count");
@@ -216,6 +226,16 @@ fn prometheus_scrapes_what_the_kernel_counted() {
         "sum(tcpretrans_time_wait_entries_total)",
         time_wait,
         "vs ss",
+    );
+
+    // Each failed connect once, whether the connect program or the state
+    // program saw it fail: the kernel's failed active opens.
+    let attempts_failed = delta(&before, &after, "Tcp.AttemptFails");
+    assert_eq!(attempts_failed, 2, "the two refused connects");
+    prometheus.comes_to(
+        "sum(tcpretrans_connect_errors_total{error=\"ECONNREFUSED\"})",
+        attempts_failed as f64,
+        "vs Tcp.AttemptFails",
     );
 
     // Counted in the kernel: a quiet exporter needs no transition's

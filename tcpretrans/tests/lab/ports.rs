@@ -4,20 +4,13 @@
 use std::{
     io::Read,
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsFd, AsRawFd},
     thread,
     time::Duration,
 };
 
-use nix::{
-    poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrIn, connect, getsockopt, socket, sockopt,
-    },
-};
 use serde_json::Value;
 
-use crate::harness::{Netns, Tracer, delta, of_kind};
+use crate::harness::{Netns, Tracer, delta, of_kind, refused_without_waiting};
 
 const EADDRNOTAVAIL: i32 = 99;
 const ENETUNREACH: i32 = 101;
@@ -155,26 +148,9 @@ fn nonblocking_connect_failure_surfaces_at_close() {
     let ns = Netns::new("nonblock");
     // No --state: connect errors are reported in every mode.
     let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
-    let so_error = ns
-        .enter(|| {
-            let fd = socket(
-                AddressFamily::Inet,
-                SockType::Stream,
-                SockFlag::SOCK_NONBLOCK,
-                None,
-            )
-            .expect("socket");
-            let nowhere = SockaddrIn::new(127, 0, 0, 1, 8202);
-            let started = connect(fd.as_raw_fd(), &nowhere).expect_err("in progress");
-            assert_eq!(started, nix::errno::Errno::EINPROGRESS);
-            let mut ready = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
-            poll(&mut ready, PollTimeout::from(5000u16)).expect("poll");
-            getsockopt(&fd, sockopt::SocketError).expect("SO_ERROR")
-        })
-        .join()
-        .expect("connect");
+    let so_error = refused_without_waiting(&ns, 8202);
     let events = tracer.stop().events();
-    assert_eq!(so_error, nix::errno::Errno::ECONNREFUSED as i32);
+    assert_eq!(so_error, nix::errno::Errno::ECONNREFUSED);
     let errors = of_kind(&events, "connect_error");
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(
