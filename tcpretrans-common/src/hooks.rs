@@ -109,6 +109,10 @@ pub const ALL: [Hook; 9] = [
 /// The BTF type the kernel knows the state tracepoint by, for BTF programs.
 pub const STATE_BTF_TRACEPOINT: &str = concat!("btf_trace_", "inet_sock_set_state");
 
+/// The program userspace runs (`BPF_PROG_TEST_RUN`), never attached, to
+/// read a network namespace's limits through one of its sockets.
+pub const NAMESPACE_LIMITS: &str = "namespace_limits";
+
 /// The maps, by the names userspace opens and sizes them by.
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
@@ -121,6 +125,7 @@ pub mod maps {
     pub const CONNECTS: &str = "CONNECTS";
     pub const STATE_TAKEN: &str = "STATE_TAKEN";
     pub const RECORDS: &str = "RECORDS";
+    pub const NAMESPACE_LIMITS: &str = "NAMESPACE_LIMITS";
 }
 
 /// Whether two names are the same, at build time.

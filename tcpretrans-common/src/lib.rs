@@ -275,6 +275,11 @@ offsets! {
         tw_substate: Offset<u8> = inet_timewait_sock.tw_substate,
         /// A `struct inet_hashinfo *`.
         net_tw_hashinfo: Offset<u64> = net.ipv4.tcp_death_row.hashinfo,
+        /// `tcp_max_tw_buckets`.
+        net_max_tw_buckets: Offset<u32> = net.ipv4.tcp_death_row.sysctl_max_tw_buckets,
+        /// `ip_local_port_range`: two ints, or (since 6.8) one word with
+        /// the first port in its low half (`NamespaceLimits::port_range`).
+        net_local_ports: Offset<u32> = net.ipv4.ip_local_ports.range,
         hashinfo_ehash: Offset<u64> = inet_hashinfo.ehash,
         hashinfo_ehash_mask: Offset<u32> = inet_hashinfo.ehash_mask,
     }
@@ -288,6 +293,11 @@ offsets! {
 }
 
 impl TcpOffsets {
+    /// Whether `namespace_limits` finds both limits in a `struct net`.
+    pub const fn reads_namespace_limits(&self) -> bool {
+        self.net_max_tw_buckets.is_known() && self.net_local_ports.is_known()
+    }
+
     /// Whether a socket's flow, protocol and state can be read from it:
     /// what the raw and BTF tracepoint programs need instead of a record.
     pub const fn reads_flows(&self) -> bool {
@@ -863,6 +873,42 @@ pub struct ResetEvent {
     pub _pad: u16,
 }
 
+/// The `namespace_limits` program and its map.
+pub mod namespace_limits {
+    /// Namespaces whose limits the map holds (the least recently read go).
+    pub const ENTRIES: u32 = 1024;
+    /// The program's answers (`BPF_PROG_TEST_RUN`'s return value).
+    pub const READ: u32 = 0;
+    /// The socket is no longer in the namespace (it was freed and reused).
+    pub const NOT_IN_NAMESPACE: u32 = 1;
+    pub const NO_ROOM: u32 = 2;
+}
+
+/// A network namespace's limits, which `/proc/sys` shows only to its own
+/// members: the `namespace_limits` program reads them from the `struct net`
+/// of one of its sockets, for userspace to export without entering it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceLimits {
+    pub max_tw_buckets: u32,
+    /// The two words at `ip_local_ports.range`.
+    pub local_ports: [u32; 2],
+    pub _pad: u32,
+}
+
+impl NamespaceLimits {
+    /// `ip_local_port_range`. Two ints (the first below 65536), or one word
+    /// of two ports, the last (never 0) in its high half.
+    pub const fn port_range(&self) -> (u16, u16) {
+        let [first, second] = self.local_ports;
+        if first >> 16 != 0 {
+            (first as u16, (first >> 16) as u16)
+        } else {
+            (first as u16, second as u16)
+        }
+    }
+}
+
 /// Per-socket state the kernel side keeps between events, keyed by socket address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -900,7 +946,7 @@ const _: () = {
     assert!(size_of::<RetransmitFields>() == 20);
     assert!(size_of::<SynackFields>() == 14);
     assert!(size_of::<Bitfield>() == 4);
-    assert!(size_of::<TcpOffsets>() == 116);
+    assert!(size_of::<TcpOffsets>() == 120);
     assert!(size_of::<ConnectFields>() == 8);
     assert!(size_of::<ListenerKey>() == 8);
     assert!(size_of::<ConnectErrorEvent>() == 104);
@@ -918,6 +964,7 @@ const _: () = {
     assert!(size_of::<ResetFields>() == 4);
     assert!(align_of::<StateEvent>() == 8);
     assert!(size_of::<SockInfo>() == 48);
+    assert!(size_of::<NamespaceLimits>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -934,6 +981,7 @@ mod pod {
     }
 
     pod!(
+        NamespaceLimits,
         RetransmitFields,
         StateFields,
         SynackFields,
@@ -967,6 +1015,23 @@ mod tests {
         a[11] = 0xff;
         a[12..].copy_from_slice(&v4);
         a
+    }
+
+    #[test]
+    fn port_ranges_of_both_layouts() {
+        let range = |local_ports| {
+            NamespaceLimits {
+                local_ports,
+                ..NamespaceLimits::default()
+            }
+            .port_range()
+        };
+        // `int range[2]`.
+        assert_eq!(range([32768, 60999]), (32768, 60999));
+        assert_eq!(range([1, 65535]), (1, 65535));
+        // One word, then `bool warned` and padding.
+        assert_eq!(range([60999 << 16 | 32768, 1]), (32768, 60999));
+        assert_eq!(range([1 << 16 | 1, 0]), (1, 1));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod accept;
 mod connect;
 mod event;
+mod limits;
 mod maps;
 mod names;
 mod owner;

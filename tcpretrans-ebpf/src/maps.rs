@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use tcpretrans_common::{
-    ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
-    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, globals, hooks, lost_slot,
-    state_nesting, transition_counts,
+    ConnectFields, Filter, ListenerKey, NamespaceLimits, Owner, PendingConnect, ResetFields,
+    RetransmitFields, SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, globals, hooks,
+    lost_slot, namespace_limits, state_nesting, transition_counts,
 };
 
 /// A value userspace writes at load time (`EbpfLoader::override_global`,
@@ -93,6 +93,11 @@ pub struct Taken {
     pub states: u64,
 }
 
+/// Limits read by `namespace_limits`, by network namespace inode.
+#[map]
+pub static NAMESPACE_LIMITS: LruHashMap<u32, NamespaceLimits> =
+    LruHashMap::with_max_entries(namespace_limits::ENTRIES, 0);
+
 /// What we know about each socket between events, keyed by its address.
 /// Entries go when the socket reaches CLOSE; the LRU bounds what is never
 /// closed while we watch. Userspace sets the size (`--max-sockets`).
@@ -173,6 +178,7 @@ named!(hooks::maps::FAILED_READS, FAILED_READS);
 named!(hooks::maps::TRANSITIONS, TRANSITIONS);
 named!(hooks::maps::STATE_NESTING, STATE_NESTING);
 named!(hooks::maps::SOCKETS, SOCKETS);
+named!(hooks::maps::NAMESPACE_LIMITS, NAMESPACE_LIMITS);
 named!(hooks::maps::LISTENERS, LISTENERS);
 named!(hooks::maps::CONNECTS, CONNECTS);
 named!(hooks::maps::STATE_TAKEN, STATE_TAKEN);

@@ -12,15 +12,16 @@ use aya::{
     Ebpf, EbpfError,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        Program, ProgramError, raw_trace_point::RawTracePointLink, tp_btf::BtfTracePointLink,
-        trace_point::TracePointLink,
+        Program, ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun as _,
+        raw_trace_point::RawTracePointLink, tp_btf::BtfTracePointLink, trace_point::TracePointLink,
     },
 };
 use tcpretrans_common::{
-    ConnectFields, Filter, ListenerKey, Owner, PendingConnect, ResetFields, RetransmitFields,
-    SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags, globals,
+    ConnectFields, Filter, ListenerKey, NamespaceLimits, Owner, PendingConnect, ResetFields,
+    RetransmitFields, SockInfo, SockOffsets, StateFields, SynackFields, TcpOffsets, filter_flags,
+    globals,
     hooks::{self, Hook, maps},
-    lost_slot, state_nesting, transition_counts,
+    lost_slot, namespace_limits, state_nesting, transition_counts,
 };
 use thiserror::Error;
 
@@ -160,6 +161,8 @@ pub struct Plan {
     /// The id of `STATE_BTF_TRACEPOINT` in the running kernel's BTF, when
     /// that is the BTF read: the state hook then runs BTF programs.
     pub state_btf_id: Option<u32>,
+    /// Load `namespace_limits` (for the metrics' per-namespace gauges).
+    pub namespace_limits: bool,
 }
 
 impl Plan {
@@ -185,7 +188,7 @@ impl Plan {
 /// Loaded and attached programs with the maps userspace reads.
 pub struct Tracer {
     /// Owns the programs (their links are in `links`).
-    pub programs: Ebpf,
+    pub programs: Programs,
     /// `CLOCK_MONOTONIC` nanoseconds (the programs' clock) just before the
     /// first program was attached: no traced event is earlier.
     pub attaching_from_ns: u64,
@@ -193,6 +196,12 @@ pub struct Tracer {
     pub ring: RingBuf<MapData>,
     pub counters: KernelCounters,
     pub census: Census,
+}
+
+/// The loaded programs, and what userspace runs of them itself.
+pub struct Programs {
+    ebpf: Ebpf,
+    namespace_limits: Option<NamespaceLimitsReader>,
 }
 
 /// The programs' attachments: dropping them detaches the programs.
@@ -531,9 +540,16 @@ impl Tracer {
                 .collect::<Result<_, _>>()?,
         );
 
+        let namespace_limits =
+            (plan.namespace_limits && plan.sock.has_netns() && plan.tcp.reads_namespace_limits())
+                .then(|| NamespaceLimitsReader::load(&mut ebpf))
+                .transpose()?;
         let fdinfo = ebpf
             .programs()
-            .filter(|&(name, _)| !hooks::ALL.iter().any(|h| h.nested == Some(name)))
+            .filter(|&(name, _)| {
+                name != hooks::NAMESPACE_LIMITS
+                    && !hooks::ALL.iter().any(|h| h.nested == Some(name))
+            })
             .filter_map(|(_, program)| program.fd().ok())
             .map(|fd| PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())))
             .collect();
@@ -548,7 +564,10 @@ impl Tracer {
         let transitions = take_map(&mut ebpf, maps::TRANSITIONS, PerCpuArray::try_from)?;
         let state_nesting = take_map(&mut ebpf, maps::STATE_NESTING, PerCpuArray::try_from)?;
         Ok(Self {
-            programs: ebpf,
+            programs: Programs {
+                ebpf,
+                namespace_limits,
+            },
             attaching_from_ns,
             links,
             ring,
@@ -561,6 +580,74 @@ impl Tracer {
             },
             census,
         })
+    }
+}
+
+impl Programs {
+    /// A network namespace's limits, read by the kernel side through a
+    /// socket seen in it; `None` when the socket has left it (or the
+    /// program is not loaded).
+    pub fn namespace_limits(
+        &self,
+        socket: u64,
+        inode: u32,
+    ) -> Result<Option<NamespaceLimits>, LoadError> {
+        match &self.namespace_limits {
+            Some(reader) => reader.read(&self.ebpf, socket, inode),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Runs `namespace_limits` and reads its answers.
+pub struct NamespaceLimitsReader {
+    answers: HashMap<MapData, u32, NamespaceLimits>,
+}
+
+impl NamespaceLimitsReader {
+    fn load(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(hooks::NAMESPACE_LIMITS)
+            .ok_or_else(|| LoadError::MissingProgram {
+                program: hooks::NAMESPACE_LIMITS.to_owned(),
+            })?
+            .try_into()
+            .map_err(load_error(hooks::NAMESPACE_LIMITS))?;
+        program
+            .load()
+            .map_err(load_error(hooks::NAMESPACE_LIMITS))?;
+        let answers = take_map(ebpf, maps::NAMESPACE_LIMITS, HashMap::try_from)?;
+        Ok(Self { answers })
+    }
+
+    fn read(
+        &self,
+        programs: &Ebpf,
+        socket: u64,
+        inode: u32,
+    ) -> Result<Option<NamespaceLimits>, LoadError> {
+        let program: &RawTracePoint = programs
+            .program(hooks::NAMESPACE_LIMITS)
+            .ok_or_else(|| LoadError::MissingProgram {
+                program: hooks::NAMESPACE_LIMITS.to_owned(),
+            })?
+            .try_into()
+            .map_err(load_error(hooks::NAMESPACE_LIMITS))?;
+        let mut options = RawTracePointRunOptions::new();
+        options.args[..2].copy_from_slice(&[socket, u64::from(inode)]);
+        let ran = program
+            .test_run(options)
+            .map_err(load_error(hooks::NAMESPACE_LIMITS))?;
+        if ran.return_value != namespace_limits::READ {
+            return Ok(None);
+        }
+        self.answers
+            .get(&inode, 0)
+            .map(Some)
+            .map_err(|source| LoadError::Map {
+                map: maps::NAMESPACE_LIMITS,
+                source,
+            })
     }
 }
 
@@ -728,7 +815,7 @@ mod tests {
 
     /// The other half of the join the kernel side checks at build time:
     /// every program the hooks table names is in the object, and nothing
-    /// else is.
+    /// else is but the one userspace runs itself.
     #[test]
     fn the_object_has_exactly_the_tables_programs() {
         if OBJECT.is_empty() {
@@ -741,6 +828,7 @@ mod tests {
             .iter()
             .flat_map(|h| [Some(h.classic), h.raw, h.btf, h.nested])
             .flatten()
+            .chain([hooks::NAMESPACE_LIMITS])
             .collect();
         in_object.sort_unstable();
         in_table.sort_unstable();

@@ -14,8 +14,8 @@ use std::{
 };
 
 use tcpretrans_common::{
-    ListenerKey, Owner, PendingConnect, RECORD_LEN, SockInfo, hooks::maps, lost_slot,
-    state_nesting, transition_counts,
+    ListenerKey, NamespaceLimits, Owner, PendingConnect, RECORD_LEN, SockInfo, hooks::maps,
+    lost_slot, namespace_limits, state_nesting, transition_counts,
 };
 use thiserror::Error;
 
@@ -118,7 +118,7 @@ impl Map {
 
 /// The object's maps (tcpretrans-ebpf/src/maps.rs), the two the options
 /// size first; a test holds this to the object.
-fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 10] {
+fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 11] {
     // Sizes of small structs.
     let size = |n: usize| n as u32;
     [
@@ -137,6 +137,14 @@ fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 10] {
                 key: size(size_of::<ListenerKey>()),
                 value: size(size_of::<Owner>()),
                 entries: 4096,
+            },
+        ),
+        (
+            maps::NAMESPACE_LIMITS,
+            Map::LruHash {
+                key: 4,
+                value: size(size_of::<NamespaceLimits>()),
+                entries: namespace_limits::ENTRIES,
             },
         ),
         (

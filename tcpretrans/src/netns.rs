@@ -41,9 +41,26 @@ pub struct Occupancy {
     pub local_port_range: (u16, u16),
 }
 
-/// Reads the occupancy of the namespace with this inode.
+/// The two limits of a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub tcp_max_tw_buckets: u64,
+    pub local_port_range: (u16, u16),
+}
+
+/// Reads the occupancy of the namespace with this inode, from inside it.
 pub fn occupancy(inode: u32) -> Result<Occupancy, NetnsError> {
-    Namespace::open(inode)?.read(|| read_occupancy(inode))
+    Namespace::open(inode)?.read(|| {
+        let limits = read_limits()?;
+        read_counts(inode, Path::new("/proc/thread-self/net"), limits)
+    })
+}
+
+/// Reads the occupancy of a namespace without entering it, given its
+/// limits (which only its members see in /proc/sys): its counts come from
+/// the `/proc/PID/net` of `member`, a process or thread in it.
+pub fn occupancy_outside(inode: u32, member: &Path, limits: Limits) -> io::Result<Occupancy> {
+    read_counts(inode, &member.join("net"), limits)
 }
 
 /// A network namespace held open: it can be read from inside until dropped,
@@ -142,12 +159,20 @@ pub fn parse(arg: &str) -> Result<u32, String> {
 /// A file that refers to the namespace: a bind mount from `ip netns`, or a
 /// process or thread living in it.
 fn find(inode: u32) -> Option<PathBuf> {
-    let matches = |p: &Path| fs::metadata(p).is_ok_and(|m| m.ino() == u64::from(inode));
     if let Ok(mounts) = fs::read_dir("/run/netns")
-        && let Some(found) = mounts.flatten().map(|e| e.path()).find(|p| matches(p))
+        && let Some(found) = mounts
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| is_namespace(p, inode))
     {
         return Some(found);
     }
+    member(inode).map(|m| m.join("ns/net"))
+}
+
+/// A process (`/proc/PID`), or else a thread (`/proc/PID/task/TID`),
+/// living in the namespace.
+pub fn member(inode: u32) -> Option<PathBuf> {
     let pids: Vec<PathBuf> = fs::read_dir("/proc")
         .ok()?
         .flatten()
@@ -158,19 +183,26 @@ fn find(inode: u32) -> Option<PathBuf> {
         })
         .map(|e| e.path())
         .collect();
-    let by_process = pids.iter().map(|p| p.join("ns/net")).find(|p| matches(p));
-    by_process.or_else(|| {
+    let lives_in = |p: &PathBuf| is_member(p, inode);
+    pids.iter().find(|p| lives_in(p)).cloned().or_else(|| {
         pids.iter()
             .filter_map(|p| fs::read_dir(p.join("task")).ok())
-            .flat_map(|tasks| tasks.flatten().map(|t| t.path().join("ns/net")))
-            .find(|p| matches(p))
+            .flat_map(|tasks| tasks.flatten().map(|t| t.path()))
+            .find(lives_in)
     })
 }
 
-/// Reads the calling thread's namespace.
-fn read_occupancy(inode: u32) -> io::Result<Occupancy> {
-    let sockstat = fs::read_to_string("/proc/thread-self/net/sockstat")?;
-    let time_wait = parse_sockstat_tw(&sockstat).unwrap_or(0);
+/// Whether the process or thread at `/proc/...` lives in the namespace.
+pub fn is_member(task: &Path, inode: u32) -> bool {
+    is_namespace(&task.join("ns/net"), inode)
+}
+
+fn is_namespace(path: &Path, inode: u32) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.ino() == u64::from(inode))
+}
+
+/// The calling thread's namespace's limits.
+fn read_limits() -> io::Result<Limits> {
     let sysctl = |name: &str| fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(name));
     let tcp_max_tw_buckets = sysctl("tcp_max_tw_buckets")?.trim().parse().unwrap_or(0);
     let range = sysctl("ip_local_port_range")?;
@@ -178,19 +210,29 @@ fn read_occupancy(inode: u32) -> io::Result<Occupancy> {
         .split_whitespace()
         .filter_map(|v| v.parse::<u16>().ok());
     let local_port_range = (bounds.next().unwrap_or(0), bounds.next().unwrap_or(0));
+    Ok(Limits {
+        tcp_max_tw_buckets,
+        local_port_range,
+    })
+}
+
+/// Counts a namespace's sockets in its `net` directory of /proc.
+fn read_counts(inode: u32, net: &Path, limits: Limits) -> io::Result<Occupancy> {
+    let sockstat = fs::read_to_string(net.join("sockstat"))?;
+    let time_wait = parse_sockstat_tw(&sockstat).unwrap_or(0);
     let mut ports = BTreeSet::new();
-    for table in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
-        if let Ok(text) = fs::read_to_string(table) {
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = fs::read_to_string(net.join(table)) {
             ports.extend(local_ports(&text));
         }
     }
-    let (low, high) = local_port_range;
+    let (low, high) = limits.local_port_range;
     Ok(Occupancy {
         netns: inode,
         time_wait,
-        tcp_max_tw_buckets,
+        tcp_max_tw_buckets: limits.tcp_max_tw_buckets,
         local_ports_in_use: ports.range(low..=high).count(),
-        local_port_range,
+        local_port_range: limits.local_port_range,
     })
 }
 

@@ -29,8 +29,8 @@ use crate::{
     gaps::Gaps,
     identity::{self, Resolver},
     kernel, listeners,
-    loader::{KernelCounters, LoadError, Plan, Tracer},
-    metrics::{self, Exporter, Metrics, ServeError},
+    loader::{KernelCounters, LoadError, Plan, Programs, Tracer},
+    metrics::{self, Exporter, Metrics, Refresh, ServeError},
     netns,
     notice::Notice,
     output::{self, Output},
@@ -161,6 +161,7 @@ pub fn prepare(
         ring_bytes: args.ring_size,
         max_sockets: args.max_sockets,
         state_btf_id,
+        namespace_limits: args.metrics.is_some(),
     };
     let decoder = Decoder {
         clock: Clock::new(),
@@ -390,6 +391,16 @@ impl Consumer<'_> {
         self.out.event(event)
     }
 
+    /// Reads the limits of namespaces the metrics export (`which`): a kernel
+    /// that cannot leaves them to be read from inside.
+    fn read_namespace_limits(&self, programs: &Programs, which: Refresh) {
+        if let Some(metrics) = &self.metrics {
+            metrics.read_namespace_limits(which, |socket, inode| {
+                programs.namespace_limits(socket, inode).ok().flatten()
+            });
+        }
+    }
+
     /// Takes in what the kernel side counted: reports the events it
     /// dropped since the last report.
     fn read_counters(&mut self, counters: &KernelCounters) -> Result<(), TraceError> {
@@ -470,7 +481,7 @@ async fn consume(
         notify,
     } = sinks;
     let Tracer {
-        programs: _programs,
+        programs,
         attaching_from_ns: _,
         links,
         ring,
@@ -556,12 +567,14 @@ async fn consume(
             }
             _ = lost_check.tick() => {
                 consumer.read_counters(&counters)?;
+                consumer.read_namespace_limits(&programs, Refresh::All);
                 Ok(())
             }
             _ = table_due(&mut table_tick) => {
                 consumer.drain(ring.get_mut()).and_then(|()| consumer.print_flows())
             }
         };
+        consumer.read_namespace_limits(&programs, Refresh::New);
         let flushed = drained.and_then(|()| consumer.out.flush());
         if !consumer.keep_going(flushed)? {
             return Ok(consumer.summary);

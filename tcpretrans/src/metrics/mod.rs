@@ -12,12 +12,15 @@ mod server;
 
 use std::sync::Arc;
 
+use tcpretrans_common::NamespaceLimits;
+
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
     registry::{Registry, Unit},
 };
 
 pub use labels::{Dimensions, parse_dimensions};
+pub use namespaces::Refresh;
 pub use server::{Endpoint, Exporter, ServeError, bind, parse_endpoint, serve};
 
 use crate::{
@@ -189,8 +192,10 @@ impl Metrics {
     /// Counts an event.
     pub fn observe(&mut self, event: &Event) {
         self.events.inc();
-        if let Some(netns) = event.socket().and_then(|s| s.netns) {
-            self.namespaces.insert(netns);
+        if let Some(socket) = event.socket()
+            && let Some(netns) = socket.netns
+        {
+            self.namespaces.insert(netns, socket.skaddr);
         }
         match event {
             Event::Retransmit(r) => self.retransmit(r),
@@ -309,6 +314,16 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Reads the limits of the namespaces seen with `read(socket, inode)`
+    /// (see `namespaces`).
+    pub fn read_namespace_limits(
+        &self,
+        which: Refresh,
+        read: impl FnMut(u64, u32) -> Option<NamespaceLimits>,
+    ) {
+        self.namespaces.read_limits(which, read);
     }
 
     /// Kernel reads failed since load.

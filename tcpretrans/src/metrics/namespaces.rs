@@ -2,13 +2,20 @@
 //! TIME_WAIT sockets against `tcp_max_tw_buckets`, local ports in use
 //! against `ip_local_port_range` — the two limits that, once reached, make
 //! connections fail (the alertable side of the lifecycle events).
+//!
+//! Read without entering the namespace where possible (entering takes
+//! `CAP_SYS_ADMIN`): the kernel side reads its limits through a socket
+//! seen in it, and its counts are in the `/proc/PID/net` of a process in it.
 use std::{
-    collections::BTreeSet,
+    collections::BTreeMap,
+    path::PathBuf,
     sync::{
         Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
+
+use tcpretrans_common::NamespaceLimits;
 
 use prometheus_client::{
     collector::Collector,
@@ -16,24 +23,80 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
-use crate::netns::{self, NetnsError};
+use crate::netns::{self, Limits, NetnsError};
 
-/// The namespaces events came from, until one is gone, and how many reads
-/// of one failed (entering another namespace takes CAP_SYS_ADMIN).
+/// The namespaces events came from, until one is gone.
 #[derive(Debug, Default)]
-pub struct Seen(Mutex<BTreeSet<u32>>, AtomicU64);
+pub struct Seen {
+    namespaces: Mutex<BTreeMap<u32, Namespace>>,
+    /// Whether a namespace came since limits were last read.
+    new: AtomicBool,
+    /// Reads of a namespace that failed (entering another namespace takes
+    /// CAP_SYS_ADMIN).
+    failures: AtomicU64,
+}
+
+/// Which namespaces' limits to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    All,
+    New,
+}
+
+/// What is known of a namespace for reading it from outside.
+#[derive(Debug, Default)]
+struct Namespace {
+    /// The address of the last socket an event came from.
+    socket: u64,
+    limits: Option<Limits>,
+    /// A process or thread in it, under /proc, when one was looked for.
+    member: Option<PathBuf>,
+}
 
 impl Seen {
-    pub fn insert(&self, netns: u32) {
-        // A panic elsewhere while holding it left the set as it was.
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        seen.insert(netns);
+    pub fn insert(&self, netns: u32, socket: u64) {
+        self.lock()
+            .entry(netns)
+            .or_insert_with(|| {
+                self.new.store(true, Ordering::Relaxed);
+                Namespace::default()
+            })
+            .socket = socket;
+    }
+
+    /// Reads limits with `read(socket, inode)`: of every namespace, or
+    /// (`Refresh::New`) of those never read, before a scrape finds them.
+    /// `None` keeps what was read before.
+    pub fn read_limits(
+        &self,
+        which: Refresh,
+        mut read: impl FnMut(u64, u32) -> Option<NamespaceLimits>,
+    ) {
+        if !self.new.swap(false, Ordering::Relaxed) && which == Refresh::New {
+            return;
+        }
+        for (&inode, namespace) in self.lock().iter_mut() {
+            if which == Refresh::New && namespace.limits.is_some() {
+                continue;
+            }
+            if let Some(limits) = read(namespace.socket, inode) {
+                namespace.limits = Some(Limits {
+                    tcp_max_tw_buckets: u64::from(limits.max_tw_buckets),
+                    local_port_range: limits.port_range(),
+                });
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Namespace>> {
+        // A panic elsewhere while holding it left the map as it was.
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn occupancies(&self) -> Vec<netns::Occupancy> {
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.lock();
         let mut read = Vec::with_capacity(seen.len());
-        seen.retain(|&inode| match netns::occupancy(inode) {
+        seen.retain(|&inode, namespace| match namespace.occupancy(inode) {
             Ok(occupancy) => {
                 read.push(occupancy);
                 true
@@ -42,7 +105,7 @@ impl Seen {
             Err(NetnsError::Gone(_)) => false,
             // Kept: the next scrape may read it.
             Err(_) => {
-                self.1.fetch_add(1, Ordering::Relaxed);
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 true
             }
         });
@@ -78,7 +141,7 @@ impl Collector for Occupancies {
                 |o| i64::from(o.local_port_range.1) - i64::from(o.local_port_range.0) + 1,
             ),
         ];
-        let failed = ConstCounter::new(self.0.1.load(Ordering::Relaxed));
+        let failed = ConstCounter::new(self.0.failures.load(Ordering::Relaxed));
         failed.encode(encoder.encode_descriptor(
             "namespace_read_failures",
             "Reads of a network namespace's gauges that failed (entering another namespace takes CAP_SYS_ADMIN)",
@@ -94,6 +157,27 @@ impl Collector for Occupancies {
             }
         }
         Ok(())
+    }
+}
+
+impl Namespace {
+    /// From outside when its limits are known and a process lives in it,
+    /// else from inside.
+    fn occupancy(&mut self, inode: u32) -> Result<netns::Occupancy, NetnsError> {
+        if let Some(limits) = self.limits {
+            if !self
+                .member
+                .as_deref()
+                .is_some_and(|m| netns::is_member(m, inode))
+            {
+                self.member = netns::member(inode);
+            }
+            if let Some(member) = &self.member {
+                return netns::occupancy_outside(inode, member, limits)
+                    .map_err(|source| NetnsError::Read { inode, source });
+            }
+        }
+        netns::occupancy(inode)
     }
 }
 

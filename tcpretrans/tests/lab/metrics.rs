@@ -294,3 +294,133 @@ fn prometheus_scrapes_what_the_kernel_counted() {
         exposition.len()
     );
 }
+
+/// The capabilities the DaemonSet grants (deploy/kubernetes: checked
+/// against it where `cargo xtask test` passes it): not CAP_SYS_ADMIN, so
+/// the tool cannot enter other network namespaces.
+const DAEMONSET_CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"];
+
+/// A namespace's gauges as the DaemonSet's tool exports them: a process
+/// lives in it (a pod's), and its limits are its own. They equal what `ss`
+/// and its sysctls say, read without entering it.
+#[test]
+#[ignore = "kernel lab: run `cargo xtask test` as root"]
+fn namespace_gauges_are_read_without_entering_the_namespace() {
+    if let Ok(daemonset) = std::env::var("TCPRETRANS_DAEMONSET") {
+        let daemonset: Value = serde_json::from_str(&daemonset).expect("the DaemonSet as JSON");
+        let added = &daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
+            ["add"];
+        assert_eq!(*added, serde_json::json!(DAEMONSET_CAPABILITIES));
+    }
+    let ns = Netns::new("gauges");
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", "777");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40999");
+    let _member =
+        Watched::spawn(Command::new("ip").args(["netns", "exec", &ns.name, "sleep", "600"]))
+            .expect("a process in the namespace");
+    let mut bounding = String::from("-all");
+    for capability in DAEMONSET_CAPABILITIES {
+        bounding.push_str(&format!(",+{}", capability.to_lowercase()));
+    }
+    // Before 5.11 maps count against RLIMIT_MEMLOCK (README, DaemonSet).
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let mut numbers = release
+        .split(['.', '-'])
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    if (numbers.next(), numbers.next()) < (Some(5), Some(11)) {
+        bounding.push_str(",+sys_resource");
+    }
+    let endpoint: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
+    let netns = ns.inode.to_string();
+    let mut exporter = Watched::spawn(
+        Command::new("setpriv")
+            .arg(format!("--bounding-set={bounding}"))
+            .arg(env!("CARGO_BIN_EXE_tcpretrans"))
+            .args(["--metrics", &endpoint.to_string(), "-q", "--netns", &netns])
+            .stdout(Stdio::null()),
+    )
+    .expect("starting tcpretrans");
+    until_ok(
+        &format!("http://{endpoint}/readyz"),
+        "tcpretrans",
+        &mut exporter,
+    );
+    let status = fs::read_to_string(format!("/proc/{}/status", exporter.id())).expect("status");
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff");
+    const CAP_SYS_ADMIN: u32 = 21;
+    assert_eq!(effective >> CAP_SYS_ADMIN & 1, 0, "CapEff {effective:x}");
+
+    for _ in 0..3 {
+        short_connection(&ns, "127.0.0.1:5411".parse().expect("address"));
+    }
+    let listed = ns.exec(&["ss", "-Htan"]);
+    let time_wait = listed
+        .lines()
+        .filter(|l| l.starts_with("TIME-WAIT"))
+        .count();
+    let local_ports: std::collections::BTreeSet<u16> = listed
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .rsplit_once(':')?
+                .1
+                .parse()
+                .ok()
+        })
+        .filter(|p| (40000..=40999).contains(p))
+        .collect();
+    assert_eq!(time_wait, 3, "{listed}");
+    let want = [
+        ("tcpretrans_time_wait_sockets", time_wait as f64),
+        ("tcpretrans_time_wait_sockets_limit", 777.0),
+        ("tcpretrans_local_ports_in_use", local_ports.len() as f64),
+        ("tcpretrans_local_ports_limit", 1000.0),
+    ];
+    let deadline = Instant::now() + SCRAPE_PATIENCE;
+    let exposition = loop {
+        let (status, exposition) = get(&format!("http://{endpoint}/metrics"));
+        assert_eq!(status, 200);
+        let read = want
+            .iter()
+            .all(|&(name, value)| gauge(&exposition, name, &netns) == Some(value));
+        if read || Instant::now() >= deadline {
+            break exposition;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    for (name, value) in want {
+        assert_eq!(
+            gauge(&exposition, name, &netns),
+            Some(value),
+            "{name}:\n{exposition}"
+        );
+    }
+    assert!(
+        exposition
+            .lines()
+            .any(|l| l == "tcpretrans_namespace_read_failures_total 0"),
+        "{exposition}"
+    );
+    let status = exporter.interrupt().expect("tcpretrans ends on SIGINT");
+    assert!(status.success(), "{status}: {}", exporter.stderr());
+    eprintln!(
+        "namespace gauges without CAP_SYS_ADMIN: {time_wait} TIME_WAIT of 777, {} ports of 1000",
+        local_ports.len()
+    );
+}
+
+/// A per-namespace gauge's value in an exposition.
+fn gauge(exposition: &str, name: &str, netns: &str) -> Option<f64> {
+    let series = format!("{name}{{netns=\"{netns}\"}} ");
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.parse().ok())
+}
