@@ -339,15 +339,20 @@ pub mod filter_flags {
     pub const COUNT_TRANSITIONS: u32 = 4;
 }
 
-/// The per-CPU `TRANSITIONS` table: transitions counted in the kernel, by
+/// The per-CPU `TRANSITIONS` value: transitions counted in the kernel, by
 /// old and new state, one table per program that counts (the nested state
-/// program may interrupt the state program on its CPU, never itself).
+/// program may interrupt the state program on its CPU, never itself). One
+/// value, so that userspace reads all of a CPU's counts in one call.
 pub mod transition_counts {
     /// States a table indexes (the kernel's are below 16).
     pub const STATES: u32 = 16;
     /// The state program's table, then the nested program's.
     pub const TABLES: u32 = 2;
+    /// A power of two: a slot is masked into range.
     pub const SLOTS: u32 = STATES * STATES * TABLES;
+
+    /// The counts, by slot.
+    pub type Counts = [u64; SLOTS as usize];
 
     /// The slot of a transition in `table`.
     #[inline(always)]

@@ -70,8 +70,20 @@ pub static FAILED_READS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Transitions counted in the kernel, per CPU (`transition_counts`).
 #[map]
-pub static TRANSITIONS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(transition_counts::SLOTS, 0);
+pub static TRANSITIONS: PerCpuArray<transition_counts::Counts> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Adds one to this CPU's count of a transition (`transition_counts::slot`),
+/// which has a single writer: one program, which the kernel never runs
+/// inside itself.
+#[inline(always)]
+pub fn count_transition(slot: u32) {
+    if let Some(counts) = TRANSITIONS.get_ptr_mut(0) {
+        let slot = (slot & (transition_counts::SLOTS - 1)) as usize;
+        // SAFETY: a valid map value of this CPU; the slot is within it.
+        unsafe { (*counts)[slot] += 1 };
+    }
+}
 
 /// `state_nesting` counters, per CPU.
 #[map]

@@ -19,7 +19,7 @@ use crate::{
     event::{self, fill},
     maps::{
         FILTER, LISTENERS, SOCK_OFFSETS, SOCKETS, STATE_FIELDS, STATE_NESTING, STATE_TAKEN,
-        TCP_OFFSETS, TRANSITIONS, add_one, reserve, submit,
+        TCP_OFFSETS, add_one, count_transition, reserve, submit,
     },
     names::named,
     owner::{self, write_owner},
@@ -230,10 +230,7 @@ fn transition<M: Memory>(
     // connection handed to a timewait socket goes to TIME_WAIT).
     if counting && !tells_more(old_state, new_state, error) {
         let table = u32::from(lost_slot == lost_slot::STATE_NESTED);
-        add_one(
-            &TRANSITIONS,
-            transition_counts::slot(table, old_state, new_state),
-        );
+        count_transition(transition_counts::slot(table, old_state, new_state));
         return Ok(());
     }
     // Whether a timewait socket took the connection over (the tracepoint

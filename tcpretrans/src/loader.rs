@@ -305,7 +305,7 @@ pub type TransitionTable = [[u64; STATES]; STATES];
 pub struct KernelCounters {
     ring_full: PerCpuArray<MapData, u64>,
     failed_reads: PerCpuArray<MapData, u64>,
-    transitions: PerCpuArray<MapData, u64>,
+    transitions: PerCpuArray<MapData, transition_counts::Counts>,
     state_nesting: PerCpuArray<MapData, u64>,
     /// `/proc/self/fdinfo` of each program but the nested state program
     /// (whose skipped runs the state program handled).
@@ -337,19 +337,20 @@ impl KernelCounters {
     /// Transitions the kernel counted (`filter_flags::COUNT_TRANSITIONS`)
     /// since load, by old and new state.
     pub fn transitions(&self) -> Result<TransitionTable, LoadError> {
+        let per_cpu = self
+            .transitions
+            .get(&0, 0)
+            .map_err(|source| LoadError::Map {
+                map: maps::TRANSITIONS,
+                source,
+            })?;
         let mut table = [[0; STATES]; STATES];
-        for table_of in 0..transition_counts::TABLES {
-            for (old, row) in (0u8..).zip(table.iter_mut()) {
-                for (new, count) in (0u8..).zip(row.iter_mut()) {
-                    let slot = transition_counts::slot(table_of, old, new);
-                    *count += self
-                        .transitions
-                        .get(&slot, 0)
-                        .map(|per_cpu| per_cpu.iter().sum::<u64>())
-                        .map_err(|source| LoadError::Map {
-                            map: maps::TRANSITIONS,
-                            source,
-                        })?;
+        for counts in per_cpu.iter() {
+            for table_of in 0..transition_counts::TABLES {
+                for (old, row) in (0u8..).zip(table.iter_mut()) {
+                    for (new, count) in (0u8..).zip(row.iter_mut()) {
+                        *count += counts[transition_counts::slot(table_of, old, new) as usize];
+                    }
                 }
             }
         }

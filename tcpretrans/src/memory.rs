@@ -172,8 +172,8 @@ fn maps(ring_bytes: u32, max_sockets: u32) -> [(&'static str, Map); 11] {
         (
             maps::TRANSITIONS,
             Map::PerCpuArray {
-                value: 8,
-                entries: transition_counts::SLOTS,
+                value: size(size_of::<transition_counts::Counts>()),
+                entries: 1,
             },
         ),
         (

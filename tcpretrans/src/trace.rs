@@ -45,6 +45,10 @@ use crate::{
 /// How often the ring buffer is drained when the kernel side did not force a
 /// wakeup: bounds the delay from event to printed line.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// The same for a quiet exporter, whose events only move counters that are
+/// scraped every few seconds: fewer wakeups when idle. The kernel side
+/// still wakes it when a quarter of the ring fills.
+const QUIET_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 /// The first drain after attaching: the interval doubles from this up to
 /// `DRAIN_INTERVAL`, so that the first events show at once.
 const FIRST_DRAIN: Duration = Duration::from_millis(1);
@@ -514,6 +518,11 @@ async fn consume(
         notify,
         summary: Summary::default(),
     };
+    let drain_interval = if args.quiet_exporter() {
+        QUIET_DRAIN_INTERVAL
+    } else {
+        DRAIN_INTERVAL
+    };
     let mut drain_every = FIRST_DRAIN;
     let drain_due = time::sleep(drain_every);
     tokio::pin!(drain_due);
@@ -561,7 +570,7 @@ async fn consume(
                 drained
             }
             () = &mut drain_due => {
-                drain_every = (drain_every * 2).min(DRAIN_INTERVAL);
+                drain_every = (drain_every * 2).min(drain_interval);
                 drain_due.as_mut().reset(time::Instant::now() + drain_every);
                 consumer.drain(ring.get_mut())
             }
