@@ -606,14 +606,18 @@ pub struct NamespaceLimitsReader {
 }
 
 impl NamespaceLimitsReader {
-    fn load(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(hooks::NAMESPACE_LIMITS)
+    /// The program as a raw tracepoint, borrowed (`&Program`) or mutably.
+    fn program<P, T: TryFrom<P, Error = ProgramError>>(found: Option<P>) -> Result<T, LoadError> {
+        found
             .ok_or_else(|| LoadError::MissingProgram {
                 program: hooks::NAMESPACE_LIMITS.to_owned(),
             })?
             .try_into()
-            .map_err(load_error(hooks::NAMESPACE_LIMITS))?;
+            .map_err(load_error(hooks::NAMESPACE_LIMITS))
+    }
+
+    fn load(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        let program: &mut RawTracePoint = Self::program(ebpf.program_mut(hooks::NAMESPACE_LIMITS))?;
         program
             .load()
             .map_err(load_error(hooks::NAMESPACE_LIMITS))?;
@@ -627,13 +631,7 @@ impl NamespaceLimitsReader {
         socket: u64,
         inode: u32,
     ) -> Result<Option<NamespaceLimits>, LoadError> {
-        let program: &RawTracePoint = programs
-            .program(hooks::NAMESPACE_LIMITS)
-            .ok_or_else(|| LoadError::MissingProgram {
-                program: hooks::NAMESPACE_LIMITS.to_owned(),
-            })?
-            .try_into()
-            .map_err(load_error(hooks::NAMESPACE_LIMITS))?;
+        let program: &RawTracePoint = Self::program(programs.program(hooks::NAMESPACE_LIMITS))?;
         let mut options = RawTracePointRunOptions::new();
         options.args[..2].copy_from_slice(&[socket, u64::from(inode)]);
         let ran = program
