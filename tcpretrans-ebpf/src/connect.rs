@@ -19,7 +19,7 @@ use crate::{
     maps::{CONNECT_FIELDS, CONNECTS, FILTER, SOCK_OFFSETS, TCP_OFFSETS, reserve, submit},
     names::named,
     owner,
-    sock::{self, Probed, read},
+    sock::{self, Probed},
 };
 
 const EINPROGRESS: i64 = 115;

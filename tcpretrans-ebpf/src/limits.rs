@@ -40,7 +40,7 @@ pub fn namespace_limits(ctx: RawTracePointContext) -> u32 {
         ],
         _pad: 0,
     };
-    match NAMESPACE_LIMITS.insert(&inode, &limits, 0) {
+    match NAMESPACE_LIMITS.insert(inode, limits, 0) {
         Ok(()) => namespace_limits::READ,
         Err(_) => namespace_limits::NO_ROOM,
     }

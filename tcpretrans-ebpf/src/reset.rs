@@ -87,8 +87,11 @@ fn try_reset(sk: u64, direction: u8) -> Result<(), i64> {
     if filter.flags & filter_flags::STATE_EVENTS == 0 {
         return Ok(());
     }
-    // SAFETY (map value): copied at once, as for retransmissions.
-    let known_owner = info.map(|info| unsafe { &(*info).owner });
+    let known_owner = info.map(|info| {
+        // SAFETY: valid map value pointer; the owner is copied at once, as
+        // for retransmissions.
+        unsafe { &(*info).owner }
+    });
     if !filter.keeps_owner(known_owner.map_or(0, |o| o.pid))
         || !filter.keeps_flow(flow.sport, flow.dport, &flow.saddr, &flow.daddr)
     {

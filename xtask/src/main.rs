@@ -126,6 +126,7 @@ fn main() -> Result<()> {
                 &["clippy", "--all-targets", "--", "-D", "warnings"],
                 &[("AYA_BUILD_SKIP", "1")],
             )?;
+            clippy_kernel_programs(&root)?;
             // Unit tests, then every ignored-by-default kernel lab test, one
             // at a time: the kernel skips a classic tracepoint program that
             // fires in a softirq interrupting any BPF program on that CPU
@@ -194,6 +195,40 @@ fn workspace_root() -> PathBuf {
 
 fn cargo<S: AsRef<std::ffi::OsStr>>(root: &Path, args: &[S]) -> Result<()> {
     cargo_with(root, args, &[])
+}
+
+/// Clippy on the kernel programs, which userspace's clippy cannot see:
+/// they build for the BPF target with the nightly toolchain, inside
+/// aya-build, whose compiler warnings only reach cargo's build-script
+/// output. Their own target directory keeps them from invalidating the
+/// build's.
+fn clippy_kernel_programs(root: &Path) -> Result<()> {
+    let status = Command::new("rustup")
+        .args(["run", setup::NIGHTLY, "cargo", "clippy"])
+        .args([
+            "--package",
+            "tcpretrans-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--release"])
+        .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+        // What aya-build sets: the cfg the programs are written against.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        )
+        // The stable toolchain `cargo xtask` runs under would win otherwise.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .current_dir(root)
+        .status()
+        .context("running clippy on the kernel programs (rustup)")?;
+    if !status.success() {
+        bail!("clippy on the kernel programs failed ({status})");
+    }
+    Ok(())
 }
 
 /// `cargo` with `env` set.

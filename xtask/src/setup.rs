@@ -26,7 +26,8 @@ const APT_PACKAGES: [&str; 13] = [
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const NIGHTLY: &str = "nightly";
+/// The toolchain the kernel programs build with: aya-build's default.
+pub const NIGHTLY: &str = "nightly";
 /// The target of the static binary `cargo xtask dist` ships.
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 /// The target of the static binary the arm64 guest runs.
@@ -34,7 +35,7 @@ pub const ARM64_TARGET: &str = "aarch64-unknown-linux-musl";
 
 pub fn run() -> Result<()> {
     apt_packages()?;
-    nightly_rust_src()?;
+    nightly_components()?;
     stable_components()?;
     rust_target(STATIC_TARGET)?;
     bpf_linker()
@@ -159,38 +160,41 @@ fn dpkg_installed(package: &str) -> bool {
         .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
 }
 
-fn nightly_rust_src() -> Result<()> {
+/// Of the nightly toolchain the kernel programs build with: rust-src (for
+/// `-Z build-std=core`) and clippy (`cargo xtask test`'s gate on them).
+fn nightly_components() -> Result<()> {
+    const COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
     let installed = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
         .stderr(Stdio::null())
         .output()
         .context("running rustup")?;
-    if installed.status.success()
-        && String::from_utf8_lossy(&installed.stdout)
-            .lines()
-            .any(|l| l.starts_with("rust-src"))
-    {
+    if !installed.status.success() {
+        eprintln!("xtask: installing the {NIGHTLY} toolchain");
+        let mut install = Command::new("rustup");
+        install.args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]);
+        for component in COMPONENTS {
+            install.args(["--component", component]);
+        }
+        return run_checked(&mut install);
+    }
+    let installed = String::from_utf8_lossy(&installed.stdout);
+    let missing: Vec<&str> = COMPONENTS
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing the {NIGHTLY} toolchain's rust-src");
-    if !installed.status.success() {
-        return run_checked(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            NIGHTLY,
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]));
-    }
-    run_checked(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        NIGHTLY,
-    ]))
+    eprintln!(
+        "xtask: installing the {NIGHTLY} toolchain's {}",
+        missing.join(" ")
+    );
+    run_checked(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", NIGHTLY])
+            .args(&missing),
+    )
 }
 
 /// Of the active (stable) toolchain: rustfmt and clippy, which `cargo xtask
