@@ -58,6 +58,12 @@ impl Watched {
     /// `PATIENCE` (it is killed then).
     pub fn interrupt(&mut self) -> Option<ExitStatus> {
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        self.exit_status()
+    }
+
+    /// Its exit status once it ends by itself; `None` if it ran on for
+    /// `PATIENCE` (it is killed then).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
         let deadline = Instant::now() + PATIENCE;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -132,6 +132,20 @@ impl Tracer {
     /// Stops it like Ctrl-C: how it exited, and what it printed.
     pub fn stop_with_status(mut self) -> (ExitStatus, Output) {
         let status = self.process.interrupt().expect("tcpretrans ignored SIGINT");
+        self.output(status)
+    }
+
+    /// Waits for it to end by itself (`--duration`, `-n`): how it exited,
+    /// and what it printed.
+    pub fn ended(mut self) -> (ExitStatus, Output) {
+        let status = self
+            .process
+            .exit_status()
+            .expect("tcpretrans ran on instead of ending");
+        self.output(status)
+    }
+
+    fn output(&mut self, status: ExitStatus) -> (ExitStatus, Output) {
         let stdout = match &mut self.stdout {
             Stdout::Pipe(reader) => reader
                 .take()

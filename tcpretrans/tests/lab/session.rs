@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::harness::{
     Netns, PATIENCE, Tracer, beyond_kernel_notes, bulk_upload, delta, drop_inbound, of_kind,
-    sent_segments, short_connection,
+    seconds, sent_segments, short_connection,
 };
 
 fn read_stderr(child: &mut std::process::Child) -> String {
@@ -135,21 +135,29 @@ fn sigterm_ends_cleanly_with_a_summary() {
 #[test]
 #[ignore = "kernel lab: run `cargo xtask test` as root"]
 fn duration_ends_the_session_on_time() {
+    const DURATION: Duration = Duration::from_millis(500);
+    // Counted from the `start` event: loading and attaching before it take
+    // seconds on a loaded guest, and are not the session.
+    let tracer = Tracer::start(&["--json", "--duration", "0.5"]);
+    let attach_time = tracer.attach_time;
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_tcpretrans"))
-        .args(["--json", "--duration", "0.5"])
-        .output()
-        .expect("running tcpretrans");
+    let (status, output) = tracer.ended();
     let took = started.elapsed();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    assert!(status.success(), "{status}: {}", output.stderr);
+    // Not before its time, by the tool's own clock: the deadline is set
+    // after the time the `start` event carries.
+    let lines = output.json_lines();
+    let (start, summary) = (&lines[0], lines.last().expect("summary"));
+    assert_eq!(
+        (&start["event"], &summary["event"]),
+        (&"start".into(), &"summary".into())
     );
-    // Start-up and detaching from the tracepoints take a few hundred ms.
+    let session = seconds(summary) - seconds(start);
+    assert!(session >= DURATION.as_secs_f64(), "{session} s: {lines:?}");
+    // And not long after it: the last drain, the summary and detaching.
     assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
-        "{took:?}"
+        took < DURATION + Duration::from_secs(1),
+        "{took:?} after the start event ({attach_time:?} after exec)"
     );
 }
 
