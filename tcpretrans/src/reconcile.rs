@@ -1,15 +1,17 @@
 //! The tool checked against the kernel. A network namespace's `Tcp:
-//! RetransSegs` counts every segment its TCP retransmitted: over a session
-//! it must equal the segments of the sent retransmissions reported there.
-//! What the kernel counted and the tool did not report, it did not see: the
-//! event was lost, or the kernel ran no program for that retransmission.
+//! RetransSegs` counts every segment its TCP retransmitted, and `TcpExt:
+//! TCPRetransFail` those of them whose sending then failed: over a session
+//! the difference must equal the segments of the sent retransmissions
+//! reported there. What the kernel sent and the tool did not report, it did
+//! not see: the event was lost, or the kernel ran no program for that
+//! retransmission.
 //!
 //! Compared only where the tool was to report every retransmission of the
 //! namespace: the one `--netns` names, or the tool's own without it (the
 //! others' counters were not read at the start), and no filter but the
 //! namespace and the state list, which leaves retransmissions alone.
 //!
-//! The counter is read four times: before the programs attach, once they
+//! The counters are read four times: before the programs attach, once they
 //! are attached, before they detach, and after. What the kernel counted
 //! between the middle two every program was there to see: reported
 //! segments short of that were not seen. What it counted between the outer
@@ -20,7 +22,7 @@ use std::fmt;
 use crate::{
     cli::Args,
     decode::Decoder,
-    netns::{Namespace, NetnsError},
+    netns::{Namespace, NetnsError, RetransCounts},
     summary::Summary,
 };
 
@@ -28,11 +30,11 @@ use crate::{
 #[derive(Debug)]
 pub struct Baseline {
     namespace: Namespace,
-    /// `Tcp: RetransSegs` before the programs attached, once they were
+    /// The counters before the programs attached, once they were
     /// attached, and before they detach.
-    before_attach: u64,
-    attached: u64,
-    before_detach: u64,
+    before_attach: RetransCounts,
+    attached: RetransCounts,
+    before_detach: RetransCounts,
 }
 
 /// Why the counts were not compared.
@@ -84,8 +86,11 @@ pub struct Comparison {
     /// The increase of its `Tcp: RetransSegs` while the programs were
     /// attached.
     pub kernel: u64,
-    /// The increase from before they attached to after they detached.
-    pub kernel_around: u64,
+    /// Of those, the segments whose sending failed (`TcpExt:
+    /// TCPRetransFail`): not sent, so never reported as sent.
+    pub kernel_failed: u64,
+    /// The segments sent from before they attached to after they detached.
+    pub kernel_sent_around: u64,
     /// The segments of the sent retransmissions reported in it.
     pub reported: u64,
 }
@@ -95,27 +100,38 @@ impl Comparison {
     /// that the tool did not report (at least: a report made while they
     /// attached or detached may stand in for one).
     pub fn unseen(&self) -> u64 {
-        self.kernel.saturating_sub(self.reported)
+        self.kernel_sent().saturating_sub(self.reported)
+    }
+
+    /// The segments the kernel retransmitted and sent while every program
+    /// was attached.
+    pub fn kernel_sent(&self) -> u64 {
+        self.kernel.saturating_sub(self.kernel_failed)
     }
 
     /// `lost`: events the kernel side is known to have lost, of any kind
     /// and namespace (some of the unseen ones may be among them).
     pub fn describe(&self, lost: u64) -> String {
+        let failed = match self.kernel_failed {
+            0 => String::new(),
+            n => format!(" ({n} failed to send)"),
+        };
         let counts = format!(
-            "netns {}: kernel counted {} retransmitted segments, {} reported",
+            "netns {}: kernel counted {} retransmitted segments{failed}, {} reported",
             self.netns, self.kernel, self.reported
         );
+        let kernel_sent = self.kernel_sent();
         if self.unseen() > 0 {
             format!("{counts}: {} not seen ({lost} events lost)", self.unseen())
-        } else if self.reported > self.kernel_around {
+        } else if self.reported > self.kernel_sent_around {
             format!(
                 "{counts}: {} more than the kernel counted",
-                self.reported - self.kernel_around
+                self.reported - self.kernel_sent_around
             )
-        } else if self.reported > self.kernel {
+        } else if self.reported > kernel_sent {
             format!(
                 "{counts} ({} of them while the programs attached or detached)",
-                self.reported - self.kernel
+                self.reported - kernel_sent
             )
         } else {
             counts
@@ -138,7 +154,7 @@ impl Baseline {
             Some(inode) => Namespace::open(inode)?,
             None => Namespace::own()?,
         };
-        let count = namespace.retrans_segs()?;
+        let count = namespace.retrans_counts()?;
         Ok(Self {
             namespace,
             before_attach: count,
@@ -172,16 +188,18 @@ impl Baseline {
     pub fn compare(&self, summary: &Summary) -> Result<Comparison, NotCompared> {
         let after_detach = self.read()?;
         let netns = self.namespace.inode;
+        let attached = self.before_detach.since(self.attached);
         Ok(Comparison {
             netns,
-            kernel: self.before_detach.saturating_sub(self.attached),
-            kernel_around: after_detach.saturating_sub(self.before_attach),
+            kernel: attached.segs,
+            kernel_failed: attached.failed,
+            kernel_sent_around: after_detach.since(self.before_attach).sent(),
             reported: summary.reported_segments(netns),
         })
     }
 
-    fn read(&self) -> Result<u64, NotCompared> {
-        Ok(self.namespace.retrans_segs()?)
+    fn read(&self) -> Result<RetransCounts, NotCompared> {
+        Ok(self.namespace.retrans_counts()?)
     }
 }
 
@@ -273,11 +291,12 @@ mod tests {
         assert_eq!(compared.reported, 0, "nothing reported");
     }
 
-    fn comparison(kernel: u64, kernel_around: u64, reported: u64) -> Comparison {
+    fn comparison(kernel: u64, kernel_sent_around: u64, reported: u64) -> Comparison {
         Comparison {
             netns: 4026532246,
             kernel,
-            kernel_around,
+            kernel_failed: 0,
+            kernel_sent_around,
             reported,
         }
     }
@@ -302,6 +321,29 @@ mod tests {
              46 not seen (0 events lost)"
         );
         assert!(c.describe(12).ends_with("46 not seen (12 events lost)"));
+    }
+
+    #[test]
+    fn segments_that_failed_to_send_are_counted_but_not_unseen() {
+        let c = Comparison {
+            kernel_failed: 3,
+            ..comparison(2593, 2590, 2590)
+        };
+        assert_eq!((c.kernel_sent(), c.unseen()), (2590, 0));
+        assert_eq!(
+            c.describe(0),
+            "netns 4026532246: kernel counted 2593 retransmitted segments (3 failed to send), \
+             2590 reported"
+        );
+        let short = Comparison {
+            reported: 2580,
+            ..c
+        };
+        assert!(
+            short
+                .describe(0)
+                .ends_with("2580 reported: 10 not seen (0 events lost)")
+        );
     }
 
     #[test]
@@ -330,17 +372,24 @@ mod tests {
         let decoder = fixtures::decoder();
         let baseline = Baseline::take(&args(&[]), &decoder).unwrap();
         let (before, netns) = (baseline.before_attach, baseline.namespace.inode);
+        let later = |segs, failed| RetransCounts {
+            segs: before.segs + segs,
+            failed: before.failed + failed,
+        };
         let attached = Baseline {
-            attached: before + 5,
-            before_detach: before + 5,
+            attached: later(5, 1),
+            before_detach: later(5, 1),
             ..baseline
         };
         let stopping = Baseline {
-            before_detach: before + 25,
+            before_detach: later(25, 3),
             ..attached
         };
         let compared = stopping.compare(&Summary::default()).unwrap();
-        assert_eq!((compared.netns, compared.kernel), (netns, 20));
+        assert_eq!(
+            (compared.netns, compared.kernel, compared.kernel_failed),
+            (netns, 20, 2)
+        );
     }
 
     #[test]

@@ -259,7 +259,8 @@ mod tests {
         summary.reconciliation = Some(Ok(Comparison {
             netns: 7,
             kernel: 5,
-            kernel_around: 5,
+            kernel_failed: 0,
+            kernel_sent_around: 5,
             reported: summary.reported_segments(7),
         }));
         assert_eq!(summary.unseen(), 3);

@@ -602,6 +602,7 @@ struct SummaryLine<'a> {
     /// when not compared (`not_compared` says why).
     compared_netns: Option<u32>,
     kernel_retransmitted_segments: Option<u64>,
+    kernel_failed_segments: Option<u64>,
     reported_segments: Option<u64>,
     unseen: Option<u64>,
     not_compared: Option<&'static str>,
@@ -687,6 +688,7 @@ impl<W: Write> Output for Json<W> {
             unseen_segments: r.unseen,
             compared_netns: compared.map(|c| c.netns),
             kernel_retransmitted_segments: compared.map(|c| c.kernel),
+            kernel_failed_segments: compared.map(|c| c.kernel_failed),
             reported_segments: compared.map(|c| c.reported),
             unseen: compared.map(Comparison::unseen),
             not_compared: not_compared.map(NotCompared::name),
@@ -1061,7 +1063,8 @@ mod tests {
         summary.reconciliation = Some(Ok(Comparison {
             netns: 4026532246,
             kernel: 2593,
-            kernel_around: 2593,
+            kernel_failed: 6,
+            kernel_sent_around: 2587,
             reported: 2547,
         }));
         let v = render_summary(&summary);
@@ -1079,6 +1082,7 @@ mod tests {
             (
                 &v["compared_netns"],
                 &v["kernel_retransmitted_segments"],
+                &v["kernel_failed_segments"],
                 &v["reported_segments"],
                 &v["unseen"],
                 &v["not_compared"]
@@ -1086,8 +1090,9 @@ mod tests {
             (
                 &json!(4026532246u32),
                 &json!(2593),
+                &json!(6),
                 &json!(2547),
-                &json!(46),
+                &json!(40),
                 &Value::Null
             )
         );
@@ -1098,6 +1103,7 @@ mod tests {
         for null in [
             "compared_netns",
             "kernel_retransmitted_segments",
+            "kernel_failed_segments",
             "reported_segments",
             "unseen",
         ] {
