@@ -185,7 +185,8 @@ pub struct Retransmit {
     pub socket: Socket,
     pub cause: Option<Cause>,
     pub state: Option<TcpState>,
-    /// 0, or the negative errno of an attempt the kernel could not send.
+    /// 0, or why the kernel could not send the attempt: a negative errno,
+    /// or `NET_XMIT_DROP` (a local queue dropped it).
     pub err: i32,
     /// The retransmission timeout: for RTO, SYN and SYN-ACK events the one
     /// that just expired.
@@ -212,6 +213,10 @@ pub struct Retransmit {
     /// The owner closed the socket; the kernel finishes it alone.
     pub orphan: Option<bool>,
 }
+
+/// A retransmission's `err` when a local queue (qdisc) dropped it:
+/// `tcp_transmit_skb` passes the device layer's positive code through.
+pub const NET_XMIT_DROP: i32 = 1;
 
 impl Retransmit {
     /// Whether the kernel actually sent it.

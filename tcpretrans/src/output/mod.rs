@@ -5,8 +5,13 @@
 use std::io::{self, Write};
 
 use jiff::Timestamp;
+use nix::errno::Errno;
 
-use crate::{events::Event, sessions::Session, summary::Summary};
+use crate::{
+    events::{Event, NET_XMIT_DROP},
+    sessions::Session,
+    summary::Summary,
+};
 
 pub mod json;
 pub mod text;
@@ -27,9 +32,22 @@ pub trait Output {
 
 /// `ETIMEDOUT` for errno 110; the number when it has no name.
 pub fn errno_name(errno: i32) -> String {
-    match nix::errno::Errno::from_raw(errno) {
-        nix::errno::Errno::UnknownErrno => errno.to_string(),
+    match Errno::from_raw(errno) {
+        Errno::UnknownErrno => errno.to_string(),
         known => format!("{known:?}"),
+    }
+}
+
+/// A failed retransmission's `err`: `-EBUSY` for -16, `NET_XMIT_DROP`
+/// for 1, the number when it has no name.
+pub fn send_error_name(err: i32) -> String {
+    match err {
+        NET_XMIT_DROP => "NET_XMIT_DROP".to_owned(),
+        errno if errno < 0 => match errno.checked_neg().map(Errno::from_raw) {
+            Some(Errno::UnknownErrno) | None => errno.to_string(),
+            Some(known) => format!("-{known:?}"),
+        },
+        other => other.to_string(),
     }
 }
 
@@ -64,7 +82,7 @@ pub fn new<W: Write + Send + 'static>(style: Style, writer: W) -> Box<dyn Output
 
 #[cfg(test)]
 mod tests {
-    use super::errno_name;
+    use super::{errno_name, send_error_name};
 
     #[test]
     fn errno_names() {
@@ -72,5 +90,14 @@ mod tests {
         assert_eq!(errno_name(16), "EBUSY");
         assert_eq!(errno_name(99), "EADDRNOTAVAIL");
         assert_eq!(errno_name(9999), "9999");
+    }
+
+    #[test]
+    fn send_errors_name_errnos_and_queue_drops() {
+        assert_eq!(send_error_name(-16), "-EBUSY");
+        assert_eq!(send_error_name(1), "NET_XMIT_DROP");
+        assert_eq!(send_error_name(-9999), "-9999");
+        assert_eq!(send_error_name(7), "7");
+        assert_eq!(send_error_name(i32::MIN), "-2147483648");
     }
 }

@@ -13,7 +13,7 @@ use anstyle::{AnsiColor, Style as Paint};
 use jiff::{Timestamp, tz::TimeZone};
 
 use self::escape::escape;
-use super::{Output, Style, errno_name};
+use super::{Output, Style, errno_name, send_error_name};
 use crate::{
     events::{Account, Cause, Close, Event, Retransmit, SessionEnd, Socket, StateChange, TcpState},
     sessions::Session,
@@ -253,7 +253,7 @@ impl<W: Write> Text<W> {
         }
         if !r.sent() {
             self.line.push(' ');
-            self.push_painted(TROUBLE, &format!("ERR=-{}", errno_name(-r.err)), 0);
+            self.push_painted(TROUBLE, &format!("ERR={}", send_error_name(r.err)), 0);
         }
         if r.orphan == Some(true) {
             self.line.push_str(" orphan");
