@@ -19,9 +19,17 @@ const TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// Modules of the guest's kernel the lab needs, loaded up front so that one
 /// missing is named: network namespaces joined by veth pairs, nftables with
-/// `numgen` for random loss, and socket diagnostics for `ss`. The kernel
-/// loads anything else it asks for itself (the initramfs's module loader).
-const LAB_MODULES: [&str; 5] = ["veth", "nf_tables", "nft_numgen", "inet_diag", "tcp_diag"];
+/// `numgen` for random loss, socket diagnostics for `ss`, and a token
+/// bucket whose full queue drops retransmissions. The kernel loads
+/// anything else it asks for itself (the initramfs's module loader).
+const LAB_MODULES: [&str; 6] = [
+    "veth",
+    "nf_tables",
+    "nft_numgen",
+    "inet_diag",
+    "tcp_diag",
+    "sch_tbf",
+];
 
 /// What a guest is to run: copies of the tracer and the lab, taken once
 /// for every guest, so that a rebuild on the host meanwhile changes
