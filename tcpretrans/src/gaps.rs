@@ -5,7 +5,9 @@
 //! by more than this event's segments, the difference was retransmitted
 //! unseen. Unlike the namespace's counter (`reconcile`), this holds under
 //! any filter. (Under CPU pressure the kernel has been seen to count a
-//! whole TSO skb's retransmission whose tracepoint ran no program.)
+//! whole TSO skb's retransmission whose tracepoint ran no program.) Before
+//! 6.17 the tracepoint also skips a retransmission the kernel counted and
+//! then failed to send, so that is a gap too; since, it is a failed attempt.
 use foldhash::HashMap;
 
 use crate::events::{Cause, Event, FourTuple, Retransmit, TcpState};

@@ -727,15 +727,15 @@ fn retransmissions_a_local_queue_drops_are_the_kernels_failed_ones() {
     let ns = Netns::new("qdrop");
     ns.ip(&["link", "set", "lo", "mtu", "1500"]);
     ns.exec(&[
-        "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "20mbit", "burst", "16kb",
-        "limit", "8kb",
+        "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "10mbit", "burst", "4kb",
+        "limit", "4kb",
     ]);
+    drop_inbound(&ns, PORT, 5);
     let _iperf3 = Iperf3Server::start(&ns, PORT);
     let tracer = Tracer::start(&["--json", "--netns", &ns.inode.to_string()]);
     let before = ns.counters();
-    // The bucket splits a GSO skb larger than its burst and queues what
-    // fits: the rest is lost, and its retransmission finds the queue full.
-    // Four streams do that within a round; rounds bounded.
+    // Random loss makes retransmissions, and four streams keep the
+    // bucket's queue full enough that some find it so; rounds bounded.
     let mut rounds = 0;
     while rounds < 4 && delta(&before, &ns.counters(), "TcpExt.TCPRetransFail") == 0 {
         ns.exec(&[
@@ -777,7 +777,6 @@ fn retransmissions_a_local_queue_drops_are_the_kernels_failed_ones() {
         "{summary}"
     );
     assert_eq!(sent_segs + unseen + kernel_failed, kernel_segs, "{summary}");
-    assert_eq!(unseen, summary["unseen_segments"], "{summary}");
     // Exit status 4 says segments went unseen, never failed ones.
     assert_eq!(status.success(), unseen == 0, "{status}: {}", output.stderr);
     output.says(&format!(
@@ -795,21 +794,30 @@ fn retransmissions_a_local_queue_drops_are_the_kernels_failed_ones() {
         .filter(|e| e["err"] == 1)
         .map(|e| e["segs"].as_i64().expect("segs"))
         .sum();
+    // The sockets' own counts hold every segment counted, failed or not:
+    // a failed attempt is a baseline where the tracepoint reports it, and
+    // before that it is a gap, as one the kernel ran no program for is.
+    let in_gaps = summary["unseen_segments"]
+        .as_i64()
+        .expect("unseen_segments");
     if kernel_reports_failed_retransmits() {
         assert!(
             dropped > 0 && dropped <= kernel_failed,
             "{dropped} of {kernel_failed}"
         );
+        assert_eq!(in_gaps, unseen, "{summary}");
     } else {
         assert_eq!(
             failed, 0,
             "no failed attempt reaches the tracepoint before 6.17"
         );
+        assert!(in_gaps <= unseen + kernel_failed, "{summary}");
     }
     eprintln!(
         "tbf queue, {rounds} rounds: {sent} retransmissions sent ({sent_segs} segments + \
          {unseen} unseen + {kernel_failed} failed to send = Tcp.RetransSegs +{kernel_segs}); \
-         {failed} failed attempts, {dropped} segments of them NET_XMIT_DROP"
+         {failed} failed attempts, {dropped} segments of them NET_XMIT_DROP; {in_gaps} segments \
+         in the sockets' gaps"
     );
 }
 
