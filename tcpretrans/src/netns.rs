@@ -26,11 +26,12 @@ pub enum NetnsError {
     Read { inode: u32, source: io::Error },
     #[error("cannot tell which network namespace this is: {0}")]
     Own(#[source] io::Error),
-    #[error("network namespace {inode}: /proc/net/{file} has no `{counter}`")]
+    #[error("network namespace {inode}: /proc/net/{file} has no `{group}: {name}`")]
     NoCounter {
         inode: u32,
         file: &'static str,
-        counter: &'static str,
+        group: &'static str,
+        name: &'static str,
     },
 }
 
@@ -133,22 +134,17 @@ impl Namespace {
                 fs::read_to_string("/proc/thread-self/net/netstat")?,
             ))
         })?;
-        let counter = |text: &str, file, group, name, counter| {
+        let counter = |text: &str, file, group, name| {
             snmp::counter(text, group, name).ok_or(NetnsError::NoCounter {
                 inode: self.inode,
                 file,
-                counter,
+                group,
+                name,
             })
         };
         Ok(RetransCounts {
-            segs: counter(&snmp, "snmp", "Tcp", "RetransSegs", "Tcp: RetransSegs")?,
-            failed: counter(
-                &netstat,
-                "netstat",
-                "TcpExt",
-                "TCPRetransFail",
-                "TcpExt: TCPRetransFail",
-            )?,
+            segs: counter(&snmp, "snmp", "Tcp", "RetransSegs")?,
+            failed: counter(&netstat, "netstat", "TcpExt", "TCPRetransFail")?,
         })
     }
 
@@ -304,6 +300,20 @@ fn local_ports(table: &str) -> impl Iterator<Item = u16> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_counter_is_named_with_its_file() {
+        let missing = NetnsError::NoCounter {
+            inode: 7,
+            file: "netstat",
+            group: "TcpExt",
+            name: "TCPRetransFail",
+        };
+        assert_eq!(
+            missing.to_string(),
+            "network namespace 7: /proc/net/netstat has no `TcpExt: TCPRetransFail`"
+        );
+    }
 
     #[test]
     fn parses_sockstat() {
