@@ -203,32 +203,28 @@ fn cargo<S: AsRef<std::ffi::OsStr>>(root: &Path, args: &[S]) -> Result<()> {
 /// output. Their own target directory keeps them from invalidating the
 /// build's.
 fn clippy_kernel_programs(root: &Path) -> Result<()> {
-    let status = Command::new("rustup")
-        .args(["run", setup::NIGHTLY, "cargo", "clippy"])
-        .args([
-            "--package",
-            "tcpretrans-ebpf",
-            "--target",
-            "bpfel-unknown-none",
-        ])
-        .args(["-Z", "build-std=core", "--release"])
-        .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
-        // What aya-build sets: the cfg the programs are written against.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
-        )
-        // The stable toolchain `cargo xtask` runs under would win otherwise.
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .current_dir(root)
-        .status()
-        .context("running clippy on the kernel programs (rustup)")?;
-    if !status.success() {
-        bail!("clippy on the kernel programs failed ({status})");
-    }
-    Ok(())
+    setup::run_checked(
+        Command::new("rustup")
+            .args(["run", setup::NIGHTLY, "cargo", "clippy"])
+            .args([
+                "--package",
+                "tcpretrans-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+            ])
+            .args(["-Z", "build-std=core", "--release"])
+            .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+            // What aya-build sets: the cfg the programs are written against.
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+            )
+            // The stable toolchain `cargo xtask` runs under would win otherwise.
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .current_dir(root),
+    )
 }
 
 /// `cargo` with `env` set.
